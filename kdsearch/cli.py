@@ -1,0 +1,221 @@
+"""The `kdsearch` command line. Bad input ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kdsearch.errors import KdsearchError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
+    if value < 0 or value > 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^31), found {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, found {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + error
+        self.exit(2, f"kdsearch: error: {message} (see 'kdsearch {self.prog.split()[-1]} --help')\n"
+                  if " " in self.prog else f"kdsearch: error: {message} (see 'kdsearch --help')\n")
+
+
+def _add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna RDB URL (env KDSEARCH_STORAGE; default sqlite:///kdsearch.db)")
+    p.add_argument("--study-name", metavar="NAME", help="study name in storage (default: the study's name)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_storage(p)
+    p.add_argument("--data-dir", metavar="DIR", type=Path,
+                   help="torchvision root or ImageFolder (train/, test/) (env KDSEARCH_DATA_DIR)")
+    p.add_argument("--cache-dir", metavar="DIR", type=Path,
+                   help="teacher and data cache (env KDSEARCH_CACHE_DIR; default ~/.cache/kdsearch)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=_nonneg_int, help="override the study file's seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kdsearch", description="Search knowledge-distillation students: "
+                     "the accuracy-versus-size trade-off, searched.")
+    from kdsearch import __version__
+
+    parser.add_argument("--version", action="version", version=f"kdsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run-study", help="train (or reuse) the teacher, then run trials")
+    p.add_argument("study", help="a name in studies/ or a path to a .toml file")
+    _add_run_options(p)
+    p.add_argument("--n-trials", type=_positive_int, metavar="N",
+                   help="total finished trials wanted in the study (resumes; default from the file)")
+    p.add_argument("--timeout", type=_positive_float, metavar="S", help="stop starting trials after S seconds")
+
+    p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
+    p.add_argument("study")
+    _add_run_options(p)
+
+    p = sub.add_parser("best", help="table of Pareto-optimal trials")
+    p.add_argument("study")
+    _add_storage(p)
+
+    p = sub.add_parser("export", help="write pareto.html/.png/.svg, trials.csv, summary.md")
+    p.add_argument("study")
+    _add_storage(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+
+    p = sub.add_parser("studies", help="list the shipped study files")
+    return parser
+
+
+def _spec(args):
+    from kdsearch.spec import load_study
+
+    spec = load_study(args.study)
+    if getattr(args, "seed", None) is not None:
+        spec = spec.with_overrides(seed=args.seed)
+    return spec
+
+
+def _study_name(args, spec_name: str | None = None) -> str:
+    if args.study_name:
+        return args.study_name
+    if spec_name:
+        return spec_name
+    return Path(args.study).stem if args.study.endswith(".toml") else args.study
+
+
+def _run_options(args, spec):
+    from kdsearch.runner import RunOptions
+    from kdsearch.storage import storage_url
+    from kdsearch.teacher_cache import default_cache_dir
+
+    return RunOptions(
+        storage=storage_url(args.storage), study_name=_study_name(args, spec.name),
+        n_trials=getattr(args, "n_trials", None) or spec.search.n_trials,
+        timeout=getattr(args, "timeout", None) or spec.search.timeout,
+        data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
+        device=args.device)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def cmd_run_study(args) -> int:
+    from kdsearch.reports import best_table
+    from kdsearch.runner import run_study
+
+    spec = _spec(args)
+    opts = _run_options(args, spec)
+    _threads()
+    study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
+    print(best_table(study))
+    return 0
+
+
+def cmd_teacher(args) -> int:
+    from kdsearch.runner import prepare
+
+    spec = _spec(args)
+    opts = _run_options(args, spec)
+    _threads()
+    _, teacher = prepare(spec, opts, log=lambda m: print(m, file=sys.stderr))
+    m = teacher.meta
+    print(f"teacher   {m['description']}\nparams    {m['params']:,}\nmacs      {m['macs']:,}\n"
+          f"val_acc   {m['val_accuracy']:.4f}\ntest_acc  {m['test_accuracy']:.4f}\n"
+          f"epochs    {m['epochs']}\nseconds   {m['train_seconds']}\ncache     {teacher.path}")
+    return 0
+
+
+def _load(args):
+    from kdsearch.storage import load_study, storage_url
+
+    name = args.study_name or (Path(args.study).stem if args.study.endswith(".toml") else args.study)
+    return load_study(storage_url(args.storage), name)
+
+
+def cmd_best(args) -> int:
+    from kdsearch.reports import best_table
+
+    print(best_table(_load(args)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kdsearch.reports import ImageExportError, export
+
+    try:
+        export(_load(args), args.out)
+    except ImageExportError as e:
+        raise KdsearchError(f"HTML, CSV and summary written; {e}") from None
+    return 0
+
+
+def cmd_studies(args) -> int:
+    from kdsearch.spec import list_studies, load_study
+
+    for name in list_studies():
+        spec = load_study(name)
+        print(f"{name:24} {spec.data.dataset:10} {spec.description}")
+    return 0
+
+
+COMMANDS = {"run-study": cmd_run_study, "teacher": cmd_teacher, "best": cmd_best,
+            "export": cmd_export, "studies": cmd_studies}
+
+
+def _quiet_libraries() -> None:
+    """Optuna's experimental-API warnings and INFO logs are noise to a kdsearch user."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*experimental.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except KdsearchError as e:
+        print(f"kdsearch: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("kdsearch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

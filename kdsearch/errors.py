@@ -1,0 +1,34 @@
+"""One exception family: the CLI turns any of these into a single line on stderr.
+
+A traceback reaching the user means a bug, not bad input.
+"""
+
+
+class KdsearchError(Exception):
+    """Base of every error kdsearch reports to the user as one line."""
+
+    exit_code = 2
+
+
+class StudyFileError(KdsearchError):
+    """A study file is missing, unparsable or fails validation."""
+
+
+class DataError(KdsearchError):
+    """A data set cannot be found, downloaded or read."""
+
+
+class CacheError(KdsearchError):
+    """The teacher cache cannot be written or read."""
+
+
+class StorageError(KdsearchError):
+    """The study storage (SQLite, PostgreSQL) cannot be reached or used."""
+
+
+class BudgetError(KdsearchError):
+    """A student exceeds a configured parameter or memory budget."""
+
+
+class NonFiniteLossError(KdsearchError):
+    """Training produced a NaN or infinite loss."""

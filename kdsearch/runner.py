@@ -1,0 +1,172 @@
+"""`run-study`: study file -> data -> cached teacher -> Optuna trials in SQL storage.
+
+`--n-trials` is the study's total target of finished (complete or pruned) trials, so
+running the same command again resumes and adds only what is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kdsearch.data import Dataset, load_data
+from kdsearch.engine import resolve_device
+from kdsearch.spec import StudySpec
+from kdsearch.storage import open_storage, redact
+from kdsearch.teacher_cache import Teacher, get_teacher
+from kdsearch.trial import make_objective
+
+OBJECTIVES = ("val_accuracy", "params")
+DIRECTIONS = ("maximize", "minimize")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage: str
+    study_name: str
+    n_trials: int
+    timeout: float | None
+    data_dir: Path | None
+    cache_dir: Path
+    device: str
+
+
+def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
+    """The study file's sampler, seeded by the study seed plus the trials already run.
+
+    The offset keeps a resumed run from drawing the same random start-up points again.
+    """
+    seed = spec.seed + offset
+    if spec.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=max(8, min(50, spec.search.n_trials // 4)))
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.search.sampler == "grid":
+        from kdsearch.sweep import grid_space
+
+        return optuna.samplers.GridSampler(grid_space(spec.student.space), seed=seed)
+    # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
+    # constant_liar keeps parallel workers from all sampling the same point.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                      n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def study_note(spec: StudySpec, teacher: Teacher) -> str:
+    m = teacher.meta
+    return (
+        f"# {spec.name}\n\n{spec.description}\n\n"
+        f"**Teacher** `{m['description']}`: {m['params']:,} params, {m['macs']:,} MACs, "
+        f"val acc {m['val_accuracy']:.4f}, test acc {m['test_accuracy']:.4f} "
+        f"(cache key `{m['key']}`).\n\n"
+        f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
+        f"## Study file\n\n```toml\n{spec.source.strip()}\n```\n"
+    )
+
+
+def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.Study:
+    storage = open_storage(opts.storage)
+    existing = 0
+    try:
+        existing = len(optuna.load_study(study_name=opts.study_name, storage=storage).trials)
+    except KeyError:
+        pass
+    study = optuna.create_study(
+        storage=storage, study_name=opts.study_name, directions=list(DIRECTIONS),
+        sampler=make_sampler(spec, existing), load_if_exists=True)
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
+                                  optuna.study.StudyDirection.MINIMIZE]:
+        from kdsearch.errors import StorageError
+
+        raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} has other "
+                           "objectives; choose another --study-name")
+    if not study.metric_names:
+        study.set_metric_names(list(OBJECTIVES))
+    for key, value in {
+        "study_file": spec.source, "study_spec": spec.model_dump(mode="json", exclude={"source"}),
+        "teacher": {k: v for k, v in teacher.meta.items() if k not in ("sha256", "curve")},
+    }.items():
+        study.set_user_attr(key, value)
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(study, study_note(spec, teacher))
+    except Exception:  # the note is a nicety; never fail a run over it
+        pass
+    return study
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    a = trial.user_attrs
+    head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
+    arch = a.get("arch_summary", "?")
+    p = trial.params
+    knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
+    if trial.state == TrialState.COMPLETE:
+        return (f"{head} val_acc {a['val_accuracy']:.4f}  test_acc {a['test_accuracy']:.4f}  "
+                f"params {a['params']:>9,}  macs {a['macs']:>11,}  {arch}  {knobs}  "
+                f"{a['train_seconds']:.1f}s")
+    reason = a.get("stopped_reason", "")
+    return f"{head} {reason}  params {a.get('params', 0):,}  {arch}  {knobs}"
+
+
+def prepare(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> tuple[Dataset, Teacher]:
+    device = resolve_device(opts.device)
+    data = load_data(spec.data, opts.data_dir, opts.cache_dir)
+    log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
+        f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
+    teacher = get_teacher(spec, data, opts.cache_dir, device, log=log)
+    assert teacher is not None
+    return data, teacher
+
+
+def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = print,
+              on_epoch: Callable | None = None) -> optuna.Study:
+    from tqdm import tqdm
+
+    data, teacher = prepare(spec, opts, log)
+    study = open_study(spec, opts, teacher)
+    done = finished_count(study)
+    target = opts.n_trials
+    log(f"study '{opts.study_name}' in {redact(opts.storage)}: {done} of {target} trials finished")
+    if done >= target:
+        log("nothing to do: the target is reached (raise --n-trials to add more)")
+        return study
+
+    device = resolve_device(opts.device)
+    objective = make_objective(spec, data, teacher, device, on_epoch=on_epoch)
+    bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
+               dynamic_ncols=True)
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        bar.write(trial_line(trial), file=sys.stderr)
+        finished = finished_count(study)
+        bar.n = min(finished, target)
+        bar.refresh()
+        if finished >= target:
+            study.stop()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        # Failed trials (a crashed worker's, say) do not count, so loop until the target is met.
+        for _ in range(3):
+            missing = target - finished_count(study)
+            if missing <= 0:
+                break
+            study.optimize(objective, n_trials=missing, timeout=opts.timeout,
+                           callbacks=[after_trial], gc_after_trial=True)
+            if opts.timeout is not None:
+                break
+    finally:
+        bar.close()
+    return study
