@@ -186,7 +186,12 @@ def load_data(
     spec: DataSpec, data_dir: Path | None = None, cache_dir: Path | None = None,
     download: bool = True,
 ) -> Dataset:
-    """Load `spec`'s data set into memory and carve the validation split."""
+    """Load `spec`'s data set into memory and carve the validation split.
+
+    Named data sets are downloaded when missing unless `download` is false or the
+    environment sets KDSEARCH_OFFLINE=1.
+    """
+    download = download and os.environ.get("KDSEARCH_OFFLINE", "") in ("", "0")
     name = spec.dataset
     if name == "synthetic":
         tx, ty, sx, sy = _synthetic(spec.synthetic, spec.split_seed)

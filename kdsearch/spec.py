@@ -36,7 +36,7 @@ class IntRange(_Frozen):
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
         if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+            raise ValueError("low <= high")
         return self
 
 
@@ -48,9 +48,9 @@ class FloatRange(_Frozen):
     @model_validator(mode="after")
     def _ordered(self) -> FloatRange:
         if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+            raise ValueError("low <= high")
         if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, found {self.low}")
+            raise ValueError("low > 0 for a log range")
         return self
 
 
@@ -92,7 +92,7 @@ class DataSpec(_Frozen):
     @model_validator(mode="after")
     def _imagefolder_has_path(self) -> DataSpec:
         if self.dataset == "imagefolder" and not self.path:
-            raise ValueError("dataset 'imagefolder' needs a 'path' (or pass --data-dir)")
+            raise ValueError("a 'path' for dataset 'imagefolder' (or --data-dir)")
         return self
 
 
@@ -199,21 +199,42 @@ def _describe_found(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_UNION_MEMBERS = {"int", "float", "IntRange", "FloatRange", "IntChoices", "FloatChoices",
+                  "MLPArch", "CNNArch", "MLPSpace", "CNNSpace", "mlp", "cnn"}
+_TYPE_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
+                "model_type", "model_attributes_type", "dict_type", "bool_type", "bool_parsing",
+                "string_type", "list_type"}
+
+
 def _one_line(path: Path, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    """The most telling of pydantic's errors, as 'file: key 'a.b': expected X, found Y'."""
+    errors = err.errors()
+    specific = [e for e in errors if e["type"] not in _TYPE_ERRORS]
+    first = specific[0] if specific else errors[0]
+    raw_loc = [str(p) for p in first["loc"]]
+    in_union = any(p in _UNION_MEMBERS for p in raw_loc)
     # pydantic names union members by type ("int", "IntRange"); the user wrote none of them.
-    loc = [p for p in loc if p not in {"int", "float", "IntRange", "FloatRange", "IntChoices",
-                                         "FloatChoices", "MLPArch", "CNNArch", "MLPSpace",
-                                         "CNNSpace", "mlp", "cnn"}]
+    loc = [p for p in raw_loc if p not in _UNION_MEMBERS and not p.startswith("function-")]
     key = ".".join(loc).replace("teacher_train", "teacher.train").replace("student.space", "student")
     key = key or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
+    found = _describe_found(first.get("input"))
+    kind = first["type"]
+    if kind == "missing":
         return f"{path}: key '{key}': expected a value, found nothing (the key is required)"
-    if first["type"] == "extra_forbidden":
-        return f"{path}: key '{key}': expected no such key, found {_describe_found(first['input'])}"
-    return f"{path}: key '{key}': expected {msg[0].lower() + msg[1:]}, found {_describe_found(first['input'])}"
+    if kind == "extra_forbidden":
+        return f"{path}: key '{key}': expected no such key, found {found}"
+    if kind == "union_tag_invalid":
+        ctx = first.get("ctx", {})
+        return (f"{path}: key '{key}.family': expected one of {ctx.get('expected_tags')}, "
+                f"found {ctx.get('tag')!r}")
+    if kind == "union_tag_not_found":
+        return f"{path}: key '{key}.family': expected 'mlp' or 'cnn', found nothing"
+    if not specific and in_union:
+        return (f"{path}: key '{key}': expected a number, a range {{ low = .., high = .. }} "
+                f"or {{ choices = [..] }}, found {found}")
+    msg = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    msg = msg.removeprefix("input should be ")
+    return f"{path}: key '{key}': expected {msg[0].lower() + msg[1:]}, found {found}"
 
 
 def parse_study(text: str, path: Path) -> StudySpec:
