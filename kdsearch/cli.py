@@ -30,6 +30,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, found {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], found {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -91,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
 
     p = sub.add_parser("studies", help="list the shipped study files")
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna RDB URL (env KDSEARCH_STORAGE; default sqlite:///kdsearch.db)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; anything else is reachable by others)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 = any free)")
     return parser
 
 
@@ -189,8 +206,19 @@ def cmd_studies(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from kdsearch.dashboard import serve
+    from kdsearch.storage import storage_url
+
+    try:
+        serve(storage_url(args.storage), args.host, args.port)
+    except KeyboardInterrupt:
+        print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"run-study": cmd_run_study, "teacher": cmd_teacher, "best": cmd_best,
-            "export": cmd_export, "studies": cmd_studies}
+            "export": cmd_export, "studies": cmd_studies, "dashboard": cmd_dashboard}
 
 
 def _quiet_libraries() -> None:
