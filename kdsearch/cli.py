@@ -133,9 +133,14 @@ def _run_options(args, spec):
     from kdsearch.storage import storage_url
     from kdsearch.teacher_cache import default_cache_dir
 
+    from kdsearch.sweep import trials_wanted
+
+    n_trials, note = trials_wanted(spec, getattr(args, "n_trials", None))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return RunOptions(
         storage=storage_url(args.storage), study_name=_study_name(args, spec.name),
-        n_trials=getattr(args, "n_trials", None) or spec.search.n_trials,
+        n_trials=n_trials,
         timeout=getattr(args, "timeout", None) or spec.search.timeout,
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
         device=args.device)
