@@ -16,7 +16,12 @@ TINY_DATA = """
 [data]
 dataset = "synthetic"
 val_size = 200
-synthetic = { n_train = 800, n_test = 200, channels = 1, height = 8, width = 8, num_classes = 4, noise = 2.5 }
+
+[data.synthetic]
+n_train = 800
+n_test = 200
+num_classes = 4
+noise = 2.5
 
 [teacher]
 family = "cnn"

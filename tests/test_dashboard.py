@@ -37,8 +37,8 @@ def storage(tmp_path_factory) -> str:
 def server(storage):
     """`kdsearch dashboard --port 0` in its own process; yields its address."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "kdsearch.cli", "dashboard", "--storage", storage,
-                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "kdsearch.cli", "dashboard", "--storage",
+                             storage, "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
     lines = []
     deadline = time.monotonic() + 60
     address = None
