@@ -30,6 +30,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, found {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], found {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -91,6 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
 
     p = sub.add_parser("studies", help="list the shipped study files")
+
+    p = sub.add_parser("compress", help="retrain a chosen trial on train+val; write a model folder")
+    p.add_argument("study")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=_nonneg_int, metavar="N", help="the trial number")
+    which.add_argument("--max-params", type=_positive_int, metavar="P",
+                       help="the best validation accuracy among trials of at most P params")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--epochs", type=_positive_int, metavar="E",
+                   help="retraining epochs (default: twice the study's student epochs)")
+    _add_storage(p)
+    p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
+    p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("evaluate", help="test accuracy of a folder written by compress")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
+    p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna RDB URL (env KDSEARCH_STORAGE; default sqlite:///kdsearch.db)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; anything else is reachable by others)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 = any free)")
     return parser
 
 
@@ -116,9 +153,14 @@ def _run_options(args, spec):
     from kdsearch.storage import storage_url
     from kdsearch.teacher_cache import default_cache_dir
 
+    from kdsearch.sweep import trials_wanted
+
+    n_trials, note = trials_wanted(spec, getattr(args, "n_trials", None))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return RunOptions(
         storage=storage_url(args.storage), study_name=_study_name(args, spec.name),
-        n_trials=getattr(args, "n_trials", None) or spec.search.n_trials,
+        n_trials=n_trials,
         timeout=getattr(args, "timeout", None) or spec.search.timeout,
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
         device=args.device)
@@ -139,6 +181,10 @@ def cmd_run_study(args) -> int:
     _threads()
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
     print(best_table(study))
+    if spec.search.sampler == "grid":
+        from kdsearch.reports import sweep_table
+
+        print(f"\nsweep of '{study.study_name}' (mean ± sd over seeds):\n{sweep_table(study)}")
     return 0
 
 
@@ -189,8 +235,67 @@ def cmd_studies(args) -> int:
     return 0
 
 
+def _command_line(argv: list[str] | None) -> str:
+    """The command as typed, for the model card; a storage password is masked."""
+    import shlex
+
+    from kdsearch.storage import redact
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(words):
+        if i > 0 and words[i - 1] == "--storage":
+            words[i] = redact(word)
+        elif word.startswith("--storage="):
+            words[i] = "--storage=" + redact(word.split("=", 1)[1])
+    return "kdsearch " + shlex.join(words)
+
+
+def cmd_compress(args) -> int:
+    from kdsearch.compress import compress
+    from kdsearch.teacher_cache import default_cache_dir
+
+    study = _load(args)
+    _threads()
+    r = compress(study, args.out, number=args.trial, max_params=args.max_params,
+                 epochs=args.epochs, data_dir=args.data_dir,
+                 cache_dir=args.cache_dir or default_cache_dir(), device_name=args.device,
+                 command=_command_line(getattr(args, "argv", None)),
+                 log=lambda m: print(m, file=sys.stderr))
+    print(f"trial {r.trial}: test accuracy {r.test_accuracy:.4f}, {r.params:,} params, "
+          f"{r.macs:,} MACs, {r.epochs} epochs in {r.seconds:.1f} s")
+    print(f"wrote {r.out}/: {', '.join(r.files)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from kdsearch.compress import evaluate
+
+    _threads()
+    r = evaluate(args.folder, args.data_dir, args.cache_dir, args.device)
+    print(f"{r['description']} ({r['params']:,} params): test accuracy {r['test_accuracy']:.4f} "
+          f"on {r['n_test']:,} images (card: {r['card_test_accuracy']:.4f})")
+    if "torchscript_test_accuracy" in r:
+        print(f"model.torchscript.pt: test accuracy {r['torchscript_test_accuracy']:.4f}")
+    if not r["same_test_set"]:
+        print("warning: this test set differs from the one the card was measured on",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from kdsearch.dashboard import serve
+    from kdsearch.storage import storage_url
+
+    try:
+        serve(storage_url(args.storage), args.host, args.port)
+    except KeyboardInterrupt:
+        print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"run-study": cmd_run_study, "teacher": cmd_teacher, "best": cmd_best,
-            "export": cmd_export, "studies": cmd_studies}
+            "export": cmd_export, "studies": cmd_studies, "dashboard": cmd_dashboard,
+            "compress": cmd_compress, "evaluate": cmd_evaluate}
 
 
 def _quiet_libraries() -> None:
@@ -206,6 +311,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)

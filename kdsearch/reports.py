@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -28,6 +30,13 @@ class Row:
     alpha: float | None
     pareto: bool
     trial: FrozenTrial
+
+
+class ParetoData(NamedTuple):
+    study_name: str
+    done: list[Row]  # complete trials
+    front: list[Row]  # Pareto-optimal trials, smallest first
+    teacher: dict  # the teacher's numbers, {} when unknown
 
 
 def rows(study: optuna.Study) -> list[Row]:
@@ -93,43 +102,17 @@ def write_csv(study: optuna.Study, path: Path) -> None:
                         *[r.trial.params.get(p) for p in param_names]])
 
 
-def _hover(r: Row) -> str:
-    return (f"trial {r.number}<br>{r.arch}<br>val acc {r.val_accuracy:.4f} · "
-            f"test acc {r.test_accuracy:.4f}<br>{r.params:,} params · {r.macs:,} MACs<br>"
-            f"T={r.temperature or 0:.2f} alpha={r.alpha or 0:.2f}")
+def pareto_data(study: optuna.Study) -> ParetoData:
+    """The data step of the Pareto plot: complete trials, the front, the teacher."""
+    return ParetoData(study.study_name, [r for r in rows(study) if r.state == "COMPLETE"],
+                      pareto_rows(study), teacher_info(study))
 
 
 def pareto_figure(study: optuna.Study):
     """All trials faint, the front highlighted and joined, the teacher as a reference star."""
-    import plotly.graph_objects as go
+    from kdsearch.plots import pareto_figure as draw
 
-    done = [r for r in rows(study) if r.state == "COMPLETE"]
-    front = pareto_rows(study)
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=[r.params for r in done], y=[r.val_accuracy for r in done], mode="markers",
-        name="all trials", marker=dict(color="rgba(90,110,160,0.35)", size=8),
-        hovertext=[_hover(r) for r in done], hoverinfo="text"))
-    fig.add_trace(go.Scatter(
-        x=[r.params for r in front], y=[r.val_accuracy for r in front], mode="lines+markers",
-        name="Pareto front", line=dict(color="#d62728", width=2, shape="hv"),
-        marker=dict(color="#d62728", size=10), hovertext=[_hover(r) for r in front],
-        hoverinfo="text"))
-    teacher = teacher_info(study)
-    if teacher:
-        fig.add_trace(go.Scatter(
-            x=[teacher["params"]], y=[teacher["val_accuracy"]], mode="markers+text",
-            name="teacher", marker=dict(symbol="star", size=16, color="#2ca02c"),
-            text=["teacher"], textposition="bottom left",
-            hovertext=[f"teacher<br>{teacher.get('description', '')}<br>"
-                       f"{teacher['params']:,} params<br>val acc {teacher['val_accuracy']:.4f}"],
-            hoverinfo="text"))
-    fig.update_layout(
-        title=f"{study.study_name}: validation accuracy vs parameters",
-        xaxis=dict(title="parameters (log scale)", type="log"),
-        yaxis=dict(title="validation accuracy"), template="plotly_white",
-        width=900, height=560, legend=dict(x=0.01, y=0.99))
-    return fig
+    return draw(pareto_data(study))
 
 
 class ImageExportError(Exception):
@@ -147,24 +130,47 @@ def write_image(fig, path: Path) -> None:
             "(or 'plotly_get_chrome'), then run export again") from None
 
 
+def figures(study: optuna.Study) -> dict[str, object]:
+    """Every figure `export` writes, by file stem; plots with a single setting are left out."""
+    from kdsearch import plots
+
+    figs: dict[str, object] = {"pareto": plots.pareto_figure(pareto_data(study))}
+    history = hypervolume_history(study)
+    if history.numbers:
+        figs["hypervolume"] = plots.hypervolume_figure(history)
+    for key in accuracy_axes(study):
+        data = accuracy_by(study, key)
+        if len({p.x for points in data.groups.values() for p in points}) >= 2:
+            figs[f"accuracy_vs_{key}"] = plots.accuracy_figure(data)
+    return figs
+
+
 def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
-    """Write pareto.html/.png, trials.csv and summary.md into `out`."""
+    """Write trials.csv, summary.md and each figure as .html, .png and .svg into `out`.
+
+    HTML and CSV need nothing but plotly; when PNG/SVG fail (no Chrome for kaleido), the rest
+    is still written and `ImageExportError` says how to get the images.
+    """
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     write_csv(study, out / "trials.csv")
     written.append(out / "trials.csv")
-    fig = pareto_figure(study)
-    fig.write_html(out / "pareto.html", include_plotlyjs=True)
-    written.append(out / "pareto.html")
-    (out / "summary.md").write_text(summary_markdown(study))
+    figs = figures(study)
+    (out / "summary.md").write_text(summary_markdown(study, [f"{stem}.png" for stem in figs]))
     written.append(out / "summary.md")
+    for stem, fig in figs.items():
+        fig.write_html(out / f"{stem}.html", include_plotlyjs=True)
+        written.append(out / f"{stem}.html")
     errors = []
-    for suffix in (".png", ".svg"):
-        try:
-            write_image(fig, out / f"pareto{suffix}")
-            written.append(out / f"pareto{suffix}")
-        except ImageExportError as e:
-            errors.append(str(e))
+    for stem, fig in figs.items():
+        for suffix in (".png", ".svg"):
+            if errors:  # one missing Chrome is enough to know; don't wait for it N times
+                break
+            try:
+                write_image(fig, out / f"{stem}{suffix}")
+                written.append(out / f"{stem}{suffix}")
+            except ImageExportError as e:
+                errors.append(str(e))
     for path in written:
         log(f"wrote {path}")
     if errors:
@@ -172,7 +178,7 @@ def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
     return written
 
 
-def summary_markdown(study: optuna.Study) -> str:
+def summary_markdown(study: optuna.Study, images: list[str] | None = None) -> str:
     teacher = teacher_info(study)
     lines = [f"# {study.study_name}", ""]
     all_rows = rows(study)
@@ -192,6 +198,14 @@ def summary_markdown(study: optuna.Study) -> str:
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "
                      f"{r.macs:,} | {ratio} | {r.temperature or 0:.2f} | {r.alpha or 0:.2f} | "
                      f"`{r.arch}` |")
+    history = hypervolume_history(study)
+    if history.numbers:
+        lines += ["", f"Hypervolume of the front after the last trial: {history.values[-1]:.4f} "
+                  f"(decades of parameters x accuracy; {history.reference})."]
+    if is_sweep(study):
+        lines += ["", "## Sweep", "", "```", sweep_table(study), "```"]
+    if images:
+        lines += ["", "## Figures", ""] + [f"![{Path(i).stem}]({i})" for i in images]
     return "\n".join(lines) + "\n"
 
 
@@ -206,3 +220,180 @@ def hypervolume(points: list[tuple[float, int]], ref_params: float, ref_acc: flo
         nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_x
         area += (nxt - x) * (best - ref_acc)
     return area
+
+
+# --- hypervolume history ------------------------------------------------------------------
+
+
+class HypervolumeHistory(NamedTuple):
+    study_name: str
+    numbers: list[int]  # trial numbers of complete trials, in order
+    values: list[float]  # hypervolume of the front of all complete trials up to each
+    ref_params: float
+    ref_acc: float
+    reference: str  # the reference point, in words
+
+
+def hypervolume_reference(study: optuna.Study, done: list[Row]) -> tuple[float, float, str]:
+    """(params, accuracy) of the reference point and a sentence saying why.
+
+    With a teacher: its parameter count (a student no smaller than its teacher compresses
+    nothing) and chance accuracy (1 / classes). Without one: ten times the largest student
+    and accuracy 0.
+    """
+    teacher = teacher_info(study)
+    if teacher.get("params"):
+        classes = teacher.get("num_classes") or 0
+        acc = 1.0 / classes if classes else 0.0
+        return (float(teacher["params"]), acc,
+                f"reference point: the teacher's {teacher['params']:,} params and chance "
+                f"accuracy {acc:.3f}")
+    largest = max((r.params or 1 for r in done), default=1)
+    return (10.0 * largest, 0.0,
+            f"reference point: 10x the largest student ({10 * largest:,} params) and accuracy 0")
+
+
+def hypervolume_history(study: optuna.Study) -> HypervolumeHistory:
+    """The hypervolume of the front of complete trials, after each complete trial."""
+    done = sorted((r for r in rows(study) if r.state == "COMPLETE"), key=lambda r: r.number)
+    ref_params, ref_acc, reference = hypervolume_reference(study, done)
+    numbers, values, points = [], [], []
+    for r in done:
+        points.append((r.val_accuracy, r.params))
+        numbers.append(r.number)
+        values.append(hypervolume(points, ref_params, ref_acc))
+    return HypervolumeHistory(study.study_name, numbers, values, ref_params, ref_acc, reference)
+
+
+# --- accuracy against one setting (layers, kernel size, a swept parameter) ------------------
+
+
+PLAIN, DISTILLED = "plain (alpha = 0)", "distilled"
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    values: list[float]  # validation accuracies of the trials at this setting
+    tests: list[float]  # their test accuracies (reported, never selected on)
+    numbers: list[int]  # their trial numbers
+    archs: list[str]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def best(self) -> float:
+        return max(self.values)
+
+
+class AccuracyBy(NamedTuple):
+    study_name: str
+    key: str  # "layers", "kernel" or a parameter name
+    label: str  # the x axis title
+    groups: dict[str, list[Point]]  # line name -> points sorted by x
+    statistic: str  # "mean" (a sweep: mean and spread over seeds) or "best" (a search)
+    teacher: dict
+
+
+def is_sweep(study: optuna.Study) -> bool:
+    spec = study.user_attrs.get("study_spec") or {}
+    return (spec.get("search") or {}).get("sampler") == "grid"
+
+
+def _family(study: optuna.Study) -> str:
+    spec = study.user_attrs.get("study_spec") or {}
+    return ((spec.get("student") or {}).get("space") or {}).get("family", "")
+
+
+def _kernel(r: Row) -> int | None:
+    """The kernel size of a CNN student whose conv layers all share one (else None)."""
+    convs = (r.trial.user_attrs.get("architecture") or {}).get("convs") or []
+    kernels = {c.get("kernel") for c in convs}
+    return kernels.pop() if len(kernels) == 1 else None
+
+
+def _swept(done: list[Row]) -> list[str]:
+    from kdsearch.sweep import NOT_SWEPT
+
+    names = sorted({k for r in done for k in r.trial.params if k not in NOT_SWEPT})
+    return [k for k in names if len({r.trial.params.get(k) for r in done}) > 1]
+
+
+def accuracy_axes(study: optuna.Study) -> list[str]:
+    """The settings to plot accuracy against: layers, kernel (CNNs), and a sweep's other axes."""
+    axes = ["layers"]
+    if _family(study) == "cnn":
+        axes.append("kernel")
+    if is_sweep(study):
+        done = [r for r in rows(study) if r.state == "COMPLETE"]
+        axes += [k for k in _swept(done) if k not in ("depth", "kernel", "convs_per_block")]
+    return axes
+
+
+def _x(r: Row, key: str) -> float | None:
+    if key == "layers":
+        return r.trial.user_attrs.get("n_layers")
+    if key == "kernel":
+        return _kernel(r)
+    return r.trial.params.get(key)
+
+
+def accuracy_by(study: optuna.Study, key: str) -> AccuracyBy:
+    """Validation accuracy against one setting, one line for distilled and one for plain.
+
+    In a sweep each point is the mean over the seeds at that setting, and a second swept
+    parameter splits the lines; in a search each point is the best trial at that setting.
+    """
+    done = [r for r in rows(study) if r.state == "COMPLETE" and r.val_accuracy is not None]
+    sweep = is_sweep(study)
+    other = [k for k in _swept(done) if k != key and not (
+        key == "layers" and k in ("depth", "convs_per_block"))] if sweep else []
+    cells: dict[str, dict[float, list[Row]]] = {}
+    for r in done:
+        x = _x(r, key)
+        if x is None:
+            continue
+        line = PLAIN if (r.alpha or 0.0) == 0.0 else DISTILLED
+        if other:
+            line += ", " + ", ".join(f"{k}={r.trial.params.get(k)}" for k in other)
+        cells.setdefault(line, {}).setdefault(x, []).append(r)
+    groups = {
+        line: [Point(x, [r.val_accuracy for r in rs], [r.test_accuracy for r in rs],
+                     [r.number for r in rs], [r.arch for r in rs])
+               for x, rs in sorted(by_x.items())]
+        for line, by_x in sorted(cells.items(), key=lambda kv: (kv[0].startswith("plain"), kv[0]))
+    }
+    family = _family(study)
+    label = {"layers": "hidden layers" if family == "mlp" else "conv layers",
+             "kernel": "kernel (filter) size"}.get(key, key)
+    return AccuracyBy(study.study_name, key, label, groups, "mean" if sweep else "best",
+                      teacher_info(study))
+
+
+def sweep_table(study: optuna.Study) -> str:
+    """Every sweep setting with mean and spread of validation and test accuracy over seeds."""
+    done = [r for r in rows(study) if r.state == "COMPLETE"]
+    axes = _swept(done)
+    cells: dict[tuple, list[Row]] = {}
+    for r in done:
+        cells.setdefault((*(r.trial.params.get(k) for k in axes), r.alpha or 0.0), []).append(r)
+    head = "  ".join(f"{k:>11}" for k in axes)
+    lines = [f"{head}  {'alpha':>5}  {'seeds':>5}  {'val acc (mean ± sd)':>19}  "
+             f"{'test acc (mean ± sd)':>20}  {'params':>9}  architecture"]
+
+    def ms(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+
+    for key in sorted(cells):
+        rs = cells[key]
+        vals = "  ".join(f"{v!s:>11}" for v in key[:-1])
+        lines.append(f"{vals}  {key[-1]:>5.2f}  {len(rs):>5}  {ms([r.val_accuracy for r in rs]):>19}"
+                     f"  {ms([r.test_accuracy for r in rs]):>20}  {rs[0].params:>9,}  {rs[0].arch}")
+    return "\n".join(lines)

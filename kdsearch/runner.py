@@ -49,9 +49,9 @@ def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.search.sampler == "grid":
-        from kdsearch.sweep import grid_space
+        from kdsearch.sweep import sweep_grid
 
-        return optuna.samplers.GridSampler(grid_space(spec.student.space), seed=seed)
+        return optuna.samplers.GridSampler(sweep_grid(spec), seed=seed)
     # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
     # constant_liar keeps parallel workers from all sampling the same point.
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,

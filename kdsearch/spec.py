@@ -143,9 +143,17 @@ class StudentSpec(_Frozen):
 
 
 class SearchSpec(_Frozen):
-    n_trials: int = Field(default=20, ge=1, le=1_000_000)
+    n_trials: int = Field(default=20, ge=1, le=1_000_000)  # a grid's default: the grid's size
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
+    repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
+
+    @model_validator(mode="after")
+    def _repeats_need_grid(self) -> SearchSpec:
+        if self.repeats > 1 and self.sampler != "grid":
+            raise ValueError(f"repeats > 1 only with sampler = 'grid' (a sweep), not "
+                             f"'{self.sampler}'")
+        return self
 
 
 class StudySpec(_Frozen):

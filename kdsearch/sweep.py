@@ -1,13 +1,31 @@
-"""Grid sweeps: every search-space parameter a fixed value or a list of choices.
+"""Grid sweeps: one or two parameters varied, the rest fixed, optionally plain beside distilled.
 
-Optuna's GridSampler needs the whole grid up front, keyed by the same names that
-`suggest_student` uses, so this walks the space the same way.
+A sweep is a study file with `sampler = "grid"`. Every student parameter is a fixed value or
+a list of choices; at most two (besides `alpha`) may have more than one value. Writing
+`alpha = { choices = [0.0, 0.9] }` trains each setting plainly (alpha = 0) and distilled, side
+by side; `repeats = 3` in `[search]` runs every point with three seeds, so the plots can show
+a mean and a spread. Optuna's GridSampler needs the whole grid up front, keyed by the same
+names that `suggest_student` uses, so this walks the space the same way.
 """
 
 from __future__ import annotations
 
+import optuna
+
 from kdsearch.errors import StudyFileError
-from kdsearch.spec import CNNSpace, FloatChoices, FloatRange, IntChoices, IntRange, MLPSpace
+from kdsearch.spec import (
+    CNNSpace,
+    FloatChoices,
+    FloatRange,
+    IntChoices,
+    IntRange,
+    MLPSpace,
+    StudySpec,
+)
+
+REPEAT = "repeat"  # the grid parameter that numbers a point's seeds
+NOT_SWEPT = ("alpha", REPEAT)  # plain-vs-distilled and seeds are drawn as lines, not axes
+FLOAT_PARAMS = ("dropout", "temperature", "alpha", "conv_dropout")
 
 
 def _values(name: str, param) -> list:
@@ -30,8 +48,7 @@ def grid_space(space: MLPSpace | CNNSpace) -> dict[str, list]:
     grid = {}
     for name in names:
         values = _values(name, getattr(space, name))
-        grid[name] = [float(v) for v in values] if name in (
-            "dropout", "temperature", "alpha", "conv_dropout") else values
+        grid[name] = [float(v) for v in values] if name in FLOAT_PARAMS else values
     return grid
 
 
@@ -40,3 +57,52 @@ def grid_size(space: MLPSpace | CNNSpace) -> int:
     for values in grid_space(space).values():
         n *= len(values)
     return n
+
+
+def sweep_grid(spec: StudySpec) -> dict[str, list]:
+    """The full grid of a sweep study: the space's values, plus the repeat index."""
+    grid = grid_space(spec.student.space)
+    swept = [name for name, values in grid.items() if len(values) > 1 and name not in NOT_SWEPT]
+    if len(swept) > 2:
+        raise StudyFileError(
+            f"{spec.name}: a sweep varies one or two parameters (besides alpha), found "
+            f"{len(swept)}: {', '.join(swept)}; fix the others to one value (e.g. width = 32)")
+    if spec.search.repeats > 1:
+        grid[REPEAT] = list(range(spec.search.repeats))
+    return grid
+
+
+def swept_params(spec: StudySpec) -> list[str]:
+    """The parameters a sweep varies (its plot axes), in grid order."""
+    return [name for name, values in sweep_grid(spec).items()
+            if len(values) > 1 and name not in NOT_SWEPT]
+
+
+def sweep_size(spec: StudySpec) -> int:
+    n = 1
+    for values in sweep_grid(spec).values():
+        n *= len(values)
+    return n
+
+
+def trials_wanted(spec: StudySpec, requested: int | None) -> tuple[int, str | None]:
+    """The number of finished trials to aim for, and a note when it differs from the request.
+
+    A grid defaults to its own size (the file's `n_trials` counts only if written there), and
+    asking for more than the grid would only repeat points, so it is capped.
+    """
+    if spec.search.sampler != "grid":
+        return requested or spec.search.n_trials, None
+    size = sweep_size(spec)
+    wanted = requested or (spec.search.n_trials if "n_trials" in spec.search.model_fields_set
+                           else size)
+    if wanted > size:
+        return size, f"the grid has {size} points: running {size} trials, not {wanted}"
+    return wanted, None
+
+
+def suggest_repeat(trial: optuna.Trial, spec: StudySpec) -> int:
+    """The repeat index of a sweep trial (0 outside sweeps); it seeds the student."""
+    if spec.search.sampler != "grid" or spec.search.repeats == 1:
+        return 0
+    return int(trial.suggest_categorical(REPEAT, list(range(spec.search.repeats))))

@@ -17,6 +17,7 @@ from kdsearch.errors import NonFiniteLossError
 from kdsearch.models import ArchitectureError, arch_params, build_model, count_macs
 from kdsearch.search_space import suggest_student
 from kdsearch.spec import StudySpec
+from kdsearch.sweep import suggest_repeat
 from kdsearch.teacher_cache import Teacher
 
 
@@ -35,6 +36,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         # Suggest: the student's shape and the distillation settings.
         choice = suggest_student(trial, spec.student.space, data.input_shape)
+        repeat = suggest_repeat(trial, spec)
         try:
             params = arch_params(choice.arch, data.input_shape, data.num_classes)
             macs = count_macs(choice.arch, data.input_shape, data.num_classes)
@@ -50,8 +52,10 @@ def make_objective(
         if max_params is not None and params > max_params:
             raise _prune(trial, f"over budget: {params:,} params > max_params {max_params:,}")
 
-        # Build and distill, recording the validation curve as it grows.
-        seed = spec.seed * 100_003 + trial.number
+        # Build and distill, recording the validation curve as it grows. A sweep seeds by
+        # repeat index, so its plain and distilled students at one point start from the same
+        # weights and batch order: a paired comparison.
+        seed = spec.seed * 100_003 + (repeat if spec.search.sampler == "grid" else trial.number)
         torch.manual_seed(seed)
         model = build_model(choice.arch, data.input_shape, data.num_classes, data.mean, data.std)
         curve: list[float] = []
