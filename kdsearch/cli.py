@@ -151,9 +151,8 @@ def _study_name(args, spec_name: str | None = None) -> str:
 def _run_options(args, spec):
     from kdsearch.runner import RunOptions
     from kdsearch.storage import storage_url
-    from kdsearch.teacher_cache import default_cache_dir
-
     from kdsearch.sweep import trials_wanted
+    from kdsearch.teacher_cache import default_cache_dir
 
     n_trials, note = trials_wanted(spec, getattr(args, "n_trials", None))
     if note:

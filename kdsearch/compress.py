@@ -14,8 +14,10 @@ read exactly once, at the end. The folder needs neither the study nor kdsearch's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import statistics
 import time
@@ -123,10 +125,11 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
     try:
-        with warnings.catch_warnings():
+        # One self-contained file (students are small), and no exporter chatter on stdout.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model.cpu().eval(), (example,), str(path), input_names=["images"],
-                              output_names=["logits"],
+                              output_names=["logits"], verbose=False, external_data=False,
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
         return None
     except Exception as e:  # noqa: BLE001 - ONNX needs the optional onnx/onnxscript packages
