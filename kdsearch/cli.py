@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=_positive_int, metavar="N",
                    help="total finished trials wanted in the study (resumes; default from the file)")
     p.add_argument("--timeout", type=_positive_float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--artifact-dir", metavar="DIR", type=Path,
+                   help="shared Optuna artifact store for the teacher, for workers on several "
+                   "machines (env KDSEARCH_ARTIFACT_DIR)")
 
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
@@ -121,7 +124,7 @@ def _run_options(args, spec):
         n_trials=getattr(args, "n_trials", None) or spec.search.n_trials,
         timeout=getattr(args, "timeout", None) or spec.search.timeout,
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
-        device=args.device)
+        device=args.device, artifact_dir=getattr(args, "artifact_dir", None))
 
 
 def _threads() -> None:
@@ -204,11 +207,26 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _resume_command(argv: list[str]) -> str:
+    """The command line to run again, with any password in it masked."""
+    import shlex
+
+    from kdsearch.storage import redact
+
+    return shlex.join(["kdsearch", *(redact(a) if "://" in a else a for a in argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    from kdsearch.shutdown import ShutdownRequested
+
     try:
         return COMMANDS[args.command](args)
+    except ShutdownRequested as e:
+        print(f"kdsearch: {e}\nkdsearch: to resume: {_resume_command(argv)}", file=sys.stderr)
+        return e.exit_code
     except KdsearchError as e:
         print(f"kdsearch: error: {e}", file=sys.stderr)
         return e.exit_code

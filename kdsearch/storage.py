@@ -14,8 +14,11 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from kdsearch.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///kdsearch.db"
-HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 60  # a trial silent this long is marked FAIL and re-queued
+HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats (env KDSEARCH_HEARTBEAT)
+GRACE_PERIOD = 3 * HEARTBEAT_INTERVAL  # a trial silent this long is marked FAIL and retried
+# (env KDSEARCH_GRACE; default three heartbeats)
+MAX_RETRY = 3  # a trial whose workers keep dying is retried at most this many times
+SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite writer waits for the file lock before failing
 
 
 def storage_url(arg: str | None) -> str:
@@ -45,28 +48,76 @@ def _scrub(text: str, url: str) -> str:
     return line.replace(str(password), "***") if password else line
 
 
+def _env_seconds(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise StorageError(f"{name}: expected a whole number of seconds, found {text!r}") from None
+    if not 1 <= value <= 86_400:
+        raise StorageError(f"{name}: expected seconds in [1, 86400], found {value}")
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds, from the environment or the defaults."""
+    interval = _env_seconds("KDSEARCH_HEARTBEAT", HEARTBEAT_INTERVAL)
+    grace = _env_seconds("KDSEARCH_GRACE", 3 * interval)
+    if grace <= interval:
+        raise StorageError(f"KDSEARCH_GRACE ({grace} s) must exceed KDSEARCH_HEARTBEAT "
+                           f"({interval} s), or live trials would be failed")
+    return interval, grace
+
+
+def _sqlite_immediate_transactions(engine) -> None:
+    """Make every SQLite transaction take the write lock up front (BEGIN IMMEDIATE).
+
+    With pysqlite's default deferred transactions, a worker that read and then tries to
+    write can get "database is locked" at once, without waiting out the busy timeout (the
+    lock upgrade cannot wait: Optuna issues #820, #4994). Taking the lock at BEGIN makes
+    every writer queue behind the busy timeout instead; the SQLAlchemy recipe for pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy, not pysqlite, emit BEGIN
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT * 1000}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna created the tables lack the hooks
+
+
 def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
     """Open (creating tables if needed) the storage at `url`; one-line errors, no password."""
     kwargs: dict = {}
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    if sqlite:
         # Several local processes share one SQLite file: wait for locks instead of failing.
-        kwargs["connect_args"] = {"timeout": 60}
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     elif url.startswith("postgresql"):
         kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 10}
     hb = {}
     if heartbeat:
-        hb = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        interval, grace = heartbeat_settings()
+        hb = dict(heartbeat_interval=interval, grace_period=grace,
+                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     try:
         storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+        if sqlite:
+            with storage.engine.connect() as conn:  # WAL persists in the file: readers never block
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            _sqlite_immediate_transactions(storage.engine)
     except ImportError as e:
         raise StorageError(f"storage {redact(url)}: missing database driver ({e.name or e})") from None
     except Exception as e:  # sqlalchemy / driver errors: connection refused, bad password, bad URL
         raise StorageError(f"cannot open storage {redact(url)}: {_scrub(str(e), url)}") from None
-    if url.startswith("sqlite"):
-        with storage.engine.connect() as conn:  # WAL persists in the file: readers stop blocking writers
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
 
 
