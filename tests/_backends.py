@@ -101,12 +101,12 @@ epochs = EPOCHS
 batch_size = 32
 
 [search]
-n_trials = 3
+n_trials = N_TRIALS
 sampler = "random"
 """
 
 
-def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny") -> Path:
+def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int = 3) -> Path:
     path = folder / f"{name}.toml"
-    path.write_text(TINY_STUDY.replace("EPOCHS", str(epochs)))
+    path.write_text(TINY_STUDY.replace("EPOCHS", str(epochs)).replace("N_TRIALS", str(n_trials)))
     return path
