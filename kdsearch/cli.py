@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdsearch.errors import KdsearchError
+from kdsearch.errors import KdsearchError, one_line
 
 
 def _positive_int(text: str) -> int:
@@ -41,7 +41,10 @@ def _positive_float(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + error
+    def error(self, message: str):  # one line, not usage + error; argparse echoes bad values
+        from kdsearch.storage import mask_urls
+
+        message = one_line(mask_urls(message))
         self.exit(2, f"kdsearch: error: {message} (see 'kdsearch {self.prog.split()[-1]} --help')\n"
                   if " " in self.prog else f"kdsearch: error: {message} (see 'kdsearch --help')\n")
 
@@ -228,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdsearch: {e}\nkdsearch: to resume: {_resume_command(argv)}", file=sys.stderr)
         return e.exit_code
     except KdsearchError as e:
-        print(f"kdsearch: error: {e}", file=sys.stderr)
+        from kdsearch.storage import mask_urls
+
+        print(f"kdsearch: error: {one_line(mask_urls(str(e)))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("kdsearch: interrupted; run the same command again to resume", file=sys.stderr)

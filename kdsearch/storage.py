@@ -35,6 +35,11 @@ def redact(url: str) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def mask_urls(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return re.sub(r"(://[^:/@\s'\"]*:)[^@\s'\"]*@", r"\1***@", text)
+
+
 def _scrub(text: str, url: str) -> str:
     """Remove the password of `url` from a driver's error text, wherever it appears."""
     try:
