@@ -133,7 +133,12 @@ def _run_options(args, spec):
 def _threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    # Several workers on one machine must share its cores: set KDSEARCH_THREADS per worker.
+    # Oversubscribed, three 2-thread workers on 2 cores each trained a small MLP 3.9x slower
+    # than three 1-thread workers (16.9 s vs 4.3 s, docs/DISTRIBUTED.md).
+    env = os.environ.get("KDSEARCH_THREADS", "")
+    threads = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, threads))
 
 
 def cmd_run_study(args) -> int:

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.data import Dataset
 from kdsearch.errors import CacheError
 from kdsearch.locks import db_lock
 from kdsearch.spec import StudySpec
-from kdsearch.storage import MAX_RETRY
+from kdsearch.storage import retry_failed_trial
 from kdsearch.teacher_cache import Teacher, fetch_teacher, get_teacher, publish_teacher, teacher_key
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -94,11 +94,10 @@ def reap_stale(study: optuna.Study, storage: RDBStorage) -> None:
     if storage.get_heartbeat_interval() is None:
         return
     optuna.storages.fail_stale_trials(study)
-    callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     for trial_id in _silent_running(study, storage):
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                callback(study, storage.get_trial(trial_id))
+                retry_failed_trial(study, storage.get_trial(trial_id))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
 
@@ -148,7 +147,7 @@ def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: opt
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # already failed by another worker's stale check, which queued the retry
         if retry:
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial._trial_id))
+            retry_failed_trial(study, storage.get_trial(trial._trial_id))
 
 
 # --- the shared teacher -------------------------------------------------------------------------

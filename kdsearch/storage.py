@@ -9,7 +9,8 @@ import os
 import re
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.errors import StorageError
 
@@ -51,6 +52,23 @@ def _scrub(text: str, url: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else type(text).__name__
     line = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", line)
     return line.replace(str(password), "***") if password else line
+
+
+def retry_failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial again with its parameters, at most MAX_RETRY times.
+
+    Like Optuna's RetryHeartbeatStaleTrialCallback (same system attrs, so its
+    `retried_trial_number` works), but the retry starts with no user attrs: the dead
+    attempt's partial curve, worker and stop reason do not belong to it.
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={**trial.system_attrs,
+                      "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                      "retry_history": history}))
 
 
 def _env_seconds(name: str, default: int) -> int:
@@ -112,7 +130,7 @@ def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
     if heartbeat:
         interval, grace = heartbeat_settings()
         hb = dict(heartbeat_interval=interval, grace_period=grace,
-                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                  heartbeat_stale_trial_callback=retry_failed_trial)
     try:
         storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
         if sqlite:

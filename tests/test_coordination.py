@@ -83,6 +83,7 @@ def test_dead_workers_trial_is_failed_and_retried_with_its_params(backend, tmp_p
         # A worker claims a trial, suggests, then dies: no tell, no more heartbeats.
         dead = coordination.claim_trial(study, storage, url, target=1)
         x = dead.suggest_float("x", 0, 1)
+        dead.set_user_attr("worker", "dead")
         assert coordination.claim_trial(study, storage, url, target=1) == coordination.WAIT
         time.sleep(3.5)  # past the grace period
         retry = coordination.claim_trial(study, storage, url, target=1)
@@ -90,7 +91,9 @@ def test_dead_workers_trial_is_failed_and_retried_with_its_params(backend, tmp_p
         assert study.trials[dead.number].state == TrialState.FAIL
         assert retry.params == {"x": x}
         frozen = storage.get_trial(retry._trial_id)
-        assert coordination.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) == dead.number
+        assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) \
+            == dead.number
+        assert "worker" not in frozen.user_attrs or frozen.user_attrs["worker"] != "dead"
         study.tell(retry, [x, 1 - x])
         assert coordination.claim_trial(study, storage, url, target=1) == coordination.DONE
         assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -108,5 +111,6 @@ def test_abandoned_trial_is_failed_and_queued_under_the_lock(tmp_path, monkeypat
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs["stopped_reason"] == "interrupted by SIGTERM"
     assert trials[1].params == trials[0].params
+    assert trials[1].user_attrs == {}  # the interrupted attempt's reason stays with it
     again = coordination.claim_trial(study, storage, url, target=2)
     assert again.number == 1  # the queued retry is taken before any new point
