@@ -133,7 +133,9 @@ class Drill:
                 raise SystemExit(f"worker {proc.pid} exited ({proc.returncode}) before the fault")
             study = self.study()
             for t in study.get_trials(deepcopy=False) if study else []:
-                if (t.state == TrialState.RUNNING and t.user_attrs.get("val_curve")
+                # Mid-trial: at least one epoch done and at most half of them.
+                if (t.state == TrialState.RUNNING
+                        and 1 <= len(t.user_attrs.get("val_curve", [])) <= self.args.epochs // 2
                         and str(t.user_attrs.get("worker", "")).endswith(f":{proc.pid}")):
                     return t.number
             time.sleep(0.2)
@@ -144,15 +146,24 @@ class Drill:
             admin.execute(f'CREATE DATABASE "{self.db}"')
         self.say(f"scratch database {redact(self.url)}; study {self.args.trials} trials, "
                  f"{self.args.workers} workers")
+        status = 1
         try:
-            return self._drill()
+            status = self._drill()
+            return status
         finally:
-            if not self.args.keep:
+            for _, proc, _ in self.procs:  # a drill that broke off leaves no worker behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if self.args.keep:
+                print(f"kept database {self.db} and folder {self.work}")
+            else:
                 with psycopg.connect(admin_conninfo(self.args.server), autocommit=True) as admin:
                     admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-                shutil.rmtree(self.work, ignore_errors=True)
-            else:
-                print(f"kept database {self.db} and folder {self.work}")
+                if status == 0:
+                    shutil.rmtree(self.work, ignore_errors=True)
+                else:
+                    print(f"worker logs kept in {self.work}")
 
     def _drill(self) -> int:
         workers = [self.start(i) for i in range(self.args.workers)]
@@ -233,7 +244,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=10, help="per student trial")
+    p.add_argument("--epochs", type=int, default=40, help="per student trial")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--server", default=os.environ.get(
         "KDSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),

@@ -167,13 +167,20 @@ def shared_teacher(spec: StudySpec, data: Dataset, study: optuna.Study, storage:
     """The study's teacher, trained by exactly one worker across all machines."""
     key = teacher_key(spec, data)
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
-    if teacher is None:
-        with db_lock(storage.engine, url, f"kdsearch:teacher:{key}",
-                     on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
+    published = lambda: key in study.user_attrs.get(ARTIFACTS_ATTR, {})  # noqa: E731
+    if teacher is not None and (artifact_dir is None or published()):
+        return teacher
+    with db_lock(storage.engine, url, f"kdsearch:teacher:{key}",
+                 on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
+        if teacher is None:
             teacher = _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device,
                                           key, log)
-    if artifact_dir is not None and key not in study.user_attrs.get(ARTIFACTS_ATTR, {}):
-        _publish(teacher, artifact_dir, study, url, storage, key, log)
+        # Published before the lock is released: a worker that waited finds it there.
+        if artifact_dir is not None and not published():
+            artifact_id = publish_teacher(teacher, artifact_dir, study)
+            study.set_user_attr(ARTIFACTS_ATTR, {**study.user_attrs.get(ARTIFACTS_ATTR, {}),
+                                                 key: artifact_id})
+            log(f"teacher {key} published to the artifact store {artifact_dir}")
     return teacher
 
 
@@ -199,17 +206,6 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
     study.set_user_attr(TRAINED_BY_ATTR, {**study.user_attrs.get(TRAINED_BY_ATTR, {}),
                                           key: worker_id()})
     return teacher
-
-
-def _publish(teacher: Teacher, artifact_dir: Path, study: optuna.Study, url: str,
-             storage: RDBStorage, key: str, log: Callable[[str], None]) -> None:
-    with db_lock(storage.engine, url, f"kdsearch:teacher:{key}"):
-        if key in study.user_attrs.get(ARTIFACTS_ATTR, {}):
-            return
-        artifact_id = publish_teacher(teacher, artifact_dir, study)
-        study.set_user_attr(ARTIFACTS_ATTR, {**study.user_attrs.get(ARTIFACTS_ATTR, {}),
-                                             key: artifact_id})
-        log(f"teacher {key} published to the artifact store {artifact_dir}")
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -109,8 +109,8 @@ def db_lock(engine: Engine, url: str, name: str,
             lock.release()
         return
     if database:
-        path = Path(database).expanduser().resolve().with_name(
-            f"{Path(database).name}.kdsearch-{slug}.lock")
+        db = Path(database).expanduser().resolve()  # one hidden folder of lock files beside it
+        path = db.with_name(f".{db.name}.kdsearch-locks") / f"{slug}.lock"
     else:
         path = Path(tempfile.gettempdir()) / f"kdsearch-{slug}.lock"
     with _file_lock(path, on_wait):

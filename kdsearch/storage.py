@@ -10,9 +10,11 @@ import re
 
 import optuna
 from optuna.storages import RDBStorage
+from sqlalchemy import create_engine
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.errors import StorageError
+from kdsearch.locks import db_lock
 
 DEFAULT_STORAGE = "sqlite:///kdsearch.db"
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats (env KDSEARCH_HEARTBEAT)
@@ -132,7 +134,14 @@ def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
         hb = dict(heartbeat_interval=interval, grace_period=grace,
                   heartbeat_stale_trial_callback=retry_failed_trial)
     try:
-        storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+        # Workers starting together would all create the tables; Optuna's table creation is
+        # not safe against that ("UNIQUE constraint failed: alembic_version"), so take turns.
+        lock_engine = create_engine(url, **kwargs)
+        try:
+            with db_lock(lock_engine, url, "kdsearch:create-tables"):
+                storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+        finally:
+            lock_engine.dispose()
         if sqlite:
             with storage.engine.connect() as conn:  # WAL persists in the file: readers never block
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")

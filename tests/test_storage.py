@@ -87,3 +87,28 @@ def test_cli_bad_database_is_one_line_exit_2(tmp_path):
 
 def test_pg_server_url_is_postgresql():
     assert PG_SERVER.startswith("postgresql")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_workers_creating_the_tables_together(backend, tmp_path):
+    """Found by the three-worker test: Optuna's table creation races ("UNIQUE constraint
+    failed: alembic_version"); open_storage takes turns under a database lock."""
+    import threading
+
+    with scratch_storage(backend, tmp_path) as url:
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_one() -> None:
+            barrier.wait()
+            try:
+                open_storage(url).engine.dispose()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
