@@ -53,7 +53,11 @@ seed = 0
 [data]
 dataset = "synthetic"
 val_size = 300
-synthetic = { n_train = 1500, n_test = 300, channels = 1, height = 8, width = 8, num_classes = 4, noise = 2.5 }
+[data.synthetic]
+n_train = 1500
+n_test = 300
+num_classes = 4
+noise = 2.5
 
 [teacher]
 family = "mlp"
@@ -184,7 +188,7 @@ class Drill:
         self.start(0)
         self.start(1)
         deadline = time.monotonic() + self.args.timeout
-        for name, proc, _ in self.procs:
+        for _, proc, _ in self.procs:
             proc.wait(timeout=max(1, deadline - time.monotonic()))
         self.say("all workers exited")
         return self.report(killed, termed, term_code)

@@ -10,8 +10,8 @@ import re
 
 import optuna
 from optuna.storages import RDBStorage
-from sqlalchemy import create_engine
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import create_engine
 
 from kdsearch.errors import StorageError
 from kdsearch.locks import db_lock

@@ -240,7 +240,8 @@ def fetch_teacher(artifact_id: str, artifact_dir: Path, cache_dir: Path, key: st
             os.replace(staging, folder)
         teacher = _load(folder, data, device)
     except _Corrupt as e:
-        raise CacheError(f"teacher {key} in artifact store {artifact_dir} is corrupt: {e}") from None
+        raise CacheError(
+            f"teacher {key} in artifact store {artifact_dir} is corrupt: {e}") from None
     except Exception as e:  # missing artifact, unreadable tar, full disk
         raise CacheError(f"cannot fetch teacher {key} from artifact store {artifact_dir}: "
                          f"{getattr(e, 'strerror', None) or e}") from None

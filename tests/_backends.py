@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-PG_SERVER = os.environ.get("KDSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_SERVER = os.environ.get("KDSEARCH_TEST_PG",
+                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -22,8 +23,9 @@ def _admin_conninfo() -> str:
     from sqlalchemy.engine import make_url
 
     u = make_url(PG_SERVER)
-    parts = {"host": u.host or "127.0.0.1", "port": u.port or 5432, "user": u.username or "postgres",
-             "dbname": u.database or "postgres", "password": u.password, "connect_timeout": 5}
+    parts = {"host": u.host or "127.0.0.1", "port": u.port or 5432,
+             "user": u.username or "postgres", "dbname": u.database or "postgres",
+             "password": u.password, "connect_timeout": 5}
     return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
 
 
@@ -81,7 +83,11 @@ seed = 0
 [data]
 dataset = "synthetic"
 val_size = 100
-synthetic = { n_train = 400, n_test = 100, channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.0 }
+[data.synthetic]
+n_train = 400
+n_test = 100
+num_classes = 3
+noise = 1.0
 
 [teacher]
 family = "mlp"

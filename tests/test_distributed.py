@@ -44,7 +44,8 @@ def test_compose_file_describes_the_deployment():
     assert env["KDSEARCH_STORAGE"].startswith("postgresql+psycopg://kdsearch:")
     assert env["KDSEARCH_STORAGE"].endswith("@postgres:5432/kdsearch")
     mounts = {_interpolate(v, {}).split(":")[1] for v in worker["volumes"]}
-    assert {env["KDSEARCH_DATA_DIR"], env["KDSEARCH_CACHE_DIR"], env["KDSEARCH_ARTIFACT_DIR"]} <= mounts
+    dirs = {env[f"KDSEARCH_{k}_DIR"] for k in ("DATA", "CACHE", "ARTIFACT")}
+    assert dirs <= mounts
     dash = services["dashboard"]["command"]
     assert dash[0] == "optuna-dashboard" and dash[-1] == compose()["x-storage"]
     assert (ROOT / "Dockerfile").is_file()
@@ -79,7 +80,8 @@ def test_three_workers_one_teacher_exact_target(backend, tmp_path):
         assert not any("database is locked" in t or "Traceback" in t for t in texts), texts
         trained = [t for t in texts if re.search(r"^training teacher", t, re.M)]
         assert len(trained) == 1, texts  # one worker trained it ...
-        assert sum("fetched from the artifact store" in t for t in texts) == 2, texts  # ... two fetched
+        fetched = sum("fetched from the artifact store" in t for t in texts)
+        assert fetched == 2, texts  # ... and the other two fetched it
         s = optuna.load_study(study_name="tiny", storage=url)
         states = [t.state for t in s.trials]
         assert sum(st in (TrialState.COMPLETE, TrialState.PRUNED) for st in states) == target

@@ -198,7 +198,8 @@ def test_nan_loss_is_a_pruned_trial(tmp_path, cache_dir, monkeypatch):
     study = _run(tmp_path, cache_dir, [('width = { choices = [4, 8, 16] }',
                                         'width = { choices = [4, 8, 16] }\nalpha = 0.5')])
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
-    assert all(r.startswith("non-finite loss: loss became nan at epoch 1") for _, r in _reasons(study))
+    assert all(r.startswith("non-finite loss: loss became nan at epoch 1")
+               for _, r in _reasons(study))
 
 
 @pytest.mark.parametrize("error", [
