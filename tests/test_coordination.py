@@ -8,6 +8,7 @@ import time
 
 import optuna
 import pytest
+import torch
 from _backends import BACKENDS, scratch_storage
 from optuna.trial import TrialState
 
@@ -114,3 +115,40 @@ def test_abandoned_trial_is_failed_and_queued_under_the_lock(tmp_path, monkeypat
     assert trials[1].user_attrs == {}  # the interrupted attempt's reason stays with it
     again = coordination.claim_trial(study, storage, url, target=2)
     assert again.number == 1  # the queued retry is taken before any new point
+
+
+def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, monkeypatch):
+    """A worker that cannot see the teacher (no shared cache, no artifact store) refuses to
+    train a second one and says how to share it; with the store it fetches it."""
+    from _backends import tiny_study
+
+    from kdsearch.data import load_data
+    from kdsearch.errors import CacheError
+    from kdsearch.spec import load_study
+    from kdsearch.teacher_cache import teacher_key
+
+    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "5")
+    spec = load_study(str(tiny_study(tmp_path)))
+    data = load_data(spec.data)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, storage = _study(url)
+    cpu = torch.device("cpu")
+    store = tmp_path / "artifacts"
+    # "Machine A": trains, publishes.
+    first = coordination.shared_teacher(spec, data, study, storage, url, tmp_path / "a", store,
+                                        cpu, log=lambda m: None)
+    assert not first.reused
+    key = teacher_key(spec, data)
+    trained_by = study.user_attrs[coordination.TRAINED_BY_ATTR]
+    study.set_user_attr(coordination.TRAINED_BY_ATTR, {key: "elsewhere:1"})  # as if remote
+    assert trained_by[key] == coordination.worker_id()
+    # "Machine B" without the store: a clear refusal, not a second teacher.
+    with pytest.raises(CacheError, match="give every worker the same --artifact-dir"):
+        coordination.shared_teacher(spec, data, study, storage, url, tmp_path / "b", None, cpu,
+                                    log=lambda m: None)
+    # "Machine B" with the store: fetched, identical logits.
+    logs: list[str] = []
+    fetched = coordination.shared_teacher(spec, data, study, storage, url, tmp_path / "b", store,
+                                          cpu, log=logs.append)
+    assert any("fetched from the artifact store" in m for m in logs)
+    assert torch.equal(fetched.logits["val"], first.logits["val"])
