@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from kdsearch.data import Dataset
 from kdsearch.errors import CacheError
@@ -207,6 +207,3 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
                                           key: worker_id()})
     return teacher
 
-
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
