@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdsearch.errors import KdsearchError
+from kdsearch.errors import KdsearchError, one_line
 
 
 def _positive_int(text: str) -> int:
@@ -51,7 +51,10 @@ def _positive_float(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + error
+    def error(self, message: str):  # one line, not usage + error; argparse echoes bad values
+        from kdsearch.storage import mask_urls
+
+        message = one_line(mask_urls(message))
         self.exit(2, f"kdsearch: error: {message} (see 'kdsearch {self.prog.split()[-1]} --help')\n"
                   if " " in self.prog else f"kdsearch: error: {message} (see 'kdsearch --help')\n")
 
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=_positive_int, metavar="N",
                    help="total finished trials wanted in the study (resumes; default from the file)")
     p.add_argument("--timeout", type=_positive_float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--artifact-dir", metavar="DIR", type=Path,
+                   help="shared Optuna artifact store for the teacher, for workers on several "
+                   "machines (env KDSEARCH_ARTIFACT_DIR)")
 
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
@@ -162,13 +168,18 @@ def _run_options(args, spec):
         n_trials=n_trials,
         timeout=getattr(args, "timeout", None) or spec.search.timeout,
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
-        device=args.device)
+        device=args.device, artifact_dir=getattr(args, "artifact_dir", None))
 
 
 def _threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    # Several workers on one machine must share its cores: set KDSEARCH_THREADS per worker.
+    # Oversubscribed, three 2-thread workers on 2 cores each trained a small MLP 3.9x slower
+    # than three 1-thread workers (16.9 s vs 4.3 s, docs/DISTRIBUTED.md).
+    env = os.environ.get("KDSEARCH_THREADS", "")
+    threads = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, threads))
 
 
 def cmd_run_study(args) -> int:
@@ -234,19 +245,13 @@ def cmd_studies(args) -> int:
     return 0
 
 
-def _command_line(argv: list[str] | None) -> str:
-    """The command as typed, for the model card; a storage password is masked."""
+def _command_line(argv: list[str]) -> str:
+    """The command as typed (for a model card or a resume hint), any password masked."""
     import shlex
 
     from kdsearch.storage import redact
 
-    words = list(sys.argv[1:] if argv is None else argv)
-    for i, word in enumerate(words):
-        if i > 0 and words[i - 1] == "--storage":
-            words[i] = redact(word)
-        elif word.startswith("--storage="):
-            words[i] = "--storage=" + redact(word.split("=", 1)[1])
-    return "kdsearch " + shlex.join(words)
+    return shlex.join(["kdsearch", *(redact(a) if "://" in a else a for a in argv)])
 
 
 def cmd_compress(args) -> int:
@@ -258,7 +263,7 @@ def cmd_compress(args) -> int:
     r = compress(study, args.out, number=args.trial, max_params=args.max_params,
                  epochs=args.epochs, data_dir=args.data_dir,
                  cache_dir=args.cache_dir or default_cache_dir(), device_name=args.device,
-                 command=_command_line(getattr(args, "argv", None)),
+                 command=_command_line(args.argv),
                  log=lambda m: print(m, file=sys.stderr))
     print(f"trial {r.trial}: test accuracy {r.test_accuracy:.4f}, {r.params:,} params, "
           f"{r.macs:,} MACs, {r.epochs} epochs in {r.seconds:.1f} s")
@@ -309,13 +314,21 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     _quiet_libraries()
+    from kdsearch.shutdown import ShutdownRequested
+
     try:
         return COMMANDS[args.command](args)
+    except ShutdownRequested as e:
+        print(f"kdsearch: {e}\nkdsearch: to resume: {_command_line(argv)}", file=sys.stderr)
+        return e.exit_code
     except KdsearchError as e:
-        print(f"kdsearch: error: {e}", file=sys.stderr)
+        from kdsearch.storage import mask_urls
+
+        print(f"kdsearch: error: {one_line(mask_urls(str(e)))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("kdsearch: interrupted; run the same command again to resume", file=sys.stderr)

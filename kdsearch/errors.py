@@ -4,6 +4,11 @@ A traceback reaching the user means a bug, not bad input.
 """
 
 
+def one_line(text: str) -> str:
+    """`text` with newlines and other control characters escaped: a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class KdsearchError(Exception):
     """Base of every error kdsearch reports to the user as one line."""
 

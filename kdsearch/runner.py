@@ -1,12 +1,14 @@
 """`run-study`: study file -> data -> cached teacher -> Optuna trials in SQL storage.
 
 `--n-trials` is the study's total target of finished (complete or pruned) trials, so
-running the same command again resumes and adds only what is missing.
+running the same command again resumes and adds only what is missing, and any number of
+workers running it against one database stop together at exactly that many.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kdsearch import coordination
 from kdsearch.data import Dataset, load_data
 from kdsearch.engine import resolve_device
+from kdsearch.shutdown import Shutdown, ShutdownRequested
 from kdsearch.spec import StudySpec
 from kdsearch.storage import open_storage, redact
 from kdsearch.teacher_cache import Teacher, get_teacher
@@ -35,6 +39,18 @@ class RunOptions:
     data_dir: Path | None
     cache_dir: Path
     device: str
+    artifact_dir: Path | None = None  # shared teacher store for workers on other machines
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """A GridSampler that does not call `study.stop()` when its grid is used up.
+
+    Trials run through ask/tell here (to hold a study-wide target across workers), where
+    Optuna forbids `stop()`; the target, which is capped at the grid size, ends a sweep instead.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
@@ -51,7 +67,7 @@ def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
     if spec.search.sampler == "grid":
         from kdsearch.sweep import sweep_grid
 
-        return optuna.samplers.GridSampler(sweep_grid(spec), seed=seed)
+        return _AskTellGridSampler(sweep_grid(spec), seed=seed)
     # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
     # constant_liar keeps parallel workers from all sampling the same point.
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
@@ -74,8 +90,8 @@ def study_note(spec: StudySpec, teacher: Teacher) -> str:
     )
 
 
-def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.Study:
-    storage = open_storage(opts.storage)
+def create_study(spec: StudySpec, opts: RunOptions, storage) -> optuna.Study:
+    """Create the study, or join it if another worker (or an earlier run) created it."""
     existing = 0
     try:
         existing = len(optuna.load_study(study_name=opts.study_name, storage=storage).trials)
@@ -92,6 +108,10 @@ def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.St
                            "objectives; choose another --study-name")
     if not study.metric_names:
         study.set_metric_names(list(OBJECTIVES))
+    return study
+
+
+def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> None:
     for key, value in {
         "study_file": spec.source, "study_spec": spec.model_dump(mode="json", exclude={"source"}),
         "teacher": {k: v for k, v in teacher.meta.items() if k not in ("sha256", "curve")},
@@ -103,6 +123,11 @@ def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.St
         save_note(study, study_note(spec, teacher))
     except Exception:  # the note is a nicety; never fail a run over it
         pass
+
+
+def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.Study:
+    study = create_study(spec, opts, open_storage(opts.storage))
+    annotate_study(study, spec, teacher)
     return study
 
 
@@ -132,10 +157,30 @@ def prepare(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> tu
 
 def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = print,
               on_epoch: Callable | None = None) -> optuna.Study:
+    """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
+
+    SIGINT / SIGTERM stop at the next epoch boundary: the running trial is marked FAIL and
+    queued for retry, and `ShutdownRequested` is raised (exit code 130 / 143).
+    """
+    shutdown = Shutdown()
+    with shutdown.installed():
+        return _run(spec, opts, log, on_epoch, shutdown)
+
+
+def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
+         on_epoch: Callable | None, shutdown: Shutdown) -> optuna.Study:
     from tqdm import tqdm
 
-    data, teacher = prepare(spec, opts, log)
-    study = open_study(spec, opts, teacher)
+    device = resolve_device(opts.device)
+    data = load_data(spec.data, opts.data_dir, opts.cache_dir)
+    log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
+        f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
+    storage = open_storage(opts.storage)
+    study = create_study(spec, opts, storage)
+    teacher = coordination.shared_teacher(
+        spec, data, study, storage, opts.storage, opts.cache_dir,
+        opts.artifact_dir or coordination.artifact_dir_from_env(), device, log)
+    annotate_study(study, spec, teacher)
     done = finished_count(study)
     target = opts.n_trials
     log(f"study '{opts.study_name}' in {redact(opts.storage)}: {done} of {target} trials finished")
@@ -143,30 +188,61 @@ def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = pr
         log("nothing to do: the target is reached (raise --n-trials to add more)")
         return study
 
-    device = resolve_device(opts.device)
-    objective = make_objective(spec, data, teacher, device, on_epoch=on_epoch)
+    def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
+        shutdown.check()  # the safe point: stop between epochs, never inside one
+        if on_epoch is not None:
+            on_epoch(trial, epoch, val_acc)
+
+    objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)
     bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
                dynamic_ncols=True)
-
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        bar.write(trial_line(trial), file=sys.stderr)
-        finished = finished_count(study)
-        bar.n = min(finished, target)
-        bar.refresh()
-        if finished >= target:
-            study.stop()
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start = time.monotonic()
+    waiting_said = False
     try:
-        # Failed trials (a crashed worker's, say) do not count, so loop until the target is met.
-        for _ in range(3):
-            missing = target - finished_count(study)
-            if missing <= 0:
+        while opts.timeout is None or time.monotonic() - start < opts.timeout:
+            with shutdown.deferring():
+                claim = coordination.claim_trial(study, storage, opts.storage, target)
+                if isinstance(claim, optuna.Trial):
+                    frozen = _run_trial(study, storage, opts, claim, objective, shutdown)
+                    bar.write(trial_line(frozen), file=sys.stderr)
+                    waiting_said = False
+            bar.n = min(finished_count(study), target)
+            bar.refresh()
+            shutdown.check()
+            if claim == coordination.DONE:
                 break
-            study.optimize(objective, n_trials=missing, timeout=opts.timeout,
-                           callbacks=[after_trial], gc_after_trial=True)
-            if opts.timeout is not None:
-                break
+            if claim == coordination.WAIT:
+                if not waiting_said:
+                    bar.write("the rest of the target is running on other workers; waiting in "
+                              "case one of them fails", file=sys.stderr)
+                    waiting_said = True
+                time.sleep(WAIT_POLL_SECONDS)
     finally:
         bar.close()
     return study
+
+
+WAIT_POLL_SECONDS = 1.0  # how often an idle worker looks for failed trials to retry
+
+
+def _run_trial(study: optuna.Study, storage, opts: RunOptions, trial: optuna.Trial,
+               objective: Callable, shutdown: Shutdown) -> FrozenTrial:
+    """Run one claimed trial to a recorded end state: never left RUNNING by an exception."""
+    try:
+        with coordination.Heartbeat(storage, trial._trial_id):
+            shutdown.check()
+            values = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except ShutdownRequested as e:
+        coordination.abandon_trial(study, storage, opts.storage, trial,
+                                   f"interrupted by {e.signum_name}", retry=True)
+        raise ShutdownRequested(e.signum, f"trial {trial.number} marked FAIL and queued for "
+                                f"retry; run the same command again to resume") from None
+    except BaseException as e:
+        # A bug or an unexpected error: record it on the trial, then let it surface.
+        reason = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        coordination.abandon_trial(study, storage, opts.storage, trial, reason[:300], retry=False)
+        raise
+    return study.tell(trial, values)

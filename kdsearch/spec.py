@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdsearch.architecture import CNNArch, MLPArch
-from kdsearch.errors import StudyFileError
+from kdsearch.errors import StudyFileError, one_line
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
 
@@ -186,16 +186,24 @@ def list_studies() -> list[str]:
     return sorted(p.stem for p in shipped_studies_dir().glob("*.toml"))
 
 
+def _is_file(path: Path) -> bool:
+    """`path.is_file()`, false for names no file can have (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def find_study_file(study: str) -> Path:
     """A path to a .toml, a name in ./studies, or a name among the shipped studies."""
     path = Path(study)
     if study.endswith(".toml") or os.sep in study:
-        if not path.is_file():
+        if not _is_file(path):
             raise StudyFileError(f"{study}: no such study file")
         return path
     for folder in (Path("studies"), shipped_studies_dir()):
         candidate = folder / f"{study}.toml"
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     known = ", ".join(list_studies()) or "none"
     raise StudyFileError(f"unknown study '{study}': not a .toml path, and no studies/{study}.toml "
@@ -250,7 +258,7 @@ def parse_study(text: str, path: Path) -> StudySpec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise StudyFileError(f"{path}: not valid TOML: {e}") from None
+        raise StudyFileError(one_line(f"{path}: not valid TOML: {e}")) from None
     raw = dict(raw)
     raw.setdefault("name", path.stem)
     teacher = raw.get("teacher")
@@ -269,7 +277,7 @@ def parse_study(text: str, path: Path) -> StudySpec:
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as e:
-        raise StudyFileError(_one_line(path, e)) from None
+        raise StudyFileError(one_line(_one_line(path, e))) from None
 
 
 def load_study(study: str) -> StudySpec:

@@ -191,3 +191,59 @@ def get_teacher(spec: StudySpec, data: Dataset, cache_dir: Path, device: torch.d
             return Teacher(model, spec.teacher, logits, meta, folder, reused=False)
     except OSError as e:
         raise CacheError(f"teacher cache at {folder.parent}: {e.strerror or e}") from None
+
+
+# --- sharing a teacher between machines through Optuna's artifact store ----------------------
+
+
+def publish_teacher(teacher: Teacher, artifact_dir: Path, study) -> str:
+    """Upload the teacher's cache folder as one tar to the artifact store; its artifact id."""
+    import tarfile
+    import tempfile
+
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    try:
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            tar_path = Path(tmp) / f"teacher-{teacher.meta['key']}.tar"
+            with tarfile.open(tar_path, "w") as tar:
+                for name in ("model.pt", "logits.pt", "meta.json"):
+                    tar.add(teacher.path / name, arcname=name)
+            return upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
+                                   file_path=str(tar_path), study_or_trial=study,
+                                   mimetype="application/x-tar")
+    except OSError as e:
+        raise CacheError(f"artifact store {artifact_dir}: cannot publish the teacher: "
+                         f"{e.strerror or e}") from None
+
+
+def fetch_teacher(artifact_id: str, artifact_dir: Path, cache_dir: Path, key: str,
+                  data: Dataset, device: torch.device) -> Teacher:
+    """Download a published teacher into the local cache and load it (checksums verified)."""
+    import tarfile
+    import tempfile
+
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+    folder = Path(cache_dir).expanduser() / "teachers" / key
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tar_path = Path(tmp) / "teacher.tar"
+            download_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
+                              file_path=str(tar_path), artifact_id=artifact_id)
+            staging = folder.with_name(f"{key}.fetch{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(staging, filter="data")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staging, folder)
+        teacher = _load(folder, data, device)
+    except _Corrupt as e:
+        raise CacheError(
+            f"teacher {key} in artifact store {artifact_dir} is corrupt: {e}") from None
+    except Exception as e:  # missing artifact, unreadable tar, full disk
+        raise CacheError(f"cannot fetch teacher {key} from artifact store {artifact_dir}: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    teacher.reused = True
+    return teacher

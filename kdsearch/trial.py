@@ -21,6 +21,11 @@ from kdsearch.sweep import suggest_repeat
 from kdsearch.teacher_cache import Teacher
 
 
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
 def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     trial.set_user_attr("stopped_reason", reason)
     return optuna.TrialPruned(reason)
@@ -76,7 +81,11 @@ def make_objective(
             )
         except NonFiniteLossError as e:
             raise _prune(trial, f"non-finite loss: {e}") from None
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, MemoryError):
+            raise _prune(trial, f"out of memory on {device} with {params:,} params") from None
+        except RuntimeError as e:  # the CPU allocator's out-of-memory is a plain RuntimeError
+            if not _is_out_of_memory(e):
+                raise
             raise _prune(trial, f"out of memory on {device} with {params:,} params") from None
 
         # Evaluate: validation scores the trial; test accuracy is recorded, never selected on.
