@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.data import Dataset, load_data
+from kdsearch.early_stopping import make_stopper
 from kdsearch.engine import resolve_device
 from kdsearch.spec import StudySpec
 from kdsearch.storage import open_storage, redact
@@ -144,6 +145,8 @@ def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = pr
         return study
 
     device = resolve_device(opts.device)
+    if on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
+        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs)
     objective = make_objective(spec, data, teacher, device, on_epoch=on_epoch)
     bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
                dynamic_ncols=True)
