@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -76,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=_positive_int, metavar="N",
                    help="total finished trials wanted in the study (resumes; default from the file)")
     p.add_argument("--timeout", type=_positive_float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="worker processes sharing the storage, cores divided among them (default 1)")
+    p.add_argument("--worker-index", type=_nonneg_int, default=0, help=argparse.SUPPRESS)
 
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
@@ -121,13 +123,15 @@ def _run_options(args, spec):
         n_trials=getattr(args, "n_trials", None) or spec.search.n_trials,
         timeout=getattr(args, "timeout", None) or spec.search.timeout,
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
-        device=args.device)
+        device=args.device, worker=getattr(args, "worker_index", 0))
 
 
 def _threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    from kdsearch.workers import torch_threads
+
+    torch.set_num_threads(torch_threads())
 
 
 def cmd_run_study(args) -> int:
@@ -137,6 +141,13 @@ def cmd_run_study(args) -> int:
     spec = _spec(args)
     opts = _run_options(args, spec)
     _threads()
+    if args.workers > 1:
+        from kdsearch.storage import load_study
+        from kdsearch.workers import run_workers
+
+        code = run_workers(args, spec, opts, args.workers, log=lambda m: print(m, file=sys.stderr))
+        print(best_table(load_study(opts.storage, opts.study_name)))
+        return code
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
     print(best_table(study))
     return 0

@@ -210,7 +210,9 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        if amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp)
     optimizer = _make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(split) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs

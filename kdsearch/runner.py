@@ -36,6 +36,7 @@ class RunOptions:
     data_dir: Path | None
     cache_dir: Path
     device: str
+    worker: int = 0  # index among `--workers` processes: offsets the sampler's seed
 
 
 def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
@@ -84,7 +85,7 @@ def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.St
         pass
     study = optuna.create_study(
         storage=storage, study_name=opts.study_name, directions=list(DIRECTIONS),
-        sampler=make_sampler(spec, existing), load_if_exists=True)
+        sampler=make_sampler(spec, existing + 7919 * opts.worker), load_if_exists=True)
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
                                   optuna.study.StudyDirection.MINIMIZE]:
         from kdsearch.errors import StorageError

@@ -111,7 +111,11 @@ seed = 0
 [data]
 dataset = "synthetic"
 val_size = 100
-synthetic = { n_train = 400, n_test = 100, channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.5 }
+[data.synthetic]
+n_train = 400
+n_test = 100
+num_classes = 3
+noise = 1.5
 [teacher]
 family = "mlp"
 hidden = [32]
