@@ -139,9 +139,14 @@ def _prenormalise(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.T
         return None
     if x.numel() * 4 > PRENORM_MAX_BYTES:
         return None
+    # x * scale + shift in one fused pass per cache-sized chunk: 4x cheaper than the four
+    # whole-array passes of Normalize.forward, which made the setup cost more than it saved.
     norm = model[0]
+    scale, shift = 1.0 / (255.0 * norm.std), -norm.mean / norm.std
+    xf = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     with torch.no_grad():
-        xf = torch.cat([norm(x[i : i + 8192]) for i in range(0, len(x), 8192)])
+        for i in range(0, len(x), 1024):
+            torch.addcmul(shift, x[i : i + 1024].float(), scale, out=xf[i : i + 1024])
     return model[1:], xf
 
 
