@@ -30,10 +30,13 @@ workloads together (total images / total median seconds of each loop).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the kdsearch CLI does, before torch
 
 import numpy as np
 import torch

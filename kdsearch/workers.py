@@ -37,8 +37,9 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 def torch_threads() -> int:
     """Threads this process should use: `KDSEARCH_THREADS` when a parent set it, else all cores.
 
-    Oversubscribing cores is far worse than leaving one idle: with two busy processes on two
-    cores, a 2-thread training loop measured 10x slower than a 1-thread one.
+    Oversubscribing cores is far worse than leaving one idle: with other busy processes on two
+    cores, a 2-thread training loop with spinning OpenMP threads measured up to 10x slower
+    than a 1-thread one (the CLI sets OMP_WAIT_POLICY=PASSIVE for that reason).
     """
     value = os.environ.get(THREADS_ENV, "")
     return int(value) if value.isdigit() and int(value) > 0 else available_cores()
