@@ -10,9 +10,10 @@ the reference point (accuracy 0, REF_PARAMS params): the area between the front 
 point, as `kdsearch.reports.hypervolume` defines it. REF_PARAMS is just above the largest
 student the space can build, so every student counts.
 
-The study: MLP students on MNIST (a 6,000-image training subset, 2,000 validation images)
+The study: MLP students on MNIST (a 10,000-image training subset, 2,000 validation images)
 when the data are found (--data-dir, default ../shared/data), else on a synthetic 16x16,
-10-class set; 9 epochs per trial, rungs after epochs 1 and 3. A trial's clock (`--budget`)
+10-class set; 9 epochs per trial, rungs after epochs 1 and 3, a trial stopped when beaten at
+a rung by at least 2 and at least a quarter of the trials no larger than itself (after 6). A trial's clock (`--budget`)
 starts after the teacher is cached. The run-study timeout stops *starting* trials at the
 budget; a trial running then finishes, in both arms alike.
 
@@ -79,11 +80,11 @@ sampler = "tpe"
 [search.early_stopping]
 enabled = {enabled}
 rungs = [1, 3]
-min_trials = 8
-quantile = 0.5
+min_trials = 6
+quantile = 0.25
 min_dominators = 2
 """
-MNIST = 'dataset = "mnist"\nval_size = 2000\ntrain_limit = 6000'
+MNIST = 'dataset = "mnist"\nval_size = 2000\ntrain_limit = 10000'
 SYNTHETIC = ('dataset = "synthetic"\nval_size = 2000\nsynthetic = { n_train = 8000, n_test = 1000, '
              'channels = 1, height = 16, width = 16, num_classes = 10, noise = 3.0 }')
 

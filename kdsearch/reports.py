@@ -6,8 +6,11 @@ rows, and drawing steps that turn rows into figures.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +150,27 @@ def write_image(fig, path: Path) -> None:
             "(or 'plotly_get_chrome'), then run export again") from None
 
 
+@contextlib.contextmanager
+def _one_browser() -> Iterator[None]:
+    """One Chrome for both images: kaleido otherwise starts one per image (~2 s each)."""
+    try:
+        import kaleido
+
+        kaleido.start_sync_server(silence_warnings=True)
+    except Exception:  # an older kaleido, or none: write_image starts its own or reports why
+        yield
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        try:
+            kaleido.stop_sync_server(silence_warnings=True)
+        except Exception:
+            pass
+
+
 def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
     """Write pareto.html/.png, trials.csv and summary.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -159,12 +183,13 @@ def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
     (out / "summary.md").write_text(summary_markdown(study))
     written.append(out / "summary.md")
     errors = []
-    for suffix in (".png", ".svg"):
-        try:
-            write_image(fig, out / f"pareto{suffix}")
-            written.append(out / f"pareto{suffix}")
-        except ImageExportError as e:
-            errors.append(str(e))
+    with _one_browser():
+        for suffix in (".png", ".svg"):
+            try:
+                write_image(fig, out / f"pareto{suffix}")
+                written.append(out / f"pareto{suffix}")
+            except ImageExportError as e:
+                errors.append(str(e))
     for path in written:
         log(f"wrote {path}")
     if errors:
