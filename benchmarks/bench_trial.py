@@ -254,6 +254,28 @@ def augment_cost(train_split, val_split, epochs, log) -> None:
         log(f"  augment: {label:28} {len(train_split) * epochs / out[label]:>8,.0f} images/s")
 
 
+def scaling(c_train, c_val, m_train, m_val, log) -> None:
+    """Engine images/s as the student grows (1 epoch, cached logits): cost follows MACs."""
+    from kdsearch.models import count_macs
+
+    for name, (tr, va), archs in (
+        ("cifar10", (c_train, c_val), [cnn_arch(2, 2, w, 2, [3] * 4, 128, 32) for w in (4, 8, 16, 32)]),
+        ("mnist", (m_train, m_val), [MLPArch(hidden=[w, w]) for w in (32, 128, 512)]),
+    ):
+        shape = tuple(tr.x.shape[1:])
+        mean, std = mean_std(tr.x)
+        data = Dataset(name, tr, va, va, 10, mean, std, identity=name)
+        soft = torch.randn(len(tr), 10)
+        for arch in archs:
+            model = build_model(arch, shape, 10, mean, std)
+            t = time.perf_counter()
+            train(model, data, TrainRecipe(epochs=1, batch_size=BATCH), torch.device("cpu"),
+                  teacher_logits=soft, temperature=T, alpha=ALPHA)
+            sec = time.perf_counter() - t
+            log(f"  scaling {name}: {arch.describe():34} {count_params(model):>9,} params "
+                f"{count_macs(arch, shape, 10):>11,} MACs  {len(tr) / sec:>9,.0f} images/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, help="CIFAR-10 ImageFolder (train/, test/)")
@@ -261,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer images and rounds (~1-2 minutes)")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     ap.add_argument("--augment", action="store_true", help="also time augmented training")
+    ap.add_argument("--scaling", action="store_true", help="also time larger and smaller students")
     args = ap.parse_args(argv)
 
     from kdsearch.workers import torch_threads
@@ -281,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if args.augment:
         augment_cost(c_train, c_val, epochs, log)
+    if args.scaling:
+        scaling(c_train, c_val, m_train, m_val, log)
     images = sum(r["images"] for r in results)
     rate = {k: images / sum(r[k] for r in results) for k in ("naive", "minimal", "engine")}
     log(f"both workloads: naive {rate['naive']:,.0f}, minimal {rate['minimal']:,.0f}, "

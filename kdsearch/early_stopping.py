@@ -14,8 +14,10 @@ at the rung by enough peers.
     stop  iff  len(peers) >= min_trials
           and  len(dominators) >= max(min_dominators, ceil(quantile * len(smaller)))
 
-The smallest student seen so far is never stopped (nothing dominates it), and neither is one
-that beats most of the students no larger than itself. A rung at or after a trial's last epoch
+With the defaults (quantile 0, min_dominators 1, min_trials 6) a trial goes on past a rung
+only while it is on the Pareto front of the trials that reached that rung: about as strict as
+MOASHA with eta = 3, which keeps the best third. Raise `min_dominators` or `quantile` for a
+gentler rule. The smallest student seen so far is never stopped (nothing dominates it). A rung at or after a trial's last epoch
 is skipped: stopping there would save nothing. Stopped trials end PRUNED with
 `stopped_reason` and `stopped_at_rung` in their user attributes.
 """

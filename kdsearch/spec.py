@@ -154,9 +154,9 @@ class EarlyStoppingSpec(_Frozen):
 
     enabled: bool = True
     rungs: list[int] = Field(default_factory=lambda: [1, 3, 9])  # epochs after which to judge
-    min_trials: int = Field(default=8, ge=1)  # peers at the rung before anything stops there
-    quantile: float = Field(default=0.34, ge=0.0, le=1.0)  # share of no-larger peers that must win
-    min_dominators: int = Field(default=2, ge=1)  # and at least this many of them
+    min_trials: int = Field(default=6, ge=1)  # peers at the rung before anything stops there
+    quantile: float = Field(default=0.0, ge=0.0, le=1.0)  # share of no-larger peers that must win
+    min_dominators: int = Field(default=1, ge=1)  # and at least this many of them
 
     @field_validator("rungs")
     @classmethod
