@@ -82,13 +82,16 @@ sampler = "tpe"
 enabled = {enabled}
 """
 MNIST = 'dataset = "mnist"\nval_size = 2000\ntrain_limit = 20000'
-SYNTHETIC = ('dataset = "synthetic"\nval_size = 2000\nsynthetic = { n_train = 8000, n_test = 1000, '
-             'channels = 1, height = 16, width = 16, num_classes = 10, noise = 3.0 }')
+SYNTHETIC = (
+    'dataset = "synthetic"\nval_size = 2000\nsynthetic = { n_train = 8000, n_test = 1000, '
+    "channels = 1, height = 16, width = 16, num_classes = 10, noise = 3.0 }"
+)
 
 
 def study_text(enabled: bool, mnist: bool, seed: int) -> str:
-    text = STUDY.format(seed=seed, data=MNIST if mnist else SYNTHETIC, widths=WIDTHS,
-                        enabled=str(enabled).lower())
+    text = STUDY.format(
+        seed=seed, data=MNIST if mnist else SYNTHETIC, widths=WIDTHS, enabled=str(enabled).lower()
+    )
     return text.replace("{ lr }", "0.002")
 
 
@@ -101,8 +104,12 @@ def front_hypervolume(study: optuna.Study, ref_params: float) -> tuple[int, floa
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per arm (default 60)")
-    ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"),
-                    help="torchvision root with MNIST/raw (else synthetic data)")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("../shared/data"),
+        help="torchvision root with MNIST/raw (else synthetic data)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     args = ap.parse_args(argv)
@@ -115,20 +122,30 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     mnist = (args.data_dir / "MNIST" / "raw").is_dir()
     work = Path(tempfile.mkdtemp(prefix="kd_bench_search_"))
-    specs = {on: parse_study(study_text(on, mnist, args.seed), work / "bench.toml")
-             for on in (False, True)}
+    specs = {
+        on: parse_study(study_text(on, mnist, args.seed), work / "bench.toml")
+        for on in (False, True)
+    }
     shape = (1, 28, 28) if mnist else (1, 16, 16)
     ref_params = arch_params(MLPArch(hidden=[max(WIDTHS)] * 3), shape, 10) + 1
-    print(f"data: {'MNIST subset from ' + str(args.data_dir) if mnist else 'synthetic 16x16'}; "
-          f"budget {args.budget:.0f} s per arm; {torch.get_num_threads()} threads; "
-          f"hypervolume reference point: val_accuracy 0, params {ref_params:,} "
-          f"(axes: accuracy, log10 params)", flush=True)
+    print(
+        f"data: {'MNIST subset from ' + str(args.data_dir) if mnist else 'synthetic 16x16'}; "
+        f"budget {args.budget:.0f} s per arm; {torch.get_num_threads()} threads; "
+        f"hypervolume reference point: val_accuracy 0, params {ref_params:,} "
+        f"(axes: accuracy, log10 params)",
+        flush=True,
+    )
 
     def opts(name: str, budget: float | None) -> RunOptions:
-        return RunOptions(storage=f"sqlite:///{work}/bench.db", study_name=name,
-                          n_trials=100_000, timeout=budget,
-                          data_dir=args.data_dir if mnist else None, cache_dir=work / "cache",
-                          device="cpu")
+        return RunOptions(
+            storage=f"sqlite:///{work}/bench.db",
+            study_name=name,
+            n_trials=100_000,
+            timeout=budget,
+            data_dir=args.data_dir if mnist else None,
+            cache_dir=work / "cache",
+            device="cpu",
+        )
 
     prepare(specs[False], opts("warm", None), log=lambda m: None)  # the teacher, cached once
     results = {}
@@ -137,13 +154,17 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         study = run_study(specs[on], opts(name, args.budget), log=lambda m: None)
         seconds = time.perf_counter() - start
-        finished = len(study.get_trials(deepcopy=False,
-                                        states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        finished = len(
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        )
         stopped = sum("stopped_at_rung" in t.user_attrs for t in study.get_trials(deepcopy=False))
         complete, hv = front_hypervolume(study, ref_params)
         results[on] = (finished, hv)
-        print(f"{name:18} {finished:4d} trials finished ({complete} complete, {stopped} stopped "
-              f"early) in {seconds:.0f} s; hypervolume {hv:.4f}", flush=True)
+        print(
+            f"{name:18} {finished:4d} trials finished ({complete} complete, {stopped} stopped "
+            f"early) in {seconds:.0f} s; hypervolume {hv:.4f}",
+            flush=True,
+        )
     (f_off, hv_off), (f_on, hv_on) = results[False], results[True]
     print(f"trials_ratio={f_on / max(f_off, 1):.2f} hypervolume_ratio={hv_on / hv_off:.3f}")
 

@@ -42,24 +42,54 @@ from kdsearch.runner import DIRECTIONS, OBJECTIVES, finished_count  # noqa: E402
 from kdsearch.storage import open_storage  # noqa: E402
 
 EPOCHS = 10
-ARCH = {"family": "cnn", "convs": [{"channels": 8, "kernel": 3, "padding": "same", "pool": False},
-                                    {"channels": 8, "kernel": 3, "padding": "valid", "pool": True}],
-        "dense": [128], "conv_dropout": 0.0, "dropout": 0.0}
-TEACHER = {"description": "cnn 32k3-32k3vp-64k3-64k3vp dense 512", "params": 1_250_858,
-           "macs": 20_000_000, "val_accuracy": 0.75, "test_accuracy": 0.74, "key": "bench"}
+ARCH = {
+    "family": "cnn",
+    "convs": [
+        {"channels": 8, "kernel": 3, "padding": "same", "pool": False},
+        {"channels": 8, "kernel": 3, "padding": "valid", "pool": True},
+    ],
+    "dense": [128],
+    "conv_dropout": 0.0,
+    "dropout": 0.0,
+}
+TEACHER = {
+    "description": "cnn 32k3-32k3vp-64k3-64k3vp dense 512",
+    "params": 1_250_858,
+    "macs": 20_000_000,
+    "val_accuracy": 0.75,
+    "test_accuracy": 0.74,
+    "key": "bench",
+}
 
 
 def trial_attrs(rng: random.Random) -> tuple[dict, dict, dict, float, int]:
     params = rng.randint(2_000, 500_000)
     acc = min(0.99, 0.3 + 0.1 * (params / 1000) ** 0.25 + rng.gauss(0, 0.03))
     curve = [round(acc * (1 - 0.5 ** (e + 1)), 4) for e in range(EPOCHS)]
-    attrs = {"architecture": ARCH, "arch_summary": "cnn 8k3-8k3vp dense 128", "n_layers": 2,
-             "params": params, "macs": params * 20, "val_curve": curve, "val_accuracy": curve[-1],
-             "test_accuracy": curve[-1] - 0.01, "train_seconds": 12.3, "epochs": EPOCHS}
-    p = {"depth": rng.randint(1, 3), "width": rng.choice([4, 8, 16, 32]),
-         "temperature": rng.uniform(1, 20), "alpha": rng.random()}
-    dists = {"depth": IntDistribution(1, 3), "width": CategoricalDistribution([4, 8, 16, 32]),
-             "temperature": FloatDistribution(1, 20, log=True), "alpha": FloatDistribution(0, 1)}
+    attrs = {
+        "architecture": ARCH,
+        "arch_summary": "cnn 8k3-8k3vp dense 128",
+        "n_layers": 2,
+        "params": params,
+        "macs": params * 20,
+        "val_curve": curve,
+        "val_accuracy": curve[-1],
+        "test_accuracy": curve[-1] - 0.01,
+        "train_seconds": 12.3,
+        "epochs": EPOCHS,
+    }
+    p = {
+        "depth": rng.randint(1, 3),
+        "width": rng.choice([4, 8, 16, 32]),
+        "temperature": rng.uniform(1, 20),
+        "alpha": rng.random(),
+    }
+    dists = {
+        "depth": IntDistribution(1, 3),
+        "width": CategoricalDistribution([4, 8, 16, 32]),
+        "temperature": FloatDistribution(1, 20, log=True),
+        "alpha": FloatDistribution(0, 1),
+    }
     return attrs, p, dists, curve[-1], params
 
 
@@ -81,9 +111,15 @@ def fill(study: optuna.Study, n: int, seed: int = 0) -> None:
     trials = []
     for _ in range(n):
         attrs, p, dists, acc, params = trial_attrs(rng)
-        trials.append(optuna.trial.create_trial(
-            state=TrialState.COMPLETE, values=[acc, float(params)], params=p,
-            distributions=dists, user_attrs=attrs))
+        trials.append(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE,
+                values=[acc, float(params)],
+                params=p,
+                distributions=dists,
+                user_attrs=attrs,
+            )
+        )
     study.add_trials(trials)
 
 
@@ -119,14 +155,18 @@ def storage_overhead(url: str, label: str) -> None:
     empty = per_trial_ms(study, 50)
     fill(study, 1000)
     full = per_trial_ms(study, 50)
-    print(f"storage {label}: {empty:.1f} ms per trial in a new study, {full:.1f} ms per trial "
-          f"with 1,000 trials stored (10 epochs of val_curve writes each)", flush=True)
+    print(
+        f"storage {label}: {empty:.1f} ms per trial in a new study, {full:.1f} ms per trial "
+        f"with 1,000 trials stored (10 epochs of val_curve writes each)",
+        flush=True,
+    )
 
 
 def timed_cli(args: list[str], env: dict) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kdsearch.cli", *args], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdsearch.cli", *args], env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         print(f"  (exit {proc.returncode}: {proc.stderr.strip()[-300:]})")
@@ -139,11 +179,15 @@ def export_cost(work: Path) -> None:
     fill(study, 1000)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     best = timed_cli(["best", "bench_export", "--storage", url], env)
-    export = timed_cli(["export", "bench_export", "--storage", url, "--out", str(work / "out")],
-                       env)
+    export = timed_cli(
+        ["export", "bench_export", "--storage", url, "--out", str(work / "out")], env
+    )
     files = sorted(p.name for p in (work / "out").iterdir())
-    print(f"export of 1,000 trials: {export:.2f} s ({', '.join(files)}); best: {best:.2f} s "
-          f"(each a fresh process, interpreter start included)", flush=True)
+    print(
+        f"export of 1,000 trials: {export:.2f} s ({', '.join(files)}); best: {best:.2f} s "
+        f"(each a fresh process, interpreter start included)",
+        flush=True,
+    )
 
 
 MEMORY_CHILD = r"""
@@ -214,21 +258,39 @@ def memory_cost(data_dir: Path | None, work: Path, threads: int | None) -> None:
         env["KDSEARCH_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     if data_dir is not None:  # decode the JPEGs once into the data cache, as a first run would
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                        "from kdsearch.data import load_data; from kdsearch.spec import DataSpec; "
-                        "load_data(DataSpec(dataset='cifar10'), Path(sys.argv[1]), Path(sys.argv[2]))",
-                        str(data_dir), str(cache)], env=env, check=True)
-        print(f"(decoded CIFAR-10 JPEGs into the data cache in {time.perf_counter() - start:.0f} s)",
-              flush=True)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(data_dir or "-"), str(cache),
-                           str(study_file)], env=env, capture_output=True, text=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; "
+                "from kdsearch.data import load_data; from kdsearch.spec import DataSpec; "
+                "load_data(DataSpec(dataset='cifar10'), Path(sys.argv[1]), Path(sys.argv[2]))",
+                str(data_dir),
+                str(cache),
+            ],
+            env=env,
+            check=True,
+        )
+        print(
+            f"(decoded CIFAR-10 JPEGs into the data cache in {time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(data_dir or "-"), str(cache), str(study_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         print(proc.stderr[-2000:])
         return
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"CIFAR-10 trial ({r['params']:,}-param seed student, 1 epoch on {r['n_train']:,} images, "
-          f"{r['state'].lower()} in {r['seconds']:.1f} s): peak RSS {r['peak_kb'] / 1024:.0f} MiB "
-          f"({r['after_data_kb'] / 1024:.0f} MiB after loading the data)", flush=True)
+    print(
+        f"CIFAR-10 trial ({r['params']:,}-param seed student, 1 epoch on {r['n_train']:,} images, "
+        f"{r['state'].lower()} in {r['seconds']:.1f} s): peak RSS {r['peak_kb'] / 1024:.0f} MiB "
+        f"({r['after_data_kb'] / 1024:.0f} MiB after loading the data)",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
