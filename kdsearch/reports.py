@@ -50,8 +50,9 @@ def rows(study: optuna.Study) -> list[Row]:
     return out
 
 
-def pareto_rows(study: optuna.Study) -> list[Row]:
-    return sorted((r for r in rows(study) if r.pareto), key=lambda r: (r.params or 0, r.number))
+def pareto_rows(study: optuna.Study, all_rows: list[Row] | None = None) -> list[Row]:
+    all_rows = rows(study) if all_rows is None else all_rows
+    return sorted((r for r in all_rows if r.pareto), key=lambda r: (r.params or 0, r.number))
 
 
 def teacher_info(study: optuna.Study) -> dict:
@@ -60,7 +61,8 @@ def teacher_info(study: optuna.Study) -> dict:
 
 def best_table(study: optuna.Study) -> str:
     """The Pareto-optimal trials as an aligned text table, smallest first."""
-    front = pareto_rows(study)
+    all_rows = rows(study)  # read once: each read fetches every trial from storage
+    front = pareto_rows(study, all_rows)
     teacher = teacher_info(study)
     lines = []
     if teacher:
@@ -72,7 +74,7 @@ def best_table(study: optuna.Study) -> str:
     header = f"{'trial':>5}  {'val_acc':>7}  {'test_acc':>8}  {'params':>10}  {'macs':>12}  " \
              f"{'T':>6}  {'alpha':>5}  architecture"
     lines += [f"Pareto front of '{study.study_name}' ({len(front)} of "
-              f"{sum(r.state == 'COMPLETE' for r in rows(study))} complete trials):", header]
+              f"{sum(r.state == 'COMPLETE' for r in all_rows)} complete trials):", header]
     for r in front:
         lines.append(f"{r.number:>5}  {r.val_accuracy:>7.4f}  {r.test_accuracy:>8.4f}  "
                      f"{r.params:>10,}  {r.macs:>12,}  {r.temperature or 0:>6.2f}  "
@@ -80,8 +82,8 @@ def best_table(study: optuna.Study) -> str:
     return "\n".join(lines)
 
 
-def write_csv(study: optuna.Study, path: Path) -> None:
-    all_rows = rows(study)
+def write_csv(study: optuna.Study, path: Path, all_rows: list[Row] | None = None) -> None:
+    all_rows = rows(study) if all_rows is None else all_rows
     param_names = sorted({k for r in all_rows for k in r.trial.params})
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -102,12 +104,13 @@ def _hover(r: Row) -> str:
             f"T={r.temperature or 0:.2f} alpha={r.alpha or 0:.2f}")
 
 
-def pareto_figure(study: optuna.Study):
+def pareto_figure(study: optuna.Study, all_rows: list[Row] | None = None):
     """All trials faint, the front highlighted and joined, the teacher as a reference star."""
     import plotly.graph_objects as go
 
-    done = [r for r in rows(study) if r.state == "COMPLETE"]
-    front = pareto_rows(study)
+    all_rows = rows(study) if all_rows is None else all_rows
+    done = [r for r in all_rows if r.state == "COMPLETE"]
+    front = pareto_rows(study, all_rows)
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[r.params for r in done], y=[r.val_accuracy for r in done], mode="markers",
@@ -175,12 +178,13 @@ def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
     """Write pareto.html/.png, trials.csv and summary.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    write_csv(study, out / "trials.csv")
+    all_rows = rows(study)  # read once: each read fetches every trial from storage
+    write_csv(study, out / "trials.csv", all_rows)
     written.append(out / "trials.csv")
-    fig = pareto_figure(study)
+    fig = pareto_figure(study, all_rows)
     fig.write_html(out / "pareto.html", include_plotlyjs=True)
     written.append(out / "pareto.html")
-    (out / "summary.md").write_text(summary_markdown(study))
+    (out / "summary.md").write_text(summary_markdown(study, all_rows))
     written.append(out / "summary.md")
     errors = []
     with _one_browser():
@@ -197,10 +201,10 @@ def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
     return written
 
 
-def summary_markdown(study: optuna.Study) -> str:
+def summary_markdown(study: optuna.Study, all_rows: list[Row] | None = None) -> str:
     teacher = teacher_info(study)
     lines = [f"# {study.study_name}", ""]
-    all_rows = rows(study)
+    all_rows = rows(study) if all_rows is None else all_rows
     counts = {s: sum(r.state == s for r in all_rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
     lines.append(f"{len(all_rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} "
                  f"stopped early or refused, {counts['FAIL']} failed.")
@@ -212,7 +216,7 @@ def summary_markdown(study: optuna.Study) -> str:
     lines += ["## Pareto front (selected on validation accuracy)", "",
               "| trial | val acc | test acc | params | MACs | compression | T | alpha | architecture |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in pareto_rows(study):
+    for r in pareto_rows(study, all_rows):
         ratio = f"{teacher['params'] / r.params:.1f}x" if teacher and r.params else ""
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "
                      f"{r.macs:,} | {ratio} | {r.temperature or 0:.2f} | {r.alpha or 0:.2f} | "
