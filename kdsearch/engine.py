@@ -7,10 +7,11 @@ in which case the cached logits no longer describe what it sees and the teacher 
 under no-grad.
 
 Speed choices, each measured on a 2-core CPU (docs/PERFORMANCE.md has the figures):
-channels_last weights for CNNs (+25-35%), fused Adam/SGD (+5-10%), small data sets normalised
-once to float instead of per batch (+5% for MLPs; CIFAR-10 keeps uint8, where it gains nothing
-and would cost 4x the memory), no host sync per batch. `torch.compile` lost on CPU (slower
-steps, ~30 s compile per architecture) and is not used. On CUDA the loop runs under autocast
+channels_last weights for CNNs (+30-35% at 1 thread, no change at 2), fused Adam/SGD
+(+5-10%), small data sets normalised once to float instead of per batch (+5% for MLPs;
+CIFAR-10 keeps uint8, where it gains nothing and would cost 4x the memory), no host sync per
+batch. `torch.compile` lost on CPU (slower steps, ~30 s compile per architecture) and is not
+used. On CUDA the loop runs under autocast
 (bf16 where supported, else fp16 with a gradient scaler).
 """
 
