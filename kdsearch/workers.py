@@ -51,11 +51,25 @@ def worker_args(args, worker: int) -> list[str]:
     The storage URL travels in the environment (KDSEARCH_STORAGE), never on a command line
     where `ps` would show its password.
     """
-    argv = [sys.executable, "-m", "kdsearch.cli", "run-study", args.study,
-            "--device", args.device, "--worker-index", str(worker)]
-    for flag, value in (("--study-name", args.study_name), ("--data-dir", args.data_dir),
-                        ("--cache-dir", args.cache_dir), ("--seed", args.seed),
-                        ("--n-trials", args.n_trials), ("--timeout", args.timeout)):
+    argv = [
+        sys.executable,
+        "-m",
+        "kdsearch.cli",
+        "run-study",
+        args.study,
+        "--device",
+        args.device,
+        "--worker-index",
+        str(worker),
+    ]
+    for flag, value in (
+        ("--study-name", args.study_name),
+        ("--data-dir", args.data_dir),
+        ("--cache-dir", args.cache_dir),
+        ("--seed", args.seed),
+        ("--n-trials", args.n_trials),
+        ("--timeout", args.timeout),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     return argv
@@ -63,9 +77,15 @@ def worker_args(args, worker: int) -> list[str]:
 
 def worker_env(storage: str, threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"KDSEARCH_STORAGE": storage, THREADS_ENV: str(threads),
-                "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "TQDM_DISABLE": "1"})  # N progress bars on one terminal garble each other
+    env.update(
+        {
+            "KDSEARCH_STORAGE": storage,
+            THREADS_ENV: str(threads),
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TQDM_DISABLE": "1",
+        }
+    )  # N progress bars on one terminal garble each other
     return env
 
 
@@ -80,8 +100,9 @@ def run_workers(args, spec, opts, n: int, log: Callable[[str], None]) -> int:
     threads = threads_per_worker(n)
     log(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each")
     env = worker_env(opts.storage, threads)
-    procs = [subprocess.Popen(worker_args(args, i), env=env, stdout=subprocess.DEVNULL)
-             for i in range(n)]
+    procs = [
+        subprocess.Popen(worker_args(args, i), env=env, stdout=subprocess.DEVNULL) for i in range(n)
+    ]
     codes = []
     try:
         for p in procs:

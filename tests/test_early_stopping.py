@@ -13,8 +13,19 @@ from kdsearch.spec import EarlyStoppingSpec, parse_study
 
 RULE = EarlyStoppingSpec(rungs=[1, 3], min_trials=4, quantile=0.5, min_dominators=2)
 # Eight finished peers: accuracy grows with size, as it does in a real study.
-PEERS = [Peer(p, a) for p, a in [(1_000, 0.50), (2_000, 0.60), (4_000, 0.70), (8_000, 0.75),
-                                  (16_000, 0.80), (32_000, 0.82), (64_000, 0.84), (128_000, 0.85)]]
+PEERS = [
+    Peer(p, a)
+    for p, a in [
+        (1_000, 0.50),
+        (2_000, 0.60),
+        (4_000, 0.70),
+        (8_000, 0.75),
+        (16_000, 0.80),
+        (32_000, 0.82),
+        (64_000, 0.84),
+        (128_000, 0.85),
+    ]
+]
 
 
 def test_clearly_dominated_trial_stops():
@@ -53,8 +64,9 @@ def test_rungs_at_or_after_the_last_epoch_are_skipped():
 
 def test_study_file_table_is_validated():
     base = (Path(__file__).resolve().parent.parent / "studies" / "smoke.toml").read_text()
-    spec = parse_study(base + "\n[search.early_stopping]\nenabled = false\nrungs = [2, 4]\n",
-                       Path("x.toml"))
+    spec = parse_study(
+        base + "\n[search.early_stopping]\nenabled = false\nrungs = [2, 4]\n", Path("x.toml")
+    )
     assert spec.search.early_stopping.enabled is False
     assert spec.search.early_stopping.rungs == [2, 4]
     from kdsearch.errors import StudyFileError
@@ -67,19 +79,29 @@ def _study_with_peers() -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for p in PEERS:
         # Curves reach rung 3; the rung-1 value is 0.1 lower than at rung 3.
-        study.add_trial(optuna.trial.create_trial(
-            values=[p.accuracy, p.params], state=TrialState.COMPLETE,
-            user_attrs={"params": p.params, "val_curve": [p.accuracy - 0.1, p.accuracy - 0.05,
-                                                          p.accuracy]}))
-    study.add_trial(optuna.trial.create_trial(  # refused before training: no curve, not a peer
-        state=TrialState.PRUNED, user_attrs={"params": 10}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[p.accuracy, p.params],
+                state=TrialState.COMPLETE,
+                user_attrs={
+                    "params": p.params,
+                    "val_curve": [p.accuracy - 0.1, p.accuracy - 0.05, p.accuracy],
+                },
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(  # refused before training: no curve, not a peer
+            state=TrialState.PRUNED, user_attrs={"params": 10}
+        )
+    )
     return study
 
 
 def test_peers_are_read_from_stored_curves():
     peers = rung_peers(_study_with_peers(), 3, exclude=-1)
     assert sorted((p.params, round(p.accuracy, 6)) for p in peers) == sorted(
-        (p.params, p.accuracy) for p in PEERS)
+        (p.params, p.accuracy) for p in PEERS
+    )
 
 
 def test_hook_prunes_a_dominated_trial_and_records_the_rung():
@@ -146,8 +168,15 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
     from kdsearch.runner import RunOptions, run_study
 
     spec = parse_study(TINY, tmp_path / "tiny.toml")
-    opts = RunOptions(storage=f"sqlite:///{tmp_path}/s.db", study_name="tiny", n_trials=10,
-                      timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
+    opts = RunOptions(
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study_name="tiny",
+        n_trials=10,
+        timeout=None,
+        data_dir=None,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+    )
     study = run_study(spec, opts, log=lambda m: None)
     trials = study.get_trials()
     stopped = [t for t in trials if "stopped_at_rung" in t.user_attrs]
@@ -159,11 +188,14 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
         for rung in spec.search.early_stopping.rungs:
             if len(curve) < rung:
                 break
-            earlier = [Peer(e.user_attrs["params"], e.user_attrs["val_curve"][rung - 1])
-                       for e in trials if e.number < t.number
-                       and len(e.user_attrs.get("val_curve", [])) >= rung]
-            if should_stop(t.user_attrs["params"], curve[rung - 1], earlier,
-                           spec.search.early_stopping):
+            earlier = [
+                Peer(e.user_attrs["params"], e.user_attrs["val_curve"][rung - 1])
+                for e in trials
+                if e.number < t.number and len(e.user_attrs.get("val_curve", [])) >= rung
+            ]
+            if should_stop(
+                t.user_attrs["params"], curve[rung - 1], earlier, spec.search.early_stopping
+            ):
                 fate = rung
                 break
         assert t.user_attrs.get("stopped_at_rung") == fate, t.number

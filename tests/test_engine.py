@@ -17,8 +17,15 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def data():
-    return load_data(DataSpec(dataset="synthetic", val_size=100, synthetic=SyntheticSpec(
-        n_train=500, n_test=100, channels=1, height=8, width=8, num_classes=3, noise=1.0)))
+    return load_data(
+        DataSpec(
+            dataset="synthetic",
+            val_size=100,
+            synthetic=SyntheticSpec(
+                n_train=500, n_test=100, channels=1, height=8, width=8, num_classes=3, noise=1.0
+            ),
+        )
+    )
 
 
 def _model(data, arch):
@@ -26,8 +33,9 @@ def _model(data, arch):
     return build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
 
 
-CNN = CNNArch(convs=[ConvLayer(channels=4, pool=True), ConvLayer(channels=8, pool=True)],
-              dense=[16])
+CNN = CNNArch(
+    convs=[ConvLayer(channels=4, pool=True), ConvLayer(channels=8, pool=True)], dense=[16]
+)
 
 
 def test_cnn_learns_and_comes_back_in_the_default_layout(data):
@@ -69,8 +77,15 @@ def test_distillation_from_cached_logits_and_augmented_live_teacher(data):
     teacher = _model(data, MLPArch(hidden=[32]))
     logits = teacher(data.train.x).detach()
     student = _model(data, CNN)
-    r1 = train(student, data, TrainRecipe(epochs=1, batch_size=50), CPU, teacher_logits=logits,
-               temperature=4.0, alpha=0.7)
+    r1 = train(
+        student,
+        data,
+        TrainRecipe(epochs=1, batch_size=50),
+        CPU,
+        teacher_logits=logits,
+        temperature=4.0,
+        alpha=0.7,
+    )
     aug = TrainRecipe(epochs=1, batch_size=50, jitter=1, hflip=True)
     r2 = train(_model(data, CNN), data, aug, CPU, teacher=teacher, temperature=4.0, alpha=0.7)
     assert r1.epochs_run == r2.epochs_run == 1
@@ -80,8 +95,14 @@ def test_distillation_from_cached_logits_and_augmented_live_teacher(data):
 
 def test_non_finite_loss_is_reported(data):
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
-        train(_model(data, MLPArch(hidden=[8])), data, TrainRecipe(epochs=2, lr=10.0), CPU,
-              teacher_logits=torch.full((len(data.train), 3), float("nan")), alpha=0.5)
+        train(
+            _model(data, MLPArch(hidden=[8])),
+            data,
+            TrainRecipe(epochs=2, lr=10.0),
+            CPU,
+            teacher_logits=torch.full((len(data.train), 3), float("nan")),
+            alpha=0.5,
+        )
 
 
 def test_on_epoch_can_stop_training(data):

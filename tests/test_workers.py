@@ -31,8 +31,16 @@ def test_worker_thread_count_comes_from_the_environment(monkeypatch):
 
 
 def test_storage_url_travels_in_the_environment_not_argv():
-    args = argparse.Namespace(study="smoke", study_name="s", data_dir=None, cache_dir=Path("/c"),
-                              seed=None, n_trials=5, timeout=None, device="cpu")
+    args = argparse.Namespace(
+        study="smoke",
+        study_name="s",
+        data_dir=None,
+        cache_dir=Path("/c"),
+        seed=None,
+        n_trials=5,
+        timeout=None,
+        device="cpu",
+    )
     url = "postgresql://kd:hunter2@db/kd"
     argv = worker_args(args, 1)
     assert not any("hunter2" in a for a in argv)
@@ -49,10 +57,28 @@ def test_two_workers_fill_one_study(tmp_path):
     db = tmp_path / "w.db"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kdsearch.cli", "run-study", str(study_file), "--storage",
-         f"sqlite:///{db}", "--cache-dir", str(tmp_path / "c"), "--n-trials", "4",
-         "--workers", "2", "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "kdsearch.cli",
+            "run-study",
+            str(study_file),
+            "--storage",
+            f"sqlite:///{db}",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--n-trials",
+            "4",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "starting 2 workers" in proc.stderr
     assert proc.stdout.count("Pareto front of") == 1  # printed once, by the parent
