@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-dir", metavar="DIR", type=Path,
                    help="shared Optuna artifact store for the teacher, for workers on several "
                    "machines (env KDSEARCH_ARTIFACT_DIR)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="worker processes sharing the storage, cores divided among them (default 1)")
+    p.add_argument("--worker-index", type=_nonneg_int, default=0, help=argparse.SUPPRESS)
 
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
@@ -168,18 +171,16 @@ def _run_options(args, spec):
         n_trials=n_trials,
         timeout=getattr(args, "timeout", None) or spec.search.timeout,
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
-        device=args.device, artifact_dir=getattr(args, "artifact_dir", None))
+        device=args.device, artifact_dir=getattr(args, "artifact_dir", None),
+        worker=getattr(args, "worker_index", 0))
 
 
 def _threads() -> None:
     import torch
 
-    # Several workers on one machine must share its cores: set KDSEARCH_THREADS per worker.
-    # Oversubscribed, three 2-thread workers on 2 cores each trained a small MLP 3.9x slower
-    # than three 1-thread workers (16.9 s vs 4.3 s, docs/DISTRIBUTED.md).
-    env = os.environ.get("KDSEARCH_THREADS", "")
-    threads = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, threads))
+    from kdsearch.workers import torch_threads
+
+    torch.set_num_threads(torch_threads())
 
 
 def cmd_run_study(args) -> int:
@@ -189,6 +190,13 @@ def cmd_run_study(args) -> int:
     spec = _spec(args)
     opts = _run_options(args, spec)
     _threads()
+    if args.workers > 1:
+        from kdsearch.storage import load_study
+        from kdsearch.workers import run_workers
+
+        code = run_workers(args, spec, opts, args.workers, log=lambda m: print(m, file=sys.stderr))
+        print(best_table(load_study(opts.storage, opts.study_name)))
+        return code
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
     print(best_table(study))
     if spec.search.sampler == "grid":
@@ -314,6 +322,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads OpenMP: idle threads sleep instead of spinning, so a busy machine (or
+    # `--workers`) does not turn every parallel op into a spin-wait (measured 10x slower).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

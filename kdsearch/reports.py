@@ -6,9 +6,12 @@ rows, and drawing steps that turn rows into figures.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import statistics
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -145,6 +148,27 @@ def figures(study: optuna.Study) -> dict[str, object]:
     return figs
 
 
+@contextlib.contextmanager
+def _one_browser() -> Iterator[None]:
+    """One Chrome for every image: kaleido otherwise starts one per image (~2 s each)."""
+    try:
+        import kaleido
+
+        kaleido.start_sync_server(silence_warnings=True)
+    except Exception:  # an older kaleido, or none: write_image starts its own or reports why
+        yield
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        try:
+            kaleido.stop_sync_server(silence_warnings=True)
+        except Exception:
+            pass
+
+
 def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
     """Write trials.csv, summary.md and each figure as .html, .png and .svg into `out`.
 
@@ -162,15 +186,16 @@ def export(study: optuna.Study, out: Path, log=print) -> list[Path]:
         fig.write_html(out / f"{stem}.html", include_plotlyjs=True)
         written.append(out / f"{stem}.html")
     errors = []
-    for stem, fig in figs.items():
-        for suffix in (".png", ".svg"):
-            if errors:  # one missing Chrome is enough to know; don't wait for it N times
-                break
-            try:
-                write_image(fig, out / f"{stem}{suffix}")
-                written.append(out / f"{stem}{suffix}")
-            except ImageExportError as e:
-                errors.append(str(e))
+    with _one_browser():
+        for stem, fig in figs.items():
+            for suffix in (".png", ".svg"):
+                if errors:  # one missing Chrome is enough to know; don't wait for it N times
+                    break
+                try:
+                    write_image(fig, out / f"{stem}{suffix}")
+                    written.append(out / f"{stem}{suffix}")
+                except ImageExportError as e:
+                    errors.append(str(e))
     for path in written:
         log(f"wrote {path}")
     if errors:

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch import coordination
 from kdsearch.data import Dataset, load_data
+from kdsearch.early_stopping import make_stopper
 from kdsearch.engine import resolve_device
 from kdsearch.shutdown import Shutdown, ShutdownRequested
 from kdsearch.spec import StudySpec
@@ -39,6 +40,7 @@ class RunOptions:
     data_dir: Path | None
     cache_dir: Path
     device: str
+    worker: int = 0  # index among `--workers` processes: offsets the sampler's seed
     artifact_dir: Path | None = None  # shared teacher store for workers on other machines
 
 
@@ -99,7 +101,7 @@ def create_study(spec: StudySpec, opts: RunOptions, storage) -> optuna.Study:
         pass
     study = optuna.create_study(
         storage=storage, study_name=opts.study_name, directions=list(DIRECTIONS),
-        sampler=make_sampler(spec, existing), load_if_exists=True)
+        sampler=make_sampler(spec, existing + 7919 * opts.worker), load_if_exists=True)
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
                                   optuna.study.StudyDirection.MINIMIZE]:
         from kdsearch.errors import StorageError
@@ -188,10 +190,14 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
         log("nothing to do: the target is reached (raise --n-trials to add more)")
         return study
 
+    if on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
+        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs)
+    stopper = on_epoch
+
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
         shutdown.check()  # the safe point: stop between epochs, never inside one
-        if on_epoch is not None:
-            on_epoch(trial, epoch, val_acc)
+        if stopper is not None:
+            stopper(trial, epoch, val_acc)
 
     objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)
     bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,

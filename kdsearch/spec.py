@@ -13,7 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdsearch.architecture import CNNArch, MLPArch
 from kdsearch.errors import StudyFileError, one_line
@@ -142,10 +149,30 @@ class StudentSpec(_Frozen):
     max_params: int | None = Field(default=None, ge=1)  # refuse larger students before training
 
 
+class EarlyStoppingSpec(_Frozen):
+    """`[search.early_stopping]`: stop a trial dominated at a rung (see early_stopping.py)."""
+
+    enabled: bool = True
+    rungs: list[int] = Field(default_factory=lambda: [1, 3, 9])  # epochs after which to judge
+    min_trials: int = Field(default=6, ge=1)  # peers at the rung before anything stops there
+    quantile: float = Field(default=0.0, ge=0.0, le=1.0)  # share of no-larger peers that must win
+    min_dominators: int = Field(default=1, ge=1)  # and at least this many of them
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, rungs: list[int]) -> list[int]:
+        if any(r < 1 for r in rungs):
+            raise ValueError("epochs of at least 1")
+        if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
+            raise ValueError("strictly increasing epochs")
+        return rungs
+
+
 class SearchSpec(_Frozen):
     n_trials: int = Field(default=20, ge=1, le=1_000_000)  # a grid's default: the grid's size
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
 
     @model_validator(mode="after")
