@@ -61,6 +61,20 @@ def test_hypervolume_history_by_hand():
     assert list(fig.data[0].y) == pytest.approx([0.8, 0.8, 0.85])
 
 
+def test_hypervolume_history_equals_the_hypervolume_of_all_trials_so_far():
+    import random
+
+    from kdsearch.reports import hypervolume
+
+    rng = random.Random(1)
+    trials = [(rng.randint(50, 100) / 100, rng.choice([10, 30, 100, 300, 900]), 3, 0.5)
+              for _ in range(60)]
+    h = hypervolume_history(_study(trials))
+    points = [(acc, params) for acc, params, _, _ in trials]
+    brute = [hypervolume(points[: i + 1], h.ref_params, h.ref_acc) for i in range(len(points))]
+    assert h.values == pytest.approx(brute)
+
+
 def test_hypervolume_never_falls():
     study = _study([(0.6 + 0.3 * math.sin(i), 10 + 37 * i, 3, 0.5) for i in range(12)])
     values = hypervolume_history(study).values

@@ -62,3 +62,17 @@ def test_wheel_ships_the_study_files(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for study in ("smoke", "mnist_distill", "cifar_compress"):
         assert f"kdsearch/studies/{study}.toml" in names
+
+
+def test_pareto_numbers_match_optuna_best_trials():
+    import random
+
+    from kdsearch.reports import pareto_numbers
+
+    rng = random.Random(0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(300):  # coarse values, so ties and duplicates occur
+        study.add_trial(optuna.trial.create_trial(
+            values=[rng.randint(0, 20) / 20, rng.choice([10, 20, 50, 100, 200, 500])]))
+    assert pareto_numbers(study.trials) == {t.number for t in study.best_trials}
+    assert 1 < len(pareto_numbers(study.trials)) < 300
