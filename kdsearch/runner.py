@@ -190,7 +190,11 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
         log("nothing to do: the target is reached (raise --n-trials to add more)")
         return study
 
-    if on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
+    if on_epoch is None and spec.search.sampler == "grid":
+        # A sweep compares every grid point at its full budget; stopping some early would
+        # plot half-trained students beside trained ones.
+        log("early stopping is off for grid sweeps: every point trains for its full budget")
+    elif on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
         on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs)
     stopper = on_epoch
 

@@ -107,3 +107,46 @@ def test_sweep_table_lists_each_setting_with_its_seeds(swept):
     lines = table.splitlines()
     assert "val acc (mean ± sd)" in lines[0] and len(lines) == 1 + 4
     assert all(" 2 " in line for line in lines[1:])  # two seeds per setting
+
+
+def test_sweeps_never_stop_trials_early(tmp_path):
+    """Early stopping is on by default for searches; a sweep must train every point fully."""
+    from optuna.trial import TrialState
+
+    from kdsearch.runner import RunOptions, run_study
+    from kdsearch.spec import parse_study
+
+    text = """
+[data]
+dataset = "synthetic"
+val_size = 100
+synthetic = { n_train = 400, n_test = 100, num_classes = 3, noise = 1.5 }
+
+[teacher]
+family = "mlp"
+hidden = [32]
+
+[teacher.train]
+epochs = 2
+
+[student]
+family = "mlp"
+depth = { choices = [1, 2] }
+width = { choices = [2, 8] }
+temperature = 2.0
+alpha = { choices = [0.0, 0.9] }
+
+[student.train]
+epochs = 2
+
+[search]
+sampler = "grid"
+repeats = 2
+early_stopping = { enabled = true, rungs = [1], min_trials = 1 }
+"""
+    spec = parse_study(text, tmp_path / "grid.toml")
+    opts = RunOptions(storage=f"sqlite:///{tmp_path}/s.db", study_name="grid", n_trials=16,
+                      timeout=None, data_dir=None, cache_dir=tmp_path / "c", device="cpu")
+    study = run_study(spec, opts, log=lambda m: None)
+    assert len(study.trials) == 16
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
