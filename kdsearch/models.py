@@ -75,15 +75,9 @@ def build_model(
     std = std if std is not None else (0.5,) * channels
     layers: list[nn.Module] = [Normalize(mean, std)]
     if isinstance(arch, MLPArch):
-        layers.append(nn.Flatten())
         width = channels * input_shape[1] * input_shape[2]
-        for hidden in arch.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-            if arch.dropout:
-                layers.append(nn.Dropout(arch.dropout))
-            width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        return nn.Sequential(*layers)
+        return nn.Sequential(*layers, nn.Flatten(),
+                             *_dense_head(width, arch.hidden, arch.dropout, num_classes))
 
     shapes = conv_shapes(arch, input_shape)
     in_c = channels
@@ -95,16 +89,20 @@ def build_model(
             if arch.conv_dropout:
                 layers.append(nn.Dropout(arch.conv_dropout))
         in_c = layer.channels
-    layers.append(nn.Flatten())
     c, _, _, h, w = shapes[-1]
-    width = c * h * w
-    for hidden in arch.dense:
-        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-        if arch.dropout:
-            layers.append(nn.Dropout(arch.dropout))
-        width = hidden
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, nn.Flatten(),
+                         *_dense_head(c * h * w, arch.dense, arch.dropout, num_classes))
+
+
+def _dense_head(width: int, hidden: list[int], dropout: float, num_classes: int) -> list[nn.Module]:
+    """Linear-ReLU(-Dropout) per hidden width, then the classifier: an MLP, or a CNN's head."""
+    layers: list[nn.Module] = []
+    for out in hidden:
+        layers += [nn.Linear(width, out), nn.ReLU(inplace=True)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = out
+    return [*layers, nn.Linear(width, num_classes)]
 
 
 def count_params(model: nn.Module) -> int:
