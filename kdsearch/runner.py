@@ -147,11 +147,16 @@ def trial_line(trial: FrozenTrial) -> str:
     return f"{head} {reason}  params {a.get('params', 0):,}  {arch}  {knobs}"
 
 
-def prepare(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> tuple[Dataset, Teacher]:
-    device = resolve_device(opts.device)
+def load_logged(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> Dataset:
     data = load_data(spec.data, opts.data_dir, opts.cache_dir)
     log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
         f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
+    return data
+
+
+def prepare(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> tuple[Dataset, Teacher]:
+    device = resolve_device(opts.device)
+    data = load_logged(spec, opts, log)
     teacher = get_teacher(spec, data, opts.cache_dir, device, log=log)
     assert teacher is not None
     return data, teacher
@@ -174,9 +179,7 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
     from tqdm import tqdm
 
     device = resolve_device(opts.device)
-    data = load_data(spec.data, opts.data_dir, opts.cache_dir)
-    log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
-        f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
+    data = load_logged(spec, opts, log)
     storage = open_storage(opts.storage)
     study = create_study(spec, opts, storage)
     teacher = coordination.shared_teacher(
