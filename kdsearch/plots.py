@@ -48,7 +48,7 @@ def pareto_figure(data: ParetoData) -> go.Figure:
         title=f"{data.study_name}: validation accuracy vs parameters",
         xaxis=dict(title="parameters (log scale)", type="log"),
         yaxis=dict(title="validation accuracy"),
-        legend=dict(x=0.99, y=0.01, xanchor="right", yanchor="bottom"), **LAYOUT)
+        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"), **LAYOUT)  # below: never on the data
     return fig
 
 
@@ -110,6 +110,7 @@ def accuracy_figure(data: AccuracyBy) -> go.Figure:
         title=dict(text=f"{data.study_name}: validation accuracy vs {data.label}<br>"
                         f"<sup>{what}; faint dots are single trials</sup>"),
         xaxis=dict(title=data.label, tickmode="array", tickvals=all_x),
-        yaxis=dict(title="validation accuracy"), legend=dict(x=0.01, y=0.01, yanchor="bottom"),
+        yaxis=dict(title="validation accuracy"),
+        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"),  # below: never on the data
         **LAYOUT)
     return fig
