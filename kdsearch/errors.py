@@ -31,9 +31,5 @@ class StorageError(KdsearchError):
     """The study storage (SQLite, PostgreSQL) cannot be reached or used."""
 
 
-class BudgetError(KdsearchError):
-    """A student exceeds a configured parameter or memory budget."""
-
-
 class NonFiniteLossError(KdsearchError):
     """Training produced a NaN or infinite loss."""

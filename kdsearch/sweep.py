@@ -52,13 +52,6 @@ def grid_space(space: MLPSpace | CNNSpace) -> dict[str, list]:
     return grid
 
 
-def grid_size(space: MLPSpace | CNNSpace) -> int:
-    n = 1
-    for values in grid_space(space).values():
-        n *= len(values)
-    return n
-
-
 def sweep_grid(spec: StudySpec) -> dict[str, list]:
     """The full grid of a sweep study: the space's values, plus the repeat index."""
     grid = grid_space(spec.student.space)
