@@ -14,7 +14,9 @@ images after every epoch:
            DataLoader, and the teacher run on every batch (eval mode, no-grad).
   minimal  a hand-written loop that normalises the uint8 images to float once, then with the
            precomputed teacher logits: randperm, slice, forward, loss, backward, step. The
-           practical limit of a plain loop.
+           practical limit of a plain loop: it runs on as many threads as the engine picks
+           (one for a small MLP, see kdsearch.engine.train_threads), while the naive loop
+           keeps torch's default of every core, as seed code does.
   engine   `kdsearch.engine.train`, as a trial calls it (its setup is timed with it).
 
 Each round trains a fresh student for 2 epochs with each loop in turn (interleaved, so
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdsearch.architecture import CNNArch, ConvLayer, MLPArch  # noqa: E402
 from kdsearch.data import IMAGE_SUFFIXES, Dataset, Split  # noqa: E402
 from kdsearch.distill import kd_loss  # noqa: E402
-from kdsearch.engine import train  # noqa: E402
+from kdsearch.engine import torch_threads, train, train_threads  # noqa: E402
 from kdsearch.models import build_model, count_params  # noqa: E402
 from kdsearch.search_space import cnn_arch  # noqa: E402
 from kdsearch.spec import TrainRecipe  # noqa: E402
@@ -185,7 +187,12 @@ NORMALISE_SECONDS: list[float] = []  # the minimal loop's one-off normalisation,
 
 
 def minimal(model, x, y, soft, val_x, val_y, epochs: int) -> None:
-    """In-memory tensors normalised once, precomputed logits, nothing else."""
+    """In-memory tensors normalised once, precomputed logits, the engine's thread count."""
+    with torch_threads(train_threads(model, BATCH, torch.device("cpu"))):
+        _minimal(model, x, y, soft, val_x, val_y, epochs)
+
+
+def _minimal(model, x, y, soft, val_x, val_y, epochs: int) -> None:
     norm, student = model[0], model[1:]
     t = time.perf_counter()
     with torch.no_grad():
@@ -258,7 +265,9 @@ def run_workload(
     log(
         f"{name}: student {count_params(fresh()):,} params, teacher {count_params(teacher):,} "
         f"params; {len(train_split):,} images x {epochs} epochs x {rounds} rounds; teacher "
-        f"logits precomputed once in {precompute:.2f} s (untimed)"
+        f"logits precomputed once in {precompute:.2f} s (untimed); threads: naive "
+        f"{torch.get_num_threads()}, minimal and engine "
+        f"{train_threads(fresh(), BATCH, torch.device('cpu'))}"
     )
     for k in loops:
         log(

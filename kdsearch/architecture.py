@@ -28,6 +28,7 @@ class MLPArch(_Frozen):
     family: Literal["mlp"] = "mlp"
     hidden: list[int] = Field(default_factory=list)  # widths of the hidden layers, in order
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # after every hidden layer
+    input_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # on the pixels (Srivastava et al.: 0.2)
 
     def describe(self) -> str:
         return "mlp " + ("-".join(map(str, self.hidden)) or "linear")

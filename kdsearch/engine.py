@@ -18,6 +18,7 @@ used. On CUDA the loop runs under autocast
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,11 @@ from kdsearch.spec import TrainRecipe
 
 EVAL_BATCH = 2048
 PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most this (MNIST: 172 MB)
+# An MLP whose forward pass is below this many multiply-accumulates per batch trains faster on
+# one CPU thread than on several: its matrix products are too small to split, and every op
+# pays the threads' hand-off. Measured with benchmarks/bench_threads.py (docs/PERFORMANCE.md):
+# 784-400-400 (61M per batch of 128) 1.2x faster on one thread, 784-800-800 (163M) 1.4x slower.
+ONE_THREAD_MAX_MACS = 100_000_000
 
 
 @dataclass
@@ -161,12 +167,52 @@ def _apply_max_norm(model: nn.Module, max_norm: float) -> None:
             w.copy_(torch.renorm(flat, p=2, dim=0, maxnorm=max_norm).view(w.shape))
 
 
+def train_threads(model: nn.Module, batch_size: int, device: torch.device,
+                  live_teacher: bool = False) -> int:
+    """Torch threads for training `model` on the CPU: one for a small MLP, else all we have.
+
+    Convolutions split well across threads even when small (the seed's 8-channel CNN student
+    trains 1.6x faster on two threads than on one), so CNNs, and trials that run a teacher
+    live, keep every thread.
+    """
+    current = torch.get_num_threads()
+    if device.type != "cpu" or live_teacher or _is_cnn(model):
+        return current
+    macs = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return 1 if macs * batch_size < ONE_THREAD_MAX_MACS else current
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` intra-op threads, then give back what was set before."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _restore_layout(model: nn.Module, cnn: bool) -> None:
     """Hand the model back in the default layout, so its state dict looks like any other."""
     if cnn:
         model.to(memory_format=torch.contiguous_format)
 
 
+def _small_mlps_on_one_thread(train_fn):
+    @functools.wraps(train_fn)
+    def wrapper(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.device,
+                **kwargs):
+        live_teacher = kwargs.get("teacher") is not None
+        with torch_threads(train_threads(model, recipe.batch_size, device, live_teacher)):
+            return train_fn(model, data, recipe, device, **kwargs)
+    return wrapper
+
+
+@_small_mlps_on_one_thread
 def train(
     model: nn.Module,
     data: Dataset,
@@ -188,6 +234,7 @@ def train(
     `teacher_logits` must be aligned with the training split's images; with augmentation,
     pass `teacher` instead. `on_epoch(epoch, val_accuracy)` may raise to stop (pruning).
     With `keep_best`, the weights of the best validation epoch are restored at the end.
+    Small MLPs train on one thread (see `train_threads`).
     """
     # Setup: the data on the device once, a seeded generator for the batch order.
     split = train_split or data.train

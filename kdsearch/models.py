@@ -76,6 +76,8 @@ def build_model(
     layers: list[nn.Module] = [Normalize(mean, std)]
     if isinstance(arch, MLPArch):
         width = channels * input_shape[1] * input_shape[2]
+        if arch.input_dropout:
+            layers.append(nn.Dropout(arch.input_dropout))
         return nn.Sequential(*layers, nn.Flatten(),
                              *_dense_head(width, arch.hidden, arch.dropout, num_classes))
 

@@ -7,7 +7,7 @@ import torch
 
 from kdsearch.architecture import CNNArch, ConvLayer, MLPArch
 from kdsearch.data import load_data
-from kdsearch.engine import _make_optimizer, _prenormalise, accuracy, train
+from kdsearch.engine import _make_optimizer, _prenormalise, accuracy, train, train_threads
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.models import build_model
 from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
@@ -127,3 +127,37 @@ def test_optimizers_are_fused_where_supported():
     for name in ("adam", "sgd"):
         opt = _make_optimizer(model, TrainRecipe(optimizer=name))
         assert opt.defaults.get("fused") in (True, None)  # None: this torch has no fused CPU path
+
+
+def test_small_mlps_train_on_one_thread_and_the_setting_comes_back(data, monkeypatch):
+    big = build_model(MLPArch(hidden=[1200, 1200]), (1, 28, 28), 10)
+    small = _model(data, MLPArch(hidden=[16]))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert train_threads(small, 128, CPU) == 1
+    assert train_threads(big, 128, CPU) == 4  # 306M multiply-accumulates a batch
+    assert train_threads(_model(data, CNN), 128, CPU) == 4  # convolutions split well
+    assert train_threads(small, 128, CPU, live_teacher=True) == 4
+    assert train_threads(small, 128, torch.device("meta")) == 4  # only the CPU is limited
+    monkeypatch.undo()
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(small, data, TrainRecipe(epochs=1, batch_size=50), CPU,
+              progress=lambda *_: seen.append(torch.get_num_threads()))
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_input_dropout_drops_pixels_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(MLPArch(hidden=[8], input_dropout=0.5), (1, 8, 8), 3)
+    assert isinstance(model[1], torch.nn.Dropout) and model[1].p == 0.5
+    x = torch.full((4, 1, 8, 8), 200, dtype=torch.uint8)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
