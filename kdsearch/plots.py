@@ -13,6 +13,7 @@ from kdsearch.reports import PLAIN, AccuracyBy, HypervolumeHistory, ParetoData, 
 FAINT = "rgba(90,110,160,0.35)"
 FRONT = "#d62728"
 TEACHER = "#2ca02c"
+BASELINE = "#ff7f0e"
 LINE_COLORS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 LAYOUT = dict(template="plotly_white", width=900, height=560)
 
@@ -24,7 +25,8 @@ def _hover(r: Row) -> str:
 
 
 def pareto_figure(data: ParetoData) -> go.Figure:
-    """All trials faint, the front highlighted and joined, the teacher as a reference star."""
+    """All trials faint, the front highlighted and joined, hand-picked students as labelled
+    diamonds and the teacher as a star: the references a user compares the front with."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[r.params for r in data.done], y=[r.val_accuracy for r in data.done], mode="markers",
@@ -35,6 +37,13 @@ def pareto_figure(data: ParetoData) -> go.Figure:
         mode="lines+markers", name="Pareto front", line=dict(color=FRONT, width=2, shape="hv"),
         marker=dict(color=FRONT, size=10), hovertext=[_hover(r) for r in data.front],
         hoverinfo="text"))
+    if data.baselines:
+        fig.add_trace(go.Scatter(
+            x=[r.params for r in data.baselines], y=[r.val_accuracy for r in data.baselines],
+            mode="markers+text", name="hand-picked", text=[r.baseline for r in data.baselines],
+            textposition="top center", marker=dict(symbol="diamond", size=13, color=BASELINE,
+                                                   line=dict(width=1, color="black")),
+            hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines], hoverinfo="text"))
     teacher = data.teacher
     if teacher:
         fig.add_trace(go.Scatter(

@@ -34,6 +34,7 @@ class Row:
     alpha: float | None
     pareto: bool
     trial: FrozenTrial
+    baseline: str = ""  # the label of a hand-picked student ([[search.baselines]])
 
 
 class ParetoData(NamedTuple):
@@ -41,6 +42,7 @@ class ParetoData(NamedTuple):
     done: list[Row]  # complete trials
     front: list[Row]  # Pareto-optimal trials, smallest first
     teacher: dict  # the teacher's numbers, {} when unknown
+    baselines: list[Row] = []  # complete hand-picked students
 
 
 def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -100,7 +102,7 @@ def _read_rows(study: optuna.Study) -> list[Row]:
             val_accuracy=a.get("val_accuracy"), test_accuracy=a.get("test_accuracy"),
             params=a.get("params"), macs=a.get("macs"), arch=a.get("arch_summary", ""),
             temperature=t.params.get("temperature"), alpha=t.params.get("alpha"),
-            pareto=t.number in front, trial=t,
+            pareto=t.number in front, trial=t, baseline=a.get("baseline", ""),
         ))
     return out
 
@@ -128,10 +130,16 @@ def best_table(study: optuna.Study) -> str:
              f"{'T':>6}  {'alpha':>5}  architecture"
     lines += [f"Pareto front of '{study.study_name}' ({len(front)} of "
               f"{sum(r.state == 'COMPLETE' for r in rows(study))} complete trials):", header]
-    for r in front:
-        lines.append(f"{r.number:>5}  {r.val_accuracy:>7.4f}  {r.test_accuracy:>8.4f}  "
-                     f"{r.params:>10,}  {r.macs:>12,}  {r.temperature or 0:>6.2f}  "
-                     f"{r.alpha or 0:>5.2f}  {r.arch}")
+    def line(r: Row) -> str:
+        return (f"{r.number:>5}  {r.val_accuracy:>7.4f}  {r.test_accuracy:>8.4f}  "
+                f"{r.params:>10,}  {r.macs:>12,}  {r.temperature or 0:>6.2f}  "
+                f"{r.alpha or 0:>5.2f}  {r.arch}" + (f"  [{r.baseline}]" if r.baseline else ""))
+
+    lines += [line(r) for r in front]
+    picked = [r for r in rows(study) if r.baseline and r.state == "COMPLETE" and not r.pareto]
+    if picked:
+        lines.append("hand-picked baselines, off the front:")
+        lines += [line(r) for r in picked]
     return "\n".join(lines)
 
 
@@ -140,12 +148,12 @@ def write_csv(study: optuna.Study, path: Path) -> None:
     param_names = sorted({k for r in all_rows for k in r.trial.params})
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", "pareto", "val_accuracy", "test_accuracy", "params",
+        w.writerow(["number", "state", "pareto", "baseline", "val_accuracy", "test_accuracy", "params",
                     "macs", "architecture", "epochs", "train_seconds", "stopped_reason",
                     *[f"param_{p}" for p in param_names]])
         for r in all_rows:
             a = r.trial.user_attrs
-            w.writerow([r.number, r.state, int(r.pareto), r.val_accuracy, r.test_accuracy,
+            w.writerow([r.number, r.state, int(r.pareto), r.baseline, r.val_accuracy, r.test_accuracy,
                         r.params, r.macs, r.arch, a.get("epochs"), a.get("train_seconds"),
                         a.get("stopped_reason", ""),
                         *[r.trial.params.get(p) for p in param_names]])
@@ -153,8 +161,9 @@ def write_csv(study: optuna.Study, path: Path) -> None:
 
 def pareto_data(study: optuna.Study) -> ParetoData:
     """The data step of the Pareto plot: complete trials, the front, the teacher."""
-    return ParetoData(study.study_name, [r for r in rows(study) if r.state == "COMPLETE"],
-                      pareto_rows(study), teacher_info(study))
+    done = [r for r in rows(study) if r.state == "COMPLETE"]
+    return ParetoData(study.study_name, done, pareto_rows(study), teacher_info(study),
+                      [r for r in done if r.baseline])
 
 
 def pareto_figure(study: optuna.Study):
@@ -258,6 +267,12 @@ def _export(study: optuna.Study, out: Path, log) -> list[Path]:
     return written
 
 
+def smallest_match(target: Row, front: list[Row]) -> Row | None:
+    """The smallest front student whose validation accuracy is at least `target`'s."""
+    return next((r for r in sorted(front, key=lambda r: (r.params or 0, r.number))
+                 if (r.val_accuracy or 0) >= (target.val_accuracy or 0)), None)
+
+
 def summary_markdown(study: optuna.Study, images: list[str] | None = None) -> str:
     teacher = teacher_info(study)
     lines = [f"# {study.study_name}", ""]
@@ -278,6 +293,18 @@ def summary_markdown(study: optuna.Study, images: list[str] | None = None) -> st
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "
                      f"{r.macs:,} | {ratio} | {r.temperature or 0:.2f} | {r.alpha or 0:.2f} | "
                      f"`{r.arch}` |")
+    picked = [r for r in all_rows if r.baseline and r.state == "COMPLETE"]
+    if picked:
+        lines += ["", "## Hand-picked baselines", "",
+                  "| baseline | trial | val acc | test acc | params | smallest student at least as "
+                  "accurate (val) |", "|---|---:|---:|---:|---:|---|"]
+        for r in picked:
+            rival = smallest_match(r, pareto_rows(study))
+            found = (f"trial {rival.number}: {rival.params:,} params "
+                     f"({r.params / rival.params:.1f}x fewer), val acc {rival.val_accuracy:.4f}"
+                     if rival and rival.number != r.number else "none smaller: it is on the front")
+            lines.append(f"| {r.baseline} | {r.number} | {r.val_accuracy:.4f} | "
+                         f"{r.test_accuracy:.4f} | {r.params:,} | {found} |")
     history = hypervolume_history(study)
     if history.numbers:
         lines += ["", f"Hypervolume of the front after the last trial: {history.values[-1]:.4f} "

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsearch import coordination
+from kdsearch import baselines, coordination
 from kdsearch.data import Dataset, load_data
 from kdsearch.early_stopping import make_stopper
 from kdsearch.engine import resolve_device
@@ -136,7 +136,7 @@ def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.St
 def trial_line(trial: FrozenTrial) -> str:
     a = trial.user_attrs
     head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
-    arch = a.get("arch_summary", "?")
+    arch = a.get("arch_summary", "?") + (f" [{a['baseline']}]" if a.get("baseline") else "")
     p = trial.params
     knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
     if trial.state == TrialState.COMPLETE:
@@ -180,12 +180,19 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
 
     device = resolve_device(opts.device)
     data = load_logged(spec, opts, log)
+    picked = baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
     storage = open_storage(opts.storage)
     study = create_study(spec, opts, storage)
     teacher = coordination.shared_teacher(
         spec, data, study, storage, opts.storage, opts.cache_dir,
         opts.artifact_dir or coordination.artifact_dir_from_env(), device, log)
     annotate_study(study, spec, teacher)
+    if picked:
+        with coordination.claim_lock(storage, opts.storage, study.study_name):
+            queued = baselines.enqueue(study, picked)
+        if queued:
+            log(f"queued {queued} hand-picked baseline student(s) to run first, at the full "
+                "budget: " + ", ".join(label for label, _ in picked))
     done = finished_count(study)
     target = opts.n_trials
     log(f"study '{opts.study_name}' in {redact(opts.storage)}: {done} of {target} trials finished")
@@ -203,7 +210,7 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
 
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
         shutdown.check()  # the safe point: stop between epochs, never inside one
-        if stopper is not None:
+        if stopper is not None and baselines.ATTR not in trial.user_attrs:
             stopper(trial, epoch, val_acc)
 
     objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)

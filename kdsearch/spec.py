@@ -168,18 +168,31 @@ class EarlyStoppingSpec(_Frozen):
         return rungs
 
 
+class Baseline(_Frozen):
+    """`[[search.baselines]]`: a hand-picked student to run first, e.g. the one in production."""
+
+    label: str = Field(min_length=1, max_length=80)
+    params: dict[str, int | float] = Field(default_factory=dict)  # search-space values
+
+
 class SearchSpec(_Frozen):
     n_trials: int = Field(default=20, ge=1, le=1_000_000)  # a grid's default: the grid's size
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
+    baselines: list[Baseline] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
     def _repeats_need_grid(self) -> SearchSpec:
         if self.repeats > 1 and self.sampler != "grid":
             raise ValueError(f"repeats > 1 only with sampler = 'grid' (a sweep), not "
                              f"'{self.sampler}'")
+        if self.baselines and self.sampler == "grid":
+            raise ValueError("baselines are for searches: a grid sweep already runs every point")
+        labels = [b.label for b in self.baselines]
+        if len(set(labels)) != len(labels):
+            raise ValueError("each baseline needs its own label")
         return self
 
 

@@ -60,15 +60,16 @@ def retry_failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial again with its parameters, at most MAX_RETRY times.
 
     Like Optuna's RetryHeartbeatStaleTrialCallback (same system attrs, so its
-    `retried_trial_number` works), but the retry starts with no user attrs: the dead
-    attempt's partial curve, worker and stop reason do not belong to it.
+    `retried_trial_number` works), but the retry starts with no user attrs but its baseline
+    label: the dead attempt's partial curve, worker and stop reason do not belong to it.
     """
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRY:
         return
+    keep = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}  # still hand-picked
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={**trial.system_attrs,
+        user_attrs=keep, system_attrs={**trial.system_attrs,
                       "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
                       "retry_history": history}))
 
