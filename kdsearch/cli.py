@@ -10,34 +10,22 @@ from pathlib import Path
 from kdsearch.errors import KdsearchError, one_line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return value
+def _int_arg(low: int, high: int | None, what: str, in_range: str):
+    """An argparse type: an integer in [low, high], else a one-line error naming the input."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {in_range}, found {text!r}")
+        return value
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
-    if value < 0 or value > 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^31), found {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, found {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], found {text!r}")
-    return value
+_positive_int = _int_arg(1, None, "a positive integer", "a positive integer")
+_nonneg_int = _int_arg(0, 2**31 - 1, "an integer >= 0", "an integer in [0, 2^31)")
+_port = _int_arg(0, 65535, "a port number", "a port in [0, 65535]")
 
 
 def _positive_float(text: str) -> float:
