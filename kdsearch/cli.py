@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--epochs", type=_positive_int, metavar="E",
                    help="retraining epochs (default: twice the study's student epochs)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="learning-rate schedule for the retraining (default: the study's)")
     _add_storage(p)
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
@@ -257,7 +259,7 @@ def cmd_compress(args) -> int:
     study = _load(args)
     _threads()
     r = compress(study, args.out, number=args.trial, max_params=args.max_params,
-                 epochs=args.epochs, data_dir=args.data_dir,
+                 epochs=args.epochs, lr_schedule=args.lr_schedule, data_dir=args.data_dir,
                  cache_dir=args.cache_dir or default_cache_dir(), device_name=args.device,
                  command=_command_line(args.argv),
                  log=lambda m: print(m, file=sys.stderr))

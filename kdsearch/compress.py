@@ -153,7 +153,7 @@ class CompressResult:
 
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
              max_params: int | None = None, epochs: int | None = None,
-             data_dir: Path | None = None, cache_dir: Path, device_name: str = "auto",
+             lr_schedule: str | None = None, data_dir: Path | None = None, cache_dir: Path, device_name: str = "auto",
              command: str = "", log: Callable[[str], None] = print) -> CompressResult:
     """Retrain the chosen trial's student on train + validation and write the model folder."""
     from tqdm import tqdm
@@ -164,8 +164,11 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     arch = trial_arch(trial)
     temperature = float(trial.params.get("temperature", 1.0))
     alpha = float(trial.params.get("alpha", 0.0))
+    # The study's recipe at a longer budget; a decaying schedule may be asked for, since a
+    # constant rate that suited the search's short budget can overfit a longer one.
     recipe = spec.student.train.model_copy(
-        update={"epochs": epochs or spec.student.train.epochs * EPOCH_FACTOR})
+        update={"epochs": epochs or spec.student.train.epochs * EPOCH_FACTOR,
+                "lr_schedule": lr_schedule or spec.student.train.lr_schedule})
     log(f"trial {trial.number} of '{study.study_name}': {arch.describe()}, "
         f"{trial.user_attrs['params']:,} params, val acc {trial.user_attrs['val_accuracy']:.4f} "
         f"in the search; T={temperature:.2f} alpha={alpha:.2f}")
@@ -184,7 +187,8 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
     log(f"retraining on {len(merged):,} train+val images for {recipe.epochs} epochs "
-        f"({'distilled' if alpha > 0 else 'plain'}, seed {seed})")
+        f"({'distilled' if alpha > 0 else 'plain'}, {recipe.lr_schedule} learning rate, "
+        f"seed {seed})")
     bar = tqdm(total=recipe.epochs, desc="compress", unit="epoch", dynamic_ncols=True,
                file=__import__("sys").stderr)
 
@@ -219,7 +223,7 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
         "test_identity": test_identity(data.test), "test_accuracy": test_acc,
         "params": params, "macs": macs, "study": study.study_name, "trial": trial.number,
         "temperature": temperature, "alpha": alpha, "epochs": result.epochs_run,
-        "train_images": len(merged),
+        "lr_schedule": recipe.lr_schedule, "train_images": len(merged),
     }
     (out / "architecture.json").write_text(json.dumps(meta, indent=2))
     files, skipped = ["model.pt", "architecture.json"], {}
@@ -263,7 +267,8 @@ def model_card(meta: dict, teacher: dict, trial: FrozenTrial, latency: dict, sec
         f"after {trial.user_attrs.get('epochs', '?')} epochs on the training split.",
         f"- Retrained from scratch with knowledge distillation (T = {meta['temperature']:.2f}, "
         f"alpha = {meta['alpha']:.2f}; alpha 0 is plain training) on train + validation "
-        f"({meta['train_images']:,} images) for {meta['epochs']} epochs, {seconds:.1f} s.",
+        f"({meta['train_images']:,} images) for {meta['epochs']} epochs "
+        f"({meta.get('lr_schedule', 'constant')} learning rate), {seconds:.1f} s.",
         "- Evaluated once on the test set; nothing was selected on it.", "",
         "```", command or "kdsearch compress ...", "```", "",
         "## Files", "",

@@ -49,7 +49,7 @@ def test_compress_then_evaluate_in_a_fresh_process(smoke):
     out = tmp / "model"
     proc = kdsearch("compress", "smoke", "--storage", url, "--cache-dir", str(tmp / "cache"),
                     "--trial", str(pick_trial(study).number), "--epochs", "2", "--out", str(out),
-                    "--device", "cpu")
+                    "--device", "cpu", "--lr-schedule", "cosine")
     card = (out / "MODEL_CARD.md").read_text()
     card_acc = float(re.search(r"\| test accuracy \| ([0-9.]+) \|", card).group(1))
     assert f"test accuracy {card_acc:.4f}" in proc.stdout
@@ -59,6 +59,7 @@ def test_compress_then_evaluate_in_a_fresh_process(smoke):
     # The folder stands alone: weights load with weights_only, the architecture is JSON.
     meta = json.loads((out / "architecture.json").read_text())
     assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 4
+    assert meta["lr_schedule"] == "cosine" and "(cosine learning rate)" in card
     state = torch.load(out / "model.pt", weights_only=True)
     model, _ = load_model(out)
     n_weights = sum(v.numel() for k, v in state.items() if k.endswith(("weight", "bias")))
