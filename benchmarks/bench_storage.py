@@ -236,11 +236,11 @@ convs = [{ channels = 32, kernel = 3 }, { channels = 32, kernel = 3, padding = "
 dense = [512]
 [student]
 family = "cnn"
-depth = 2
+depth = DEPTH
 convs_per_block = 2
-width = 8
+width = WIDTH
 kernel = 3
-dense = 128
+dense = DENSE
 [student.train]
 epochs = 1
 batch_size = 128
@@ -249,9 +249,11 @@ enabled = false
 """
 
 
+# (label, depth, width, dense): the seed's student, and the widest student cifar_compress allows
+MEMORY_STUDENTS = [("seed student", 2, 8, 128), ("widest student, 32-32-64-64-128-128", 3, 32, 64)]
+
+
 def memory_cost(data_dir: Path | None, work: Path, threads: int | None) -> None:
-    study_file = work / "mem.toml"
-    study_file.write_text(MEMORY_STUDY)
     cache = work / "cache"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if threads:
@@ -275,22 +277,27 @@ def memory_cost(data_dir: Path | None, work: Path, threads: int | None) -> None:
             f"(decoded CIFAR-10 JPEGs into the data cache in {time.perf_counter() - start:.0f} s)",
             flush=True,
         )
-    proc = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD, str(data_dir or "-"), str(cache), str(study_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:])
-        return
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(
-        f"CIFAR-10 trial ({r['params']:,}-param seed student, 1 epoch on {r['n_train']:,} images, "
-        f"{r['state'].lower()} in {r['seconds']:.1f} s): peak RSS {r['peak_kb'] / 1024:.0f} MiB "
-        f"({r['after_data_kb'] / 1024:.0f} MiB after loading the data)",
-        flush=True,
-    )
+    for label, depth, width, dense in MEMORY_STUDENTS:
+        study_file = work / "mem.toml"
+        study_file.write_text(MEMORY_STUDY.replace("DEPTH", str(depth))
+                              .replace("WIDTH", str(width)).replace("DENSE", str(dense)))
+        proc = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, str(data_dir or "-"), str(cache), str(study_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:])
+            return
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(
+            f"CIFAR-10 trial ({label}, {r['params']:,} params, 1 epoch on {r['n_train']:,} "
+            f"images, {r['state'].lower()} in {r['seconds']:.1f} s): peak RSS "
+            f"{r['peak_kb'] / 1024:.0f} MiB ({r['after_data_kb'] / 1024:.0f} MiB after loading "
+            "the data)",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
