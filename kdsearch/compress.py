@@ -153,7 +153,8 @@ class CompressResult:
 
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
              max_params: int | None = None, epochs: int | None = None,
-             lr_schedule: str | None = None, data_dir: Path | None = None, cache_dir: Path, device_name: str = "auto",
+             lr_schedule: str | None = None, data_dir: Path | None = None,
+             cache_dir: Path, device_name: str = "auto",
              command: str = "", log: Callable[[str], None] = print) -> CompressResult:
     """Retrain the chosen trial's student on train + validation and write the model folder."""
     from tqdm import tqdm

@@ -41,8 +41,9 @@ EVAL_BATCH = 512
 PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most this (MNIST: 172 MB)
 # An MLP whose forward pass is below this many multiply-accumulates per batch trains faster on
 # one CPU thread than on several: its matrix products are too small to split, and every op
-# pays the threads' hand-off. Measured with benchmarks/bench_threads.py (docs/PERFORMANCE.md):
-# 784-400-400 (61M per batch of 128) 1.2x faster on one thread, 784-800-800 (163M) 1.4x slower.
+# pays the threads' hand-off. Measured with benchmarks/bench_threads.py (docs/PERFORMANCE.md) on
+# 2 cores: 784-400-400 (61M per batch of 128) 0.84-0.97x as fast on two threads as on one,
+# 784-800-800 (163M) 1.06-1.42x faster on two.
 ONE_THREAD_MAX_MACS = 100_000_000
 
 
@@ -174,9 +175,9 @@ def train_threads(model: nn.Module, batch_size: int, device: torch.device,
                   live_teacher: bool = False) -> int:
     """Torch threads for training `model` on the CPU: one for a small MLP, else all we have.
 
-    Convolutions split well across threads even when small (the seed's 8-channel CNN student
-    trains 1.6x faster on two threads than on one), so CNNs, and trials that run a teacher
-    live, keep every thread.
+    Convolutions split usefully across threads even when small (the seed's 8-channel CNN
+    student: 1.05-1.6x faster on two threads than on one, over four runs), so CNNs, and trials
+    that run a teacher live, keep every thread.
     """
     current = torch.get_num_threads()
     if device.type != "cpu" or live_teacher or _is_cnn(model):
