@@ -97,11 +97,11 @@ def enqueue(study: optuna.Study, baselines: list[tuple[str, dict[str, Any]]]) ->
     Callers hold the study's claim lock, so that workers starting together queue each
     baseline once. Returns how many were queued.
     """
+    trials = study.get_trials(deepcopy=False)
+    labels = {t.user_attrs.get(ATTR) for t in trials}
     queued = 0
     for label, params in baselines:
-        known = {t.number for t in study.get_trials(deepcopy=False)
-                 if t.user_attrs.get(ATTR) == label or t.params == params}
-        if known:
+        if label in labels or any(t.params == params for t in trials):
             continue
         study.enqueue_trial(params, user_attrs={ATTR: label})
         queued += 1

@@ -20,6 +20,8 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kdsearch.baselines import ATTR as BASELINE_ATTR
+
 
 @dataclass(frozen=True)
 class Row:
@@ -102,7 +104,7 @@ def _read_rows(study: optuna.Study) -> list[Row]:
             val_accuracy=a.get("val_accuracy"), test_accuracy=a.get("test_accuracy"),
             params=a.get("params"), macs=a.get("macs"), arch=a.get("arch_summary", ""),
             temperature=t.params.get("temperature"), alpha=t.params.get("alpha"),
-            pareto=t.number in front, trial=t, baseline=a.get("baseline", ""),
+            pareto=t.number in front, trial=t, baseline=a.get(BASELINE_ATTR, ""),
         ))
     return out
 
@@ -117,6 +119,11 @@ def teacher_info(study: optuna.Study) -> dict:
 
 def best_table(study: optuna.Study) -> str:
     """The Pareto-optimal trials as an aligned text table, smallest first."""
+    with snapshot(study):  # the front, the count and the baselines from one read
+        return _best_table(study)
+
+
+def _best_table(study: optuna.Study) -> str:
     front = pareto_rows(study)
     teacher = teacher_info(study)
     lines = []
@@ -298,8 +305,9 @@ def summary_markdown(study: optuna.Study, images: list[str] | None = None) -> st
         lines += ["", "## Hand-picked baselines", "",
                   "| baseline | trial | val acc | test acc | params | smallest student at least as "
                   "accurate (val) |", "|---|---:|---:|---:|---:|---|"]
+        front = pareto_rows(study)
         for r in picked:
-            rival = smallest_match(r, pareto_rows(study))
+            rival = smallest_match(r, front)
             found = (f"trial {rival.number}: {rival.params:,} params "
                      f"({r.params / rival.params:.1f}x fewer), val acc {rival.val_accuracy:.4f}"
                      if rival and rival.number != r.number else "none smaller: it is on the front")

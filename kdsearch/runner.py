@@ -136,7 +136,8 @@ def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.St
 def trial_line(trial: FrozenTrial) -> str:
     a = trial.user_attrs
     head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
-    arch = a.get("arch_summary", "?") + (f" [{a['baseline']}]" if a.get("baseline") else "")
+    label = a.get(baselines.ATTR)
+    arch = a.get("arch_summary", "?") + (f" [{label}]" if label else "")
     p = trial.params
     knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
     if trial.state == TrialState.COMPLETE:

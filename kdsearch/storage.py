@@ -13,6 +13,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
 
+from kdsearch.baselines import ATTR as BASELINE_ATTR
 from kdsearch.errors import StorageError
 from kdsearch.locks import db_lock
 
@@ -66,7 +67,7 @@ def retry_failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRY:
         return
-    keep = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}  # still hand-picked
+    keep = {k: v for k, v in trial.user_attrs.items() if k == BASELINE_ATTR}  # still hand-picked
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=keep, system_attrs={**trial.system_attrs,
