@@ -11,7 +11,7 @@ torch threads, rounds. A variant name is a set of flags:
   cl       channels_last weights and inputs;  wcl: channels_last weights only
   compile  torch.compile on the model         bf16: CPU autocast to bfloat16
 Each round runs one epoch of every variant in turn; best and median images/s are printed.
-These measured the choices in kdsearch/engine.py; see docs/PERFORMANCE.md.
+These measured the choices in kdsearch/training/engine.py; see docs/PERFORMANCE.md.
 """
 
 import os
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from kdsearch.architecture import MLPArch  # noqa: E402
-from kdsearch.distill import kd_loss  # noqa: E402
-from kdsearch.models import build_model  # noqa: E402
-from kdsearch.search_space import cnn_arch  # noqa: E402
+from kdsearch.search.space import cnn_arch  # noqa: E402
+from kdsearch.training.distill import kd_loss  # noqa: E402
+from kdsearch.training.models import build_model  # noqa: E402
 
 which, variants = sys.argv[1], sys.argv[2].split(",")
 threads, reps = int(sys.argv[3]), int(sys.argv[4])

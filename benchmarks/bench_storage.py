@@ -38,8 +38,8 @@ import optuna  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from kdsearch.runner import DIRECTIONS, OBJECTIVES, finished_count  # noqa: E402
-from kdsearch.storage import open_storage  # noqa: E402
+from kdsearch.study.runner import DIRECTIONS, OBJECTIVES, finished_count  # noqa: E402
+from kdsearch.study.storage import open_storage  # noqa: E402
 
 EPOCHS = 10
 ARCH = {
@@ -193,10 +193,10 @@ def export_cost(work: Path) -> None:
 MEMORY_CHILD = r"""
 import json, os, resource, sys, time
 import torch, optuna
-from kdsearch.data import load_data, Dataset
+from kdsearch.training.data import load_data, Dataset
 from kdsearch.spec import parse_study
-from kdsearch.teacher_cache import Teacher
-from kdsearch.trial import make_objective
+from kdsearch.training.teacher_cache import Teacher
+from kdsearch.search.objective import make_objective
 from kdsearch.architecture import CNNArch
 data_dir, cache = sys.argv[1], sys.argv[2]
 text = open(sys.argv[3]).read()
@@ -206,13 +206,13 @@ if data_dir != "-":
 else:
     g = torch.Generator().manual_seed(0)
     def split(n):
-        from kdsearch.data import Split
+        from kdsearch.training.data import Split
         return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
                      torch.randint(0, 10, (n,), generator=g))
     data = Dataset("random", split(45000), split(5000), split(10000), 10, (0.5,) * 3, (0.25,) * 3, "r")
 after_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 logits = {s: torch.randn(len(data.split(s)), 10) for s in ("train", "val", "test")}
-from kdsearch.models import build_model
+from kdsearch.training.models import build_model
 teacher = Teacher(build_model(spec.teacher, data.input_shape, 10, data.mean, data.std), spec.teacher,
                   logits, {}, None, False)
 study = optuna.create_study(directions=["maximize", "minimize"])
@@ -265,7 +265,7 @@ def memory_cost(data_dir: Path | None, work: Path, threads: int | None) -> None:
                 sys.executable,
                 "-c",
                 "import sys; from pathlib import Path; "
-                "from kdsearch.data import load_data; from kdsearch.spec import DataSpec; "
+                "from kdsearch.training.data import load_data; from kdsearch.spec import DataSpec; "
                 "load_data(DataSpec(dataset='cifar10'), Path(sys.argv[1]), Path(sys.argv[2]))",
                 str(data_dir),
                 str(cache),

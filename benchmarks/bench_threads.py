@@ -1,5 +1,5 @@
 """Does a student train faster on one CPU thread or on all of them? The calibration behind
-`kdsearch.engine.ONE_THREAD_MAX_MACS`.
+`kdsearch.training.engine.ONE_THREAD_MAX_MACS`.
 
     python benchmarks/bench_threads.py
 
@@ -24,10 +24,10 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdsearch.architecture import MLPArch  # noqa: E402
-from kdsearch.engine import ONE_THREAD_MAX_MACS, train_threads  # noqa: E402
-from kdsearch.models import build_model  # noqa: E402
-from kdsearch.search_space import cnn_arch  # noqa: E402
-from kdsearch.workers import available_cores  # noqa: E402
+from kdsearch.search.space import cnn_arch  # noqa: E402
+from kdsearch.study.workers import available_cores  # noqa: E402
+from kdsearch.training.engine import ONE_THREAD_MAX_MACS, train_threads  # noqa: E402
+from kdsearch.training.models import build_model  # noqa: E402
 
 BATCH = 128
 

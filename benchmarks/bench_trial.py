@@ -15,9 +15,9 @@ images after every epoch:
   minimal  a hand-written loop that normalises the uint8 images to float once, then with the
            precomputed teacher logits: randperm, slice, forward, loss, backward, step. The
            practical limit of a plain loop: it runs on as many threads as the engine picks
-           (one for a small MLP, see kdsearch.engine.train_threads), while the naive loop
+           (one for a small MLP, see kdsearch.training.engine.train_threads), while the naive loop
            keeps torch's default of every core, as seed code does.
-  engine   `kdsearch.engine.train`, as a trial calls it (its setup is timed with it).
+  engine   `kdsearch.training.engine.train`, as a trial calls it (its setup is timed with it).
 
 Each round trains a fresh student for 2 epochs with each loop in turn (interleaved, so
 that load from other processes hits all three alike); a loop's time is its median round. The
@@ -49,12 +49,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kdsearch.architecture import CNNArch, ConvLayer, MLPArch  # noqa: E402
-from kdsearch.data import IMAGE_SUFFIXES, Dataset, Split  # noqa: E402
-from kdsearch.distill import kd_loss  # noqa: E402
-from kdsearch.engine import torch_threads, train, train_threads  # noqa: E402
-from kdsearch.models import build_model, count_params  # noqa: E402
-from kdsearch.search_space import cnn_arch  # noqa: E402
+from kdsearch.search.space import cnn_arch  # noqa: E402
 from kdsearch.spec import TrainRecipe  # noqa: E402
+from kdsearch.training.data import IMAGE_SUFFIXES, Dataset, Split  # noqa: E402
+from kdsearch.training.distill import kd_loss  # noqa: E402
+from kdsearch.training.engine import torch_threads, train, train_threads  # noqa: E402
+from kdsearch.training.models import build_model, count_params  # noqa: E402
 
 BATCH, LR, T, ALPHA = 128, 1e-3, 4.0, 0.5
 CIFAR_TEACHER = CNNArch(
@@ -326,7 +326,7 @@ def augment_cost(train_split, val_split, epochs, log) -> None:
 
 def scaling(c_train, c_val, m_train, m_val, log) -> None:
     """Engine images/s as the student grows (1 epoch, cached logits): cost follows MACs."""
-    from kdsearch.models import count_macs
+    from kdsearch.training.models import count_macs
 
     for name, (tr, va), archs in (
         (
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scaling", action="store_true", help="also time larger and smaller students")
     args = ap.parse_args(argv)
 
-    from kdsearch.workers import torch_threads
+    from kdsearch.study.workers import torch_threads
 
     torch.set_num_threads(args.threads or torch_threads())
 

@@ -40,7 +40,7 @@ import psycopg  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from kdsearch.storage import redact  # noqa: E402
+from kdsearch.study.storage import redact  # noqa: E402
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

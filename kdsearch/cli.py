@@ -40,7 +40,7 @@ def _positive_float(text: str) -> float:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + error; argparse echoes bad values
-        from kdsearch.storage import mask_urls
+        from kdsearch.study.storage import mask_urls
 
         message = one_line(mask_urls(message))
         self.exit(2, f"kdsearch: error: {message} (see 'kdsearch {self.prog.split()[-1]} --help')\n"
@@ -148,10 +148,10 @@ def _study_name(args, spec_name: str | None = None) -> str:
 
 
 def _run_options(args, spec):
-    from kdsearch.runner import RunOptions
-    from kdsearch.storage import storage_url
-    from kdsearch.sweep import trials_wanted
-    from kdsearch.teacher_cache import default_cache_dir
+    from kdsearch.search.sweep import trials_wanted
+    from kdsearch.study.runner import RunOptions
+    from kdsearch.study.storage import storage_url
+    from kdsearch.training.teacher_cache import default_cache_dir
 
     n_trials, note = trials_wanted(spec, getattr(args, "n_trials", None))
     if note:
@@ -168,21 +168,21 @@ def _run_options(args, spec):
 def _threads() -> None:
     import torch
 
-    from kdsearch.workers import torch_threads
+    from kdsearch.study.workers import torch_threads
 
     torch.set_num_threads(torch_threads())
 
 
 def cmd_run_study(args) -> int:
-    from kdsearch.reports import best_table
-    from kdsearch.runner import run_study
+    from kdsearch.report.reports import best_table
+    from kdsearch.study.runner import run_study
 
     spec = _spec(args)
     opts = _run_options(args, spec)
     _threads()
     if args.workers > 1:
-        from kdsearch.storage import load_study
-        from kdsearch.workers import run_workers
+        from kdsearch.study.storage import load_study
+        from kdsearch.study.workers import run_workers
 
         code = run_workers(args, spec, opts, args.workers, log=lambda m: print(m, file=sys.stderr))
         print(best_table(load_study(opts.storage, opts.study_name)))
@@ -190,14 +190,14 @@ def cmd_run_study(args) -> int:
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
     print(best_table(study))
     if spec.search.sampler == "grid":
-        from kdsearch.reports import sweep_table
+        from kdsearch.report.reports import sweep_table
 
         print(f"\nsweep of '{study.study_name}' (mean ± sd over seeds):\n{sweep_table(study)}")
     return 0
 
 
 def cmd_teacher(args) -> int:
-    from kdsearch.runner import prepare
+    from kdsearch.study.runner import prepare
 
     spec = _spec(args)
     opts = _run_options(args, spec)
@@ -211,21 +211,21 @@ def cmd_teacher(args) -> int:
 
 
 def _load(args):
-    from kdsearch.storage import load_study, storage_url
+    from kdsearch.study.storage import load_study, storage_url
 
     name = args.study_name or (Path(args.study).stem if args.study.endswith(".toml") else args.study)
     return load_study(storage_url(args.storage), name)
 
 
 def cmd_best(args) -> int:
-    from kdsearch.reports import best_table
+    from kdsearch.report.reports import best_table
 
     print(best_table(_load(args)))
     return 0
 
 
 def cmd_export(args) -> int:
-    from kdsearch.reports import ImageExportError, export
+    from kdsearch.report.reports import ImageExportError, export
 
     try:
         export(_load(args), args.out)
@@ -247,14 +247,14 @@ def _command_line(argv: list[str]) -> str:
     """The command as typed (for a model card or a resume hint), any password masked."""
     import shlex
 
-    from kdsearch.storage import redact
+    from kdsearch.study.storage import redact
 
     return shlex.join(["kdsearch", *(redact(a) if "://" in a else a for a in argv)])
 
 
 def cmd_compress(args) -> int:
     from kdsearch.compress import compress
-    from kdsearch.teacher_cache import default_cache_dir
+    from kdsearch.training.teacher_cache import default_cache_dir
 
     study = _load(args)
     _threads()
@@ -285,8 +285,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from kdsearch.dashboard import serve
-    from kdsearch.storage import storage_url
+    from kdsearch.report.dashboard import serve
+    from kdsearch.study.storage import storage_url
 
     try:
         serve(storage_url(args.storage), args.host, args.port)
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     _quiet_libraries()
-    from kdsearch.shutdown import ShutdownRequested
+    from kdsearch.study.shutdown import ShutdownRequested
 
     try:
         return COMMANDS[args.command](args)
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdsearch: {e}\nkdsearch: to resume: {_command_line(argv)}", file=sys.stderr)
         return e.exit_code
     except KdsearchError as e:
-        from kdsearch.storage import mask_urls
+        from kdsearch.study.storage import mask_urls
 
         print(f"kdsearch: error: {one_line(mask_urls(str(e)))}", file=sys.stderr)
         return e.exit_code

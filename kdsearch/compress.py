@@ -31,12 +31,12 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from kdsearch.architecture import CNNArch, MLPArch
-from kdsearch.data import Dataset, Split, load_data
-from kdsearch.engine import accuracy, augments, resolve_device, train
 from kdsearch.errors import KdsearchError
-from kdsearch.models import build_model, count_macs, count_params
 from kdsearch.spec import DataSpec, StudySpec, parse_study
-from kdsearch.teacher_cache import get_teacher
+from kdsearch.training.data import Dataset, Split, load_data
+from kdsearch.training.engine import accuracy, augments, resolve_device, train
+from kdsearch.training.models import build_model, count_macs, count_params
+from kdsearch.training.teacher_cache import get_teacher
 
 FORMAT = 1  # of architecture.json
 EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epochs times this

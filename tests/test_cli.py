@@ -1,20 +1,13 @@
 """The CLI as a newcomer uses it: real processes, real files."""
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
+import functools
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import helpers
 
-
-def kdsearch(*args, cwd=None, env=None):
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "kdsearch.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, env=full_env, timeout=300)
+kdsearch = functools.partial(helpers.kdsearch, check=False)
 
 
 @pytest.fixture(scope="module")

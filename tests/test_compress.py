@@ -8,12 +8,12 @@ import re
 import optuna
 import pytest
 import torch
-from study_fixtures import kdsearch
 
 from kdsearch.compress import load_model, pick_trial
 from kdsearch.errors import KdsearchError
-from kdsearch.runner import RunOptions, run_study
 from kdsearch.spec import load_study
+from kdsearch.study.runner import RunOptions, run_study
+from tests.helpers import kdsearch
 
 
 @pytest.fixture(scope="module")

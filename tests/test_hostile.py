@@ -17,15 +17,15 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from _backends import TINY_STUDY, tiny_study
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 import kdsearch.cli as cli
 from kdsearch.errors import KdsearchError, StudyFileError
-from kdsearch.runner import RunOptions, run_study
 from kdsearch.spec import StudySpec, load_study, parse_study, shipped_studies_dir
+from kdsearch.study.runner import RunOptions, run_study
+from tests.helpers import TINY_MLP_STUDY, tiny_study
 
 EXAMPLES = int(os.environ.get("KDSEARCH_FUZZ_EXAMPLES", "300"))  # raise for a longer hunt
 
@@ -57,7 +57,7 @@ scalars = (st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.floats() | 
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
 SHIPPED = {p.stem: tomllib.loads(p.read_text()) for p in shipped_studies_dir().glob("*.toml")}
-SHIPPED["tiny"] = tomllib.loads(TINY_STUDY.replace("EPOCHS", "2").replace("N_TRIALS", "3"))
+SHIPPED["tiny"] = tomllib.loads(TINY_MLP_STUDY.replace("EPOCHS", "2").replace("N_TRIALS", "3"))
 
 
 def _paths(doc, prefix=()):
@@ -113,7 +113,7 @@ def test_known_hostile_files(text):
 
 def test_control_characters_in_a_key_stay_on_one_line():
     # Found by hypothesis: a newline in an unknown key's name split the message in two.
-    good = TINY_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1")
+    good = TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1")
     with pytest.raises(StudyFileError) as err:
         parse_study(good.replace("[data]\n", '[data]\n"a\\nb" = []\n'), Path("s.toml"))
     assert str(err.value) == "s.toml: key 'data.a\\nb': expected no such key, found []"
@@ -153,8 +153,8 @@ def test_any_command_line_ends_in_one_line_or_success(argv, capsys, monkeypatch)
     monkeypatch.chdir(_WORK)
     monkeypatch.setenv("KDSEARCH_STORAGE", f"sqlite:///{_WORK / 'k.db'}")
     monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(_WORK / "cache"))
-    monkeypatch.setattr("kdsearch.runner.run_study", _fake_run)
-    monkeypatch.setattr("kdsearch.runner.prepare", _fake_run)
+    monkeypatch.setattr("kdsearch.study.runner.run_study", _fake_run)
+    monkeypatch.setattr("kdsearch.study.runner.prepare", _fake_run)
     try:
         code = cli.main(argv)
     except SystemExit as e:
@@ -177,7 +177,7 @@ def cache_dir(tmp_path_factory):
 
 
 def _run(tmp_path, cache_dir, text_changes=(), n_trials=2) -> optuna.Study:
-    text = TINY_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", str(n_trials))
+    text = TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", str(n_trials))
     for old, new in text_changes:
         text = text.replace(old, new)
     path = tmp_path / "tiny.toml"
@@ -195,7 +195,7 @@ def _reasons(study: optuna.Study) -> list[tuple[str, str]]:
 
 def test_nan_loss_is_a_pruned_trial(tmp_path, cache_dir, monkeypatch):
     # NaN that still flows through autograd, as a real diverging loss would
-    monkeypatch.setattr("kdsearch.engine.kd_loss", lambda s, *a, **k: s.sum() * float("nan"))
+    monkeypatch.setattr("kdsearch.training.engine.kd_loss", lambda s, *a, **k: s.sum() * float("nan"))
     study = _run(tmp_path, cache_dir, [('width = { choices = [4, 8, 16] }',
                                         'width = { choices = [4, 8, 16] }\nalpha = 0.5')])
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
@@ -212,7 +212,7 @@ def test_out_of_memory_is_a_pruned_trial(error, tmp_path, cache_dir, monkeypatch
     def oom(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("kdsearch.trial.train", oom)
+    monkeypatch.setattr("kdsearch.search.objective.train", oom)
     study = _run(tmp_path, cache_dir)
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
     assert all(r.startswith("out of memory on cpu with") for _, r in _reasons(study))
@@ -222,7 +222,7 @@ def test_student_over_max_params_is_refused_before_training(tmp_path, cache_dir,
     def never(*args, **kwargs):
         raise AssertionError("an over-budget student was trained")
 
-    monkeypatch.setattr("kdsearch.trial.train", never)
+    monkeypatch.setattr("kdsearch.search.objective.train", never)
     study = _run(tmp_path, cache_dir, [("[student.train]", "max_params = 10\n\n[student.train]")])
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
     assert all(r.startswith("over budget: ") and "> max_params 10" in r for _, r in _reasons(study))
@@ -232,7 +232,7 @@ def test_unexpected_error_is_recorded_then_raised(tmp_path, cache_dir, monkeypat
     def boom(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr("kdsearch.trial.train", boom)
+    monkeypatch.setattr("kdsearch.search.objective.train", boom)
     with pytest.raises(ValueError, match="boom"):
         _run(tmp_path, cache_dir)
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 's.db'}")
@@ -256,7 +256,7 @@ def test_corrupt_teacher_cache_is_rebuilt_with_a_warning(tmp_path, cache_dir):
 
 def test_missing_data_directory_is_one_line(tmp_path, capsys):
     study = tmp_path / "folder.toml"
-    study.write_text(TINY_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1").replace(
+    study.write_text(TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1").replace(
         'dataset = "synthetic"', f'dataset = "imagefolder"\npath = "{tmp_path / "nowhere"}"'))
     code = cli.main(["run-study", str(study), "--storage", f"sqlite:///{tmp_path / 's.db'}",
                      "--cache-dir", str(tmp_path / "c")])

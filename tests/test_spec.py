@@ -4,7 +4,7 @@ import pytest
 
 from kdsearch.errors import StudyFileError
 from kdsearch.spec import CNNSpace, FloatRange, find_study_file, list_studies, load_study, parse_study
-from tests.conftest import tiny_study_text
+from tests.helpers import tiny_study_text
 
 
 def test_shipped_studies_load():

@@ -1,0 +1,125 @@
+"""The drawing steps: plain data from `reports` in, plotly figures out.
+
+Nothing here reads storage; each function draws one NamedTuple that `reports` built, so
+a figure can be tested by handing it rows.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from kdsearch.report.reports import PLAIN, AccuracyBy, HypervolumeHistory, ParetoData, Row
+
+FAINT = "rgba(90,110,160,0.35)"
+FRONT = "#d62728"
+TEACHER = "#2ca02c"
+BASELINE = "#ff7f0e"
+LINE_COLORS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+LAYOUT = dict(template="plotly_white", width=900, height=560)
+
+
+def _hover(r: Row) -> str:
+    return (f"trial {r.number}<br>{r.arch}<br>val acc {r.val_accuracy:.4f} · "
+            f"test acc {r.test_accuracy:.4f}<br>{r.params:,} params · {r.macs:,} MACs<br>"
+            f"T={r.temperature or 0:.2f} alpha={r.alpha or 0:.2f}")
+
+
+def pareto_figure(data: ParetoData) -> go.Figure:
+    """All trials faint, the front highlighted and joined, hand-picked students as labelled
+    diamonds and the teacher as a star: the references a user compares the front with."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[r.params for r in data.done], y=[r.val_accuracy for r in data.done], mode="markers",
+        name="all trials", marker=dict(color=FAINT, size=8),
+        hovertext=[_hover(r) for r in data.done], hoverinfo="text"))
+    fig.add_trace(go.Scatter(
+        x=[r.params for r in data.front], y=[r.val_accuracy for r in data.front],
+        mode="lines+markers", name="Pareto front", line=dict(color=FRONT, width=2, shape="hv"),
+        marker=dict(color=FRONT, size=10), hovertext=[_hover(r) for r in data.front],
+        hoverinfo="text"))
+    if data.baselines:
+        fig.add_trace(go.Scatter(
+            x=[r.params for r in data.baselines], y=[r.val_accuracy for r in data.baselines],
+            mode="markers+text", name="hand-picked", text=[r.baseline for r in data.baselines],
+            textposition="top center", marker=dict(symbol="diamond", size=13, color=BASELINE,
+                                                   line=dict(width=1, color="black")),
+            hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines], hoverinfo="text"))
+    teacher = data.teacher
+    if teacher:
+        fig.add_trace(go.Scatter(
+            x=[teacher["params"]], y=[teacher["val_accuracy"]], mode="markers+text",
+            name="teacher", marker=dict(symbol="star", size=16, color=TEACHER),
+            text=["teacher"], textposition="bottom left",
+            hovertext=[f"teacher<br>{teacher.get('description', '')}<br>"
+                       f"{teacher['params']:,} params<br>val acc {teacher['val_accuracy']:.4f}"],
+            hoverinfo="text"))
+    fig.update_layout(
+        title=f"{data.study_name}: validation accuracy vs parameters",
+        xaxis=dict(title="parameters (log scale)", type="log"),
+        yaxis=dict(title="validation accuracy"),
+        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"), **LAYOUT)  # below: never on the data
+    return fig
+
+
+def hypervolume_figure(data: HypervolumeHistory) -> go.Figure:
+    """The front's hypervolume after each complete trial; flat stretches added nothing."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=data.numbers, y=data.values, mode="lines+markers", name="hypervolume",
+        line=dict(color=FRONT, width=2, shape="hv"), marker=dict(size=6, color=FRONT),
+        hovertemplate="after trial %{x}<br>hypervolume %{y:.4f}<extra></extra>"))
+    fig.update_layout(
+        title=dict(text=f"{data.study_name}: hypervolume of the Pareto front<br>"
+                        f"<sup>{data.reference}; area in log10(params) x accuracy</sup>"),
+        xaxis=dict(title="trial number"), yaxis=dict(title="hypervolume", rangemode="tozero"),
+        showlegend=False, **LAYOUT)
+    return fig
+
+
+def _point_hover(line: str, p) -> str:
+    archs = sorted(set(p.archs))
+    return (f"{line}<br>x = {p.x}<br>{len(p.values)} trial(s): "
+            f"{', '.join(map(str, p.numbers[:8]))}<br>val acc mean {p.mean:.4f} ± {p.std:.4f} "
+            f"(best {p.best:.4f})<br>test acc mean {sum(p.tests) / len(p.tests):.4f}<br>"
+            f"{'<br>'.join(archs[:4])}")
+
+
+def accuracy_figure(data: AccuracyBy) -> go.Figure:
+    """Validation accuracy against one setting: one line per group (distilled, plain, ...).
+
+    A sweep draws each setting's mean with a +-1 sd bar over its seeds; a search draws the
+    best trial at each setting, with every trial faint behind it.
+    """
+    fig = go.Figure()
+    for i, (line, points) in enumerate(data.groups.items()):
+        color = LINE_COLORS[i % len(LINE_COLORS)]
+        dash = "dash" if line.startswith(PLAIN) else "solid"
+        xs = [p.x for p in points]
+        fig.add_trace(go.Scatter(  # every single trial, faint
+            x=[p.x for p in points for _ in p.values], y=[v for p in points for v in p.values],
+            mode="markers", marker=dict(color=color, size=6, opacity=0.3), showlegend=False,
+            hoverinfo="skip", legendgroup=line))
+        if data.statistic == "mean":
+            ys = [p.mean for p in points]
+            error = dict(type="data", array=[p.std for p in points], visible=True, width=6)
+            name = f"{line} (mean ± sd)"
+        else:
+            ys, error, name = [p.best for p in points], None, f"{line} (best)"
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, error_y=error, mode="lines+markers", name=name, legendgroup=line,
+            line=dict(color=color, width=2, dash=dash), marker=dict(color=color, size=9),
+            hovertext=[_point_hover(line, p) for p in points], hoverinfo="text"))
+    if data.teacher.get("val_accuracy") is not None:
+        fig.add_hline(y=data.teacher["val_accuracy"], line=dict(color=TEACHER, dash="dot"),
+                      annotation_text=f"teacher {data.teacher['val_accuracy']:.4f}",
+                      annotation_position="bottom right")
+    what = "mean over seeds" if data.statistic == "mean" else "best trial per setting"
+    all_x = sorted({p.x for points in data.groups.values() for p in points})
+    fig.update_layout(
+        title=dict(text=f"{data.study_name}: validation accuracy vs {data.label}<br>"
+                        f"<sup>{what}; faint dots are single trials</sup>"),
+        xaxis=dict(title=data.label, tickmode="array", tickvals=all_x),
+        yaxis=dict(title="validation accuracy"),
+        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"),  # below: never on the data
+        **LAYOUT)
+    return fig

@@ -1,0 +1,99 @@
+"""One trial: suggest a student, build it, distill it from the cached logits, score it.
+
+Everything a report needs later is stored on the trial as user attributes, because
+reports read only from storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+import torch
+
+from kdsearch.errors import NonFiniteLossError
+from kdsearch.search.space import suggest_student
+from kdsearch.search.sweep import suggest_repeat
+from kdsearch.spec import StudySpec
+from kdsearch.training.data import Dataset
+from kdsearch.training.engine import accuracy, augments, train
+from kdsearch.training.models import ArchitectureError, arch_params, build_model, count_macs
+from kdsearch.training.teacher_cache import Teacher
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
+    trial.set_user_attr("stopped_reason", reason)
+    return optuna.TrialPruned(reason)
+
+
+def make_objective(
+    spec: StudySpec, data: Dataset, teacher: Teacher, device: torch.device,
+    on_epoch: Callable[[optuna.Trial, int, float], None] | None = None,
+) -> Callable[[optuna.Trial], tuple[float, float]]:
+    """The Optuna objective: (validation accuracy, parameter count)."""
+    recipe = spec.student.train
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        # Suggest: the student's shape and the distillation settings.
+        choice = suggest_student(trial, spec.student.space, data.input_shape)
+        repeat = suggest_repeat(trial, spec)
+        try:
+            params = arch_params(choice.arch, data.input_shape, data.num_classes)
+            macs = count_macs(choice.arch, data.input_shape, data.num_classes)
+        except ArchitectureError as e:
+            raise _prune(trial, f"unbuildable: {e}") from None
+        trial.set_user_attr("architecture", choice.arch.model_dump(mode="json"))
+        trial.set_user_attr("arch_summary", choice.arch.describe())
+        trial.set_user_attr("n_layers", len(getattr(choice.arch, "hidden", None)
+                                            or getattr(choice.arch, "convs", [])))
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("macs", macs)
+        max_params = spec.student.max_params
+        if max_params is not None and params > max_params:
+            raise _prune(trial, f"over budget: {params:,} params > max_params {max_params:,}")
+
+        # Build and distill, recording the validation curve as it grows. A sweep seeds by
+        # repeat index, so its plain and distilled students at one point start from the same
+        # weights and batch order: a paired comparison.
+        seed = spec.seed * 100_003 + (repeat if spec.search.sampler == "grid" else trial.number)
+        torch.manual_seed(seed)
+        model = build_model(choice.arch, data.input_shape, data.num_classes, data.mean, data.std)
+        curve: list[float] = []
+
+        def epoch_done(epoch: int, val_acc: float) -> None:
+            curve.append(val_acc)
+            trial.set_user_attr("val_curve", curve)
+            if on_epoch is not None:
+                on_epoch(trial, epoch, val_acc)
+
+        live_teacher = augments(recipe) and choice.alpha > 0
+        try:
+            result = train(
+                model, data, recipe, device, seed=seed,
+                teacher_logits=None if live_teacher else teacher.logits["train"],
+                teacher=teacher.model if live_teacher else None,
+                temperature=choice.temperature, alpha=choice.alpha, on_epoch=epoch_done,
+            )
+        except NonFiniteLossError as e:
+            raise _prune(trial, f"non-finite loss: {e}") from None
+        except (torch.OutOfMemoryError, MemoryError):
+            raise _prune(trial, f"out of memory on {device} with {params:,} params") from None
+        except RuntimeError as e:  # the CPU allocator's out-of-memory is a plain RuntimeError
+            if not _is_out_of_memory(e):
+                raise
+            raise _prune(trial, f"out of memory on {device} with {params:,} params") from None
+
+        # Evaluate: validation scores the trial; test accuracy is recorded, never selected on.
+        test_acc = accuracy(model, data.test, device)
+        trial.set_user_attr("val_accuracy", result.val_accuracy)
+        trial.set_user_attr("test_accuracy", test_acc)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("epochs", result.epochs_run)
+        return result.val_accuracy, float(params)
+
+    return objective

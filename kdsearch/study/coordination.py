@@ -1,0 +1,209 @@
+"""Many workers, one study: claiming trials, heartbeats, retries and the shared teacher.
+
+Optuna's distributed mode does the heavy lifting (RDB storage, heartbeats, the retry
+callback); this module adds the two things it leaves open:
+
+* an exact study-wide target. Workers take a trial only under a lock held in the database,
+  and only while finished + running trials are below the target, so together they never
+  run more than the target however many there are. A worker that finds the rest running
+  waits instead of leaving: a running trial may yet fail (its worker killed) and need a retry.
+* one teacher for all workers. The first trains it under a database lock while the others
+  wait; with an artifact store configured it is published there, so workers on other
+  machines download it instead of training their own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from kdsearch.errors import CacheError
+from kdsearch.spec import StudySpec
+from kdsearch.study.locks import db_lock
+from kdsearch.study.storage import retry_failed_trial
+from kdsearch.training.data import Dataset
+from kdsearch.training.teacher_cache import Teacher, fetch_teacher, get_teacher, publish_teacher, teacher_key
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- heartbeats and stale trials ----------------------------------------------------------------
+
+
+class Heartbeat:
+    """Record a trial's heartbeat every `interval` seconds in a background thread."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int) -> None:
+        self._storage, self._trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="kdsearch-heartbeat")
+
+    def _beat(self) -> None:
+        interval = self._storage.get_heartbeat_interval() or 60
+        while not self._stop.wait(interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # a database blip: the next beat retries; the grace period covers it
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _silent_running(study: optuna.Study, storage: RDBStorage) -> list[int]:
+    """RUNNING trials that never recorded a heartbeat and started over a grace period ago.
+
+    Optuna's stale check skips trials without a heartbeat; a worker killed between taking a
+    trial and its first beat would leave one RUNNING forever.
+    """
+    from optuna.storages._rdb import models  # Optuna's table models: no public query for this
+
+    grace = timedelta(seconds=storage.grace_period or 2 * (storage.heartbeat_interval or 60))
+    with storage.scoped_session() as session:
+        rows = (session.query(models.TrialModel)
+                .filter(models.TrialModel.study_id == study._study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(~models.TrialModel.heartbeats.any()).all())
+        old = datetime.now() - grace
+        ids = [r.trial_id for r in rows if r.datetime_start is not None and r.datetime_start < old]
+        session.close()
+    return ids
+
+
+def reap_stale(study: optuna.Study, storage: RDBStorage) -> None:
+    """Fail the trials of dead workers; the retry callback queues each one again."""
+    if storage.get_heartbeat_interval() is None:
+        return
+    optuna.storages.fail_stale_trials(study)
+    for trial_id in _silent_running(study, storage):
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                retry_failed_trial(study, storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
+# --- claiming trials under the study-wide target ------------------------------------------------
+
+DONE = "done"  # the study has its target of finished trials
+WAIT = "wait"  # the rest of the target is running elsewhere; one may still fail
+
+
+def claim_lock(storage: RDBStorage, url: str, study_name: str):
+    return db_lock(storage.engine, url, f"kdsearch:claim:{study_name}")
+
+
+def claim_trial(study: optuna.Study, storage: RDBStorage, url: str,
+                target: int) -> optuna.Trial | str:
+    """A new (or retried) trial, or DONE / WAIT; never more than `target` finished trials."""
+    with claim_lock(storage, url, study.study_name):
+        reap_stale(study, storage)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished = sum(s in FINISHED for s in states)
+        running = states.count(TrialState.RUNNING)
+        if finished >= target:
+            return DONE
+        if finished + running >= target:
+            return WAIT
+        with warnings.catch_warnings():  # Optuna warns that heartbeats expect optimize():
+            warnings.simplefilter("ignore", UserWarning)  # this module runs them itself
+            trial = study.ask()  # pops a queued retry first, if there is one
+        if storage.get_heartbeat_interval() is not None:
+            storage.record_heartbeat(trial._trial_id)  # stale-checkable from the start
+        trial.set_user_attr("worker", worker_id())
+        return trial
+
+
+def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: optuna.Trial,
+                  reason: str, retry: bool) -> None:
+    """Mark a trial this worker cannot finish FAIL (never left RUNNING), and queue its retry.
+
+    Under the claim lock, so no other worker counts the slot as free before the retry is
+    queued.
+    """
+    with claim_lock(storage, url, study.study_name):
+        try:
+            trial.set_user_attr("stopped_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # already failed by another worker's stale check, which queued the retry
+        if retry:
+            retry_failed_trial(study, storage.get_trial(trial._trial_id))
+
+
+# --- the shared teacher -------------------------------------------------------------------------
+
+ARTIFACTS_ATTR = "teacher_artifacts"  # study user attr: teacher key -> artifact id
+TRAINED_BY_ATTR = "teacher_trained_by"  # study user attr: teacher key -> worker that trained it
+
+
+def artifact_dir_from_env() -> Path | None:
+    env = os.environ.get("KDSEARCH_ARTIFACT_DIR")
+    return Path(env) if env else None
+
+
+def shared_teacher(spec: StudySpec, data: Dataset, study: optuna.Study, storage: RDBStorage,
+                   url: str, cache_dir: Path, artifact_dir: Path | None, device: torch.device,
+                   log: Callable[[str], None]) -> Teacher:
+    """The study's teacher, trained by exactly one worker across all machines."""
+    key = teacher_key(spec, data)
+    teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
+    published = lambda: key in study.user_attrs.get(ARTIFACTS_ATTR, {})  # noqa: E731
+    if teacher is not None and (artifact_dir is None or published()):
+        return teacher
+    with db_lock(storage.engine, url, f"kdsearch:teacher:{key}",
+                 on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
+        if teacher is None:
+            teacher = _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device,
+                                          key, log)
+        # Published before the lock is released: a worker that waited finds it there.
+        if artifact_dir is not None and not published():
+            artifact_id = publish_teacher(teacher, artifact_dir, study)
+            study.set_user_attr(ARTIFACTS_ATTR, {**study.user_attrs.get(ARTIFACTS_ATTR, {}),
+                                                 key: artifact_id})
+            log(f"teacher {key} published to the artifact store {artifact_dir}")
+    return teacher
+
+
+def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key, log) -> Teacher:
+    teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
+    if teacher is not None:  # trained by a worker on this machine while we waited
+        return teacher
+    artifact_id = study.user_attrs.get(ARTIFACTS_ATTR, {}).get(key)
+    if artifact_id is not None and artifact_dir is not None:
+        teacher = fetch_teacher(artifact_id, artifact_dir, cache_dir, key, data, device)
+        log(f"teacher {key} fetched from the artifact store {artifact_dir}: training nothing")
+        return teacher
+    trained_by = study.user_attrs.get(TRAINED_BY_ATTR, {}).get(key)
+    if trained_by and trained_by.split(":")[0] != socket.gethostname():
+        where = (f"artifact {artifact_id}, but this worker has no artifact store"
+                 if artifact_id else "no artifact store was configured")
+        raise CacheError(
+            f"teacher {key} was trained by worker {trained_by} ({where}); give every worker "
+            "the same --artifact-dir (env KDSEARCH_ARTIFACT_DIR) or a shared --cache-dir, "
+            "rather than training it again")
+    teacher = get_teacher(spec, data, cache_dir, device, log=log)
+    assert teacher is not None
+    study.set_user_attr(TRAINED_BY_ATTR, {**study.user_attrs.get(TRAINED_BY_ATTR, {}),
+                                          key: worker_id()})
+    return teacher
+

@@ -1,0 +1,270 @@
+"""`run-study`: study file -> data -> cached teacher -> Optuna trials in SQL storage.
+
+`--n-trials` is the study's total target of finished (complete or pruned) trials, so
+running the same command again resumes and adds only what is missing, and any number of
+workers running it against one database stop together at exactly that many.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kdsearch.search import baselines
+from kdsearch.search.early_stopping import make_stopper
+from kdsearch.search.objective import make_objective
+from kdsearch.spec import StudySpec
+from kdsearch.study import coordination
+from kdsearch.study.shutdown import Shutdown, ShutdownRequested
+from kdsearch.study.storage import open_storage, redact
+from kdsearch.training.data import Dataset, load_data
+from kdsearch.training.engine import resolve_device
+from kdsearch.training.teacher_cache import Teacher, get_teacher
+
+OBJECTIVES = ("val_accuracy", "params")
+DIRECTIONS = ("maximize", "minimize")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage: str
+    study_name: str
+    n_trials: int
+    timeout: float | None
+    data_dir: Path | None
+    cache_dir: Path
+    device: str
+    worker: int = 0  # index among `--workers` processes: offsets the sampler's seed
+    artifact_dir: Path | None = None  # shared teacher store for workers on other machines
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """A GridSampler that does not call `study.stop()` when its grid is used up.
+
+    Trials run through ask/tell here (to hold a study-wide target across workers), where
+    Optuna forbids `stop()`; the target, which is capped at the grid size, ends a sweep instead.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
+    """The study file's sampler, seeded by the study seed plus the trials already run.
+
+    The offset keeps a resumed run from drawing the same random start-up points again.
+    """
+    seed = spec.seed + offset
+    if spec.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=max(8, min(50, spec.search.n_trials // 4)))
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.search.sampler == "grid":
+        from kdsearch.search.sweep import sweep_grid
+
+        return _AskTellGridSampler(sweep_grid(spec), seed=seed)
+    # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
+    # constant_liar keeps parallel workers from all sampling the same point.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                      n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def study_note(spec: StudySpec, teacher: Teacher) -> str:
+    m = teacher.meta
+    return (
+        f"# {spec.name}\n\n{spec.description}\n\n"
+        f"**Teacher** `{m['description']}`: {m['params']:,} params, {m['macs']:,} MACs, "
+        f"val acc {m['val_accuracy']:.4f}, test acc {m['test_accuracy']:.4f} "
+        f"(cache key `{m['key']}`).\n\n"
+        f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
+        f"## Study file\n\n```toml\n{spec.source.strip()}\n```\n"
+    )
+
+
+def create_study(spec: StudySpec, opts: RunOptions, storage) -> optuna.Study:
+    """Create the study, or join it if another worker (or an earlier run) created it."""
+    existing = 0
+    try:
+        existing = len(optuna.load_study(study_name=opts.study_name, storage=storage).trials)
+    except KeyError:
+        pass
+    study = optuna.create_study(
+        storage=storage, study_name=opts.study_name, directions=list(DIRECTIONS),
+        sampler=make_sampler(spec, existing + 7919 * opts.worker), load_if_exists=True)
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
+                                  optuna.study.StudyDirection.MINIMIZE]:
+        from kdsearch.errors import StorageError
+
+        raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} has other "
+                           "objectives; choose another --study-name")
+    if not study.metric_names:
+        study.set_metric_names(list(OBJECTIVES))
+    return study
+
+
+def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> None:
+    for key, value in {
+        "study_file": spec.source, "study_spec": spec.model_dump(mode="json", exclude={"source"}),
+        "teacher": {k: v for k, v in teacher.meta.items() if k not in ("sha256", "curve")},
+    }.items():
+        study.set_user_attr(key, value)
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(study, study_note(spec, teacher))
+    except Exception:  # the note is a nicety; never fail a run over it
+        pass
+
+
+def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.Study:
+    study = create_study(spec, opts, open_storage(opts.storage))
+    annotate_study(study, spec, teacher)
+    return study
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    a = trial.user_attrs
+    head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
+    label = a.get(baselines.ATTR)
+    arch = a.get("arch_summary", "?") + (f" [{label}]" if label else "")
+    p = trial.params
+    knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
+    if trial.state == TrialState.COMPLETE:
+        return (f"{head} val_acc {a['val_accuracy']:.4f}  test_acc {a['test_accuracy']:.4f}  "
+                f"params {a['params']:>9,}  macs {a['macs']:>11,}  {arch}  {knobs}  "
+                f"{a['train_seconds']:.1f}s")
+    reason = a.get("stopped_reason", "")
+    return f"{head} {reason}  params {a.get('params', 0):,}  {arch}  {knobs}"
+
+
+def load_logged(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> Dataset:
+    data = load_data(spec.data, opts.data_dir, opts.cache_dir)
+    log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
+        f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
+    return data
+
+
+def prepare(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> tuple[Dataset, Teacher]:
+    device = resolve_device(opts.device)
+    data = load_logged(spec, opts, log)
+    teacher = get_teacher(spec, data, opts.cache_dir, device, log=log)
+    assert teacher is not None
+    return data, teacher
+
+
+def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = print,
+              on_epoch: Callable | None = None) -> optuna.Study:
+    """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
+
+    SIGINT / SIGTERM stop at the next epoch boundary: the running trial is marked FAIL and
+    queued for retry, and `ShutdownRequested` is raised (exit code 130 / 143).
+    """
+    shutdown = Shutdown()
+    with shutdown.installed():
+        return _run(spec, opts, log, on_epoch, shutdown)
+
+
+def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
+         on_epoch: Callable | None, shutdown: Shutdown) -> optuna.Study:
+    from tqdm import tqdm
+
+    device = resolve_device(opts.device)
+    data = load_logged(spec, opts, log)
+    picked = baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
+    storage = open_storage(opts.storage)
+    study = create_study(spec, opts, storage)
+    teacher = coordination.shared_teacher(
+        spec, data, study, storage, opts.storage, opts.cache_dir,
+        opts.artifact_dir or coordination.artifact_dir_from_env(), device, log)
+    annotate_study(study, spec, teacher)
+    if picked:
+        with coordination.claim_lock(storage, opts.storage, study.study_name):
+            queued = baselines.enqueue(study, picked)
+        if queued:
+            log(f"queued {queued} hand-picked baseline student(s) to run first, at the full "
+                "budget: " + ", ".join(label for label, _ in picked))
+    done = finished_count(study)
+    target = opts.n_trials
+    log(f"study '{opts.study_name}' in {redact(opts.storage)}: {done} of {target} trials finished")
+    if done >= target:
+        log("nothing to do: the target is reached (raise --n-trials to add more)")
+        return study
+
+    if on_epoch is None and spec.search.sampler == "grid":
+        # A sweep compares every grid point at its full budget; stopping some early would
+        # plot half-trained students beside trained ones.
+        log("early stopping is off for grid sweeps: every point trains for its full budget")
+    elif on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
+        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs)
+    stopper = on_epoch
+
+    def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
+        shutdown.check()  # the safe point: stop between epochs, never inside one
+        if stopper is not None and baselines.ATTR not in trial.user_attrs:
+            stopper(trial, epoch, val_acc)
+
+    objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)
+    bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
+               dynamic_ncols=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start = time.monotonic()
+    waiting_said = False
+    try:
+        while opts.timeout is None or time.monotonic() - start < opts.timeout:
+            with shutdown.deferring():
+                claim = coordination.claim_trial(study, storage, opts.storage, target)
+                if isinstance(claim, optuna.Trial):
+                    frozen = _run_trial(study, storage, opts, claim, objective, shutdown)
+                    bar.write(trial_line(frozen), file=sys.stderr)
+                    waiting_said = False
+            bar.n = min(finished_count(study), target)
+            bar.refresh()
+            shutdown.check()
+            if claim == coordination.DONE:
+                break
+            if claim == coordination.WAIT:
+                if not waiting_said:
+                    bar.write("the rest of the target is running on other workers; waiting in "
+                              "case one of them fails", file=sys.stderr)
+                    waiting_said = True
+                time.sleep(WAIT_POLL_SECONDS)
+    finally:
+        bar.close()
+    return study
+
+
+WAIT_POLL_SECONDS = 1.0  # how often an idle worker looks for failed trials to retry
+
+
+def _run_trial(study: optuna.Study, storage, opts: RunOptions, trial: optuna.Trial,
+               objective: Callable, shutdown: Shutdown) -> FrozenTrial:
+    """Run one claimed trial to a recorded end state: never left RUNNING by an exception."""
+    try:
+        with coordination.Heartbeat(storage, trial._trial_id):
+            shutdown.check()
+            values = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except ShutdownRequested as e:
+        coordination.abandon_trial(study, storage, opts.storage, trial,
+                                   f"interrupted by {e.signum_name}", retry=True)
+        raise ShutdownRequested(e.signum, f"trial {trial.number} marked FAIL and queued for "
+                                f"retry; run the same command again to resume") from None
+    except BaseException as e:
+        # A bug or an unexpected error: record it on the trial, then let it surface.
+        reason = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        coordination.abandon_trial(study, storage, opts.storage, trial, reason[:300], retry=False)
+        raise
+    return study.tell(trial, values)

@@ -1,0 +1,343 @@
+"""Training and evaluation on in-memory tensors: no DataLoader, no teacher in the hot loop.
+
+The whole split sits in memory (on the GPU when there is one) as uint8; each epoch draws a
+permutation and slices batches by index; augmentation runs on whole batches as tensor ops.
+A distilled student reads its teacher's logits from the cache, unless it augments its inputs,
+in which case the cached logits no longer describe what it sees and the teacher runs live
+under no-grad.
+
+Speed choices, each measured on a 2-core CPU (docs/PERFORMANCE.md has the figures):
+channels_last weights for CNNs (+30-35% at 1 thread, no change at 2), fused Adam/SGD
+(+5-10%), small data sets normalised once to float instead of per batch (+5% for MLPs;
+CIFAR-10 keeps uint8, where it gains nothing and would cost 4x the memory), no host sync per
+batch. `torch.compile` lost on CPU (slower steps, ~30 s compile per architecture) and is not
+used. On CUDA the loop runs under autocast
+(bf16 where supported, else fp16 with a gradient scaler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.errors import NonFiniteLossError
+from kdsearch.spec import TrainRecipe
+from kdsearch.training.data import Dataset, Split
+from kdsearch.training.distill import kd_loss
+from kdsearch.training.models import Normalize
+
+# Evaluation batch: 512 keeps the widest CNN students' activations small (peak RSS of a CIFAR-10
+# trial of a 32-32-64-64-128-128 student: 1,219 MiB at 512 against 1,881 MiB at 2,048), at the
+# same speed and with bit-identical logits (measured on the CIFAR-10 teacher's test logits).
+EVAL_BATCH = 512
+PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most this (MNIST: 172 MB)
+# An MLP whose forward pass is below this many multiply-accumulates per batch trains faster on
+# one CPU thread than on several: its matrix products are too small to split, and every op
+# pays the threads' hand-off. Measured with benchmarks/bench_threads.py (docs/PERFORMANCE.md) on
+# 2 cores: 784-400-400 (61M per batch of 128) 0.84-0.97x as fast on two threads as on one,
+# 784-800-800 (163M) 1.06-1.42x faster on two.
+ONE_THREAD_MAX_MACS = 100_000_000
+
+
+@dataclass
+class TrainResult:
+    val_accuracy: float  # of the returned weights
+    epochs_run: int
+    seconds: float
+    curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from kdsearch.errors import KdsearchError
+
+        raise KdsearchError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+def jitter(x: torch.Tensor, pixels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image by its own random offset of up to `pixels` in x and y, zero-filled."""
+    if pixels <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    dy = torch.randint(0, 2 * pixels + 1, (n, 1), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pixels + 1, (n, 1), device=x.device, generator=generator)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def augment(x: torch.Tensor, recipe: TrainRecipe) -> torch.Tensor:
+    if recipe.hflip:
+        x = hflip(x)
+    return jitter(x, recipe.jitter)
+
+
+def augments(recipe: TrainRecipe) -> bool:
+    return recipe.jitter > 0 or recipe.hflip
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, device: torch.device) -> torch.Tensor:
+    """Logits for a whole split, in large batches, as float32 on the CPU."""
+    model.eval()
+    outs = [model(split.x[i : i + EVAL_BATCH].to(device)).float().cpu()
+            for i in range(0, len(split), EVAL_BATCH)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), EVAL_BATCH):
+        pred = model(split.x[i : i + EVAL_BATCH].to(device)).argmax(1)
+        correct += int((pred == split.y[i : i + EVAL_BATCH].to(device)).sum())
+    return correct / max(len(split), 1)
+
+
+def _make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """Fused implementations (one kernel for all parameters) where this torch has them."""
+    for fused in (True, False):
+        try:
+            if recipe.optimizer == "sgd":
+                return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                       weight_decay=recipe.weight_decay, nesterov=True,
+                                       fused=fused or None)
+            return torch.optim.Adam(model.parameters(), lr=recipe.lr,
+                                    weight_decay=recipe.weight_decay, fused=fused or None)
+        except (RuntimeError, TypeError, ValueError):  # fused unsupported for this device/torch
+            continue
+    raise AssertionError("unreachable")
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Autocast dtype on CUDA (bf16 where supported, else fp16); None elsewhere: CPU is fp32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _prenormalise(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor] | None:
+    """(the model without its Normalize layer, x normalised once), when that is small enough.
+
+    The body shares its parameters with `model`, so training it trains `model`.
+    """
+    if not (isinstance(model, nn.Sequential) and len(model) > 1
+            and isinstance(model[0], Normalize)):
+        return None
+    if x.numel() * 4 > PRENORM_MAX_BYTES:
+        return None
+    # x * scale + shift in one fused pass per cache-sized chunk: 4x cheaper than the four
+    # whole-array passes of Normalize.forward, which made the setup cost more than it saved.
+    norm = model[0]
+    scale, shift = 1.0 / (255.0 * norm.std), -norm.mean / norm.std
+    xf = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    with torch.no_grad():
+        for i in range(0, len(x), 1024):
+            torch.addcmul(shift, x[i : i + 1024].float(), scale, out=xf[i : i + 1024])
+    return model[1:], xf
+
+
+@torch.no_grad()
+def _apply_max_norm(model: nn.Module, max_norm: float) -> None:
+    """Hinton et al.'s constraint: each unit's incoming weight vector has norm <= max_norm."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            w = m.weight  # may be channels_last: reshape, then copy back whatever the layout
+            flat = w.reshape(w.shape[0], -1)
+            w.copy_(torch.renorm(flat, p=2, dim=0, maxnorm=max_norm).view(w.shape))
+
+
+def train_threads(model: nn.Module, batch_size: int, device: torch.device,
+                  live_teacher: bool = False) -> int:
+    """Torch threads for training `model` on the CPU: one for a small MLP, else all we have.
+
+    Convolutions split usefully across threads even when small (the seed's 8-channel CNN
+    student: 1.05-1.6x faster on two threads than on one, over four runs), so CNNs, and trials
+    that run a teacher live, keep every thread.
+    """
+    current = torch.get_num_threads()
+    if device.type != "cpu" or live_teacher or _is_cnn(model):
+        return current
+    macs = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return 1 if macs * batch_size < ONE_THREAD_MAX_MACS else current
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` intra-op threads, then give back what was set before."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _restore_layout(model: nn.Module, cnn: bool) -> None:
+    """Hand the model back in the default layout, so its state dict looks like any other."""
+    if cnn:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _small_mlps_on_one_thread(train_fn):
+    @functools.wraps(train_fn)
+    def wrapper(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.device,
+                **kwargs):
+        live_teacher = kwargs.get("teacher") is not None
+        with torch_threads(train_threads(model, recipe.batch_size, device, live_teacher)):
+            return train_fn(model, data, recipe, device, **kwargs)
+    return wrapper
+
+
+@_small_mlps_on_one_thread
+def train(
+    model: nn.Module,
+    data: Dataset,
+    recipe: TrainRecipe,
+    device: torch.device,
+    *,
+    seed: int = 0,
+    teacher_logits: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    train_split: Split | None = None,
+    keep_best: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `data.train` (or `train_split`), distilling when `alpha > 0`.
+
+    `teacher_logits` must be aligned with the training split's images; with augmentation,
+    pass `teacher` instead. `on_epoch(epoch, val_accuracy)` may raise to stop (pruning).
+    With `keep_best`, the weights of the best validation epoch are restored at the end.
+    Small MLPs train on one thread (see `train_threads`).
+    """
+    # Setup: the data on the device once, a seeded generator for the batch order.
+    split = train_split or data.train
+    x, y = split.x.to(device), split.y.to(device)
+    augmenting = augments(recipe)
+    distilling = alpha > 0
+    if distilling and augmenting and teacher is None:
+        raise ValueError("augmented distillation needs the teacher model, not cached logits")
+    if distilling and teacher is None and teacher_logits is None:
+        raise ValueError("distillation needs teacher_logits or a teacher")
+    soft = teacher_logits.to(device) if (distilling and teacher is None) else None
+    if teacher is not None:
+        teacher.eval()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device)
+    cnn = _is_cnn(model)
+    if cnn:  # weights alone in channels_last make the convolutions pick the faster layout
+        model.to(memory_format=torch.channels_last)
+    # Inputs: normalised once when small and not augmented (augmentation pads in pixel space).
+    net: nn.Module = model
+    pre = None if augmenting else _prenormalise(model, x)
+    if pre is not None:
+        net, x = pre
+    amp = _amp_dtype(device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp)
+    optimizer = _make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(len(split) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    schedule = None
+    if recipe.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+    start = time.perf_counter()
+    curve: list[float] = []
+    best_acc, best_state = -1.0, None
+    for epoch in range(1, recipe.epochs + 1):
+        # One epoch: a fresh permutation, batches sliced by index; the loss is summed on the
+        # device and read once per epoch, so no batch waits for the host.
+        model.train()
+        order = torch.randperm(len(split), generator=gen).to(device)
+        running = torch.zeros((), device=device)
+        for i in range(0, len(split), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            xb, yb = x[idx], y[idx]
+            if augmenting:
+                xb = augment(xb, recipe)
+            with autocast():
+                logits = net(xb)
+                if not distilling:
+                    loss = F.cross_entropy(logits, yb)
+                else:
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_logits = teacher(xb)
+                    else:
+                        t_logits = soft[idx]
+                    loss = kd_loss(logits, t_logits, yb, temperature, alpha)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if recipe.max_norm is not None:
+                _apply_max_norm(model, recipe.max_norm)
+            running += loss.detach().float() * len(idx)
+        epoch_loss = float(running) / max(len(split), 1)
+        if not math.isfinite(epoch_loss):
+            _restore_layout(model, cnn)
+            raise NonFiniteLossError(f"loss became {epoch_loss} during epoch {epoch}")
+
+        # Validation after every epoch: the only signal used to select or stop.
+        val_acc = accuracy(model, data.val, device)
+        curve.append(val_acc)
+        if keep_best and val_acc > best_acc:
+            best_acc = val_acc
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if progress is not None:
+            progress(epoch, epoch_loss, val_acc)
+        if on_epoch is not None:
+            try:
+                on_epoch(epoch, val_acc)
+            except BaseException:
+                _restore_layout(model, cnn)
+                raise
+
+    if keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    _restore_layout(model, cnn)
+    final = max(curve) if keep_best else curve[-1]
+    return TrainResult(final, len(curve), time.perf_counter() - start, curve)

@@ -1,0 +1,239 @@
+"""The one helper module of the tests: tiny studies, scratch storages and CLI runs.
+
+Tiny studies train on synthetic 8x8 images in a second or two on one CPU core. Storage
+back-ends: a scratch SQLite file, and a scratch database on the real PostgreSQL server (env
+KDSEARCH_TEST_PG, default the local trust-auth server). The PostgreSQL tests never skip in CI
+(env CI set): an unreachable server fails them there. Outside CI they skip with the reason, so a
+laptop without PostgreSQL can still run the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The command line of the CLI in a fresh interpreter."""
+    return [sys.executable, "-m", "kdsearch.cli", *map(str, args)]
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment for a CLI process: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **(extra or {})}
+
+
+# Storage back-ends
+
+PG_SERVER = os.environ.get("KDSEARCH_TEST_PG",
+                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _admin_conninfo() -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(PG_SERVER)
+    parts = {"host": u.host or "127.0.0.1", "port": u.port or 5432,
+             "user": u.username or "postgres", "dbname": u.database or "postgres",
+             "password": u.password, "connect_timeout": 5}
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+
+
+def pg_available() -> str | None:
+    """None if the server answers, else why not."""
+    import psycopg
+
+    try:
+        psycopg.connect(_admin_conninfo(), autocommit=True).close()
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def require_pg() -> None:
+    why = pg_available()
+    if why is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL at {PG_SERVER} unreachable in CI ({why}); .ci/run starts it")
+    pytest.skip(f"PostgreSQL at {PG_SERVER} unreachable ({why}); set CI=1 to make this fail")
+
+
+@contextmanager
+def scratch_pg(prefix: str = "kd_test"):
+    """A fresh database on the server, dropped afterwards; yields its SQLAlchemy URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    require_pg()
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_admin_conninfo(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_SERVER).set(drivername="postgresql+psycopg", database=name) \
+            .render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_admin_conninfo(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_storage(kind: str, tmp_path: Path):
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+    else:
+        with scratch_pg() as url:
+            yield url
+
+
+# Tiny studies
+
+TINY_MLP_STUDY = """
+description = "tests: a few-second study"
+seed = 0
+
+[data]
+dataset = "synthetic"
+val_size = 100
+[data.synthetic]
+n_train = 400
+n_test = 100
+num_classes = 3
+noise = 1.0
+
+[teacher]
+family = "mlp"
+hidden = [32]
+
+[teacher.train]
+epochs = 1
+batch_size = 64
+
+[student]
+family = "mlp"
+depth = { low = 1, high = 2 }
+width = { choices = [4, 8, 16] }
+
+[student.train]
+epochs = EPOCHS
+batch_size = 32
+
+[search]
+n_trials = N_TRIALS
+sampler = "random"
+"""
+
+
+def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int = 3) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_MLP_STUDY.replace("EPOCHS", str(epochs)).replace("N_TRIALS", str(n_trials)))
+    return path
+
+
+TINY_CONV_STUDY = """
+description = "tiny test study"
+seed = 0
+
+[data]
+dataset = "synthetic"
+val_size = 100
+synthetic = {{ n_train = 400, n_test = 100, channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.5 }}
+
+[teacher]
+family = "mlp"
+hidden = [32]
+
+[teacher.train]
+epochs = 2
+batch_size = 64
+lr = 0.003
+
+[student]
+family = "{family}"
+depth = {{ low = 1, high = 2 }}
+width = {{ choices = [4, 8] }}
+{extra}
+temperature = {{ low = 1.0, high = 10.0, log = true }}
+alpha = {{ low = 0.0, high = 1.0 }}
+
+[student.train]
+epochs = 2
+batch_size = 64
+lr = 0.003
+
+[search]
+n_trials = {n_trials}
+"""
+
+
+def tiny_study_text(family: str = "cnn", n_trials: int = 2) -> str:
+    extra = "kernel = { choices = [3, 5] }\nconvs_per_block = 1\ndense = 0" if family == "cnn" else ""
+    return TINY_CONV_STUDY.format(family=family, extra=extra, n_trials=n_trials)
+
+
+TINY_DATA = """
+[data]
+dataset = "synthetic"
+val_size = 200
+
+[data.synthetic]
+n_train = 800
+n_test = 200
+num_classes = 4
+noise = 2.5
+
+[teacher]
+family = "cnn"
+convs = [{ channels = 8, kernel = 3, padding = "same", pool = true }]
+dense = [32]
+
+[teacher.train]
+epochs = 3
+batch_size = 64
+lr = 0.003
+"""
+
+TINY_SEARCH = TINY_DATA + """
+[student]
+family = "cnn"
+depth = { low = 1, high = 2 }
+convs_per_block = 1
+width = { choices = [2, 4] }
+kernel = { choices = [3, 5] }
+dense = { choices = [0, 16] }
+
+[student.train]
+epochs = 2
+batch_size = 64
+lr = 0.003
+
+[search]
+n_trials = 5
+sampler = "random"
+"""
+
+
+def write_study(folder: Path, name: str, body: str, description: str = "a tiny test study") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(f'description = "{description}"\nseed = 0\n{body}')
+    return path
+
+
+def kdsearch(*args: str, check: bool = True, timeout: float = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process with this checkout first on the path."""
+    proc = subprocess.run(cli_argv(*args), capture_output=True, text=True, cwd=cwd,
+                          env=cli_env(env), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdsearch {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc

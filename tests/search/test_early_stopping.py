@@ -1,0 +1,204 @@
+"""Pareto-aware early stopping: the rule alone, then as a hook on a real Optuna study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kdsearch.search.early_stopping import Peer, make_stopper, rung_peers, should_stop
+from kdsearch.spec import EarlyStoppingSpec, parse_study
+from tests.helpers import REPO
+
+RULE = EarlyStoppingSpec(rungs=[1, 3], min_trials=4, quantile=0.5, min_dominators=2)
+# Eight finished peers: accuracy grows with size, as it does in a real study.
+PEERS = [
+    Peer(p, a)
+    for p, a in [
+        (1_000, 0.50),
+        (2_000, 0.60),
+        (4_000, 0.70),
+        (8_000, 0.75),
+        (16_000, 0.80),
+        (32_000, 0.82),
+        (64_000, 0.84),
+        (128_000, 0.85),
+    ]
+]
+
+
+def test_clearly_dominated_trial_stops():
+    # 50k params but worse than every smaller peer: dominated by 6 of 6.
+    assert should_stop(50_000, 0.40, PEERS, RULE)
+
+
+def test_non_dominated_trials_continue():
+    assert not should_stop(500, 0.30, PEERS, RULE)  # smallest so far: nothing dominates it
+    assert not should_stop(50_000, 0.90, PEERS, RULE)  # beats every smaller peer
+    assert not should_stop(50_000, 0.81, PEERS, RULE)  # beaten by 1 of 6: on the front
+
+
+def test_quantile_decides_how_many_must_win():
+    # 50k params at 0.72: beaten by 3 of its 6 smaller peers.
+    assert should_stop(50_000, 0.72, PEERS, RULE)  # 3 >= ceil(0.5 * 6)
+    assert not should_stop(50_000, 0.72, PEERS, RULE.model_copy(update={"quantile": 0.75}))
+
+
+def test_min_trials_guard():
+    few = PEERS[:3]  # 3 peers, all smaller and better: dominated, but too few to judge
+    assert not should_stop(50_000, 0.10, few, RULE)
+    assert should_stop(50_000, 0.10, few, RULE.model_copy(update={"min_trials": 3}))
+
+
+def test_switched_off_never_stops():
+    off = RULE.model_copy(update={"enabled": False})
+    assert not should_stop(50_000, 0.0, PEERS, off)
+    assert make_stopper(off, epochs=10) is None
+
+
+def test_rungs_at_or_after_the_last_epoch_are_skipped():
+    assert make_stopper(RULE, epochs=3).rungs == {1}
+    assert make_stopper(RULE.model_copy(update={"rungs": [5]}), epochs=5) is None
+
+
+def test_study_file_table_is_validated():
+    base = (REPO / "studies" / "smoke.toml").read_text()
+    spec = parse_study(
+        base + "\n[search.early_stopping]\nenabled = false\nrungs = [2, 4]\n", Path("x.toml")
+    )
+    assert spec.search.early_stopping.enabled is False
+    assert spec.search.early_stopping.rungs == [2, 4]
+    from kdsearch.errors import StudyFileError
+
+    with pytest.raises(StudyFileError, match="rungs.*increasing"):
+        parse_study(base + "\n[search.early_stopping]\nrungs = [3, 3]\n", Path("x.toml"))
+
+
+def _study_with_peers() -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for p in PEERS:
+        # Curves reach rung 3; the rung-1 value is 0.1 lower than at rung 3.
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[p.accuracy, p.params],
+                state=TrialState.COMPLETE,
+                user_attrs={
+                    "params": p.params,
+                    "val_curve": [p.accuracy - 0.1, p.accuracy - 0.05, p.accuracy],
+                },
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(  # refused before training: no curve, not a peer
+            state=TrialState.PRUNED, user_attrs={"params": 10}
+        )
+    )
+    return study
+
+
+def test_peers_are_read_from_stored_curves():
+    peers = rung_peers(_study_with_peers(), 3, exclude=-1)
+    assert sorted((p.params, round(p.accuracy, 6)) for p in peers) == sorted(
+        (p.params, p.accuracy) for p in PEERS
+    )
+
+
+def test_hook_prunes_a_dominated_trial_and_records_the_rung():
+    study = _study_with_peers()
+    stopper = make_stopper(RULE, epochs=10)
+    trial = study.ask()
+    trial.set_user_attr("params", 50_000)
+    with pytest.raises(optuna.TrialPruned):
+        stopper(trial, 1, 0.35)
+    study.tell(trial, state=TrialState.PRUNED)
+    stored = study.trials[-1]
+    assert stored.state == TrialState.PRUNED
+    assert stored.user_attrs["stopped_at_rung"] == 1
+    assert "dominated at rung 1" in stored.user_attrs["stopped_reason"]
+
+
+def test_hook_lets_a_good_trial_run_and_ignores_other_epochs():
+    study = _study_with_peers()
+    stopper = make_stopper(RULE, epochs=10)
+    trial = study.ask()
+    trial.set_user_attr("params", 50_000)
+    stopper(trial, 1, 0.80)  # better than every smaller peer at rung 1 (<= 0.74): continues
+    stopper(trial, 2, 0.01)  # epoch 2 is not a rung: never judged
+    assert "stopped_at_rung" not in study.trials[-1].user_attrs
+
+
+TINY = """
+seed = 0
+[data]
+dataset = "synthetic"
+val_size = 100
+[data.synthetic]
+n_train = 400
+n_test = 100
+num_classes = 3
+noise = 1.5
+[teacher]
+family = "mlp"
+hidden = [32]
+[teacher.train]
+epochs = 2
+batch_size = 64
+[student]
+family = "mlp"
+depth = { low = 1, high = 2 }
+width = { choices = [2, 4, 8, 16, 32] }
+[student.train]
+epochs = 3
+batch_size = 64
+lr = 0.003
+[search]
+n_trials = 10
+sampler = "random"
+[search.early_stopping]
+rungs = [1, 2]
+min_trials = 3
+quantile = 0.3
+min_dominators = 1
+"""
+
+
+def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
+    """Sequential run: each trial's fate must equal the rule applied to the earlier trials."""
+    from kdsearch.study.runner import RunOptions, run_study
+
+    spec = parse_study(TINY, tmp_path / "tiny.toml")
+    opts = RunOptions(
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study_name="tiny",
+        n_trials=10,
+        timeout=None,
+        data_dir=None,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+    )
+    study = run_study(spec, opts, log=lambda m: None)
+    trials = study.get_trials()
+    stopped = [t for t in trials if "stopped_at_rung" in t.user_attrs]
+    assert stopped, "the rule never fired on 10 random students: not a working early stopper"
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        curve = t.user_attrs.get("val_curve", [])
+        fate = None
+        for rung in spec.search.early_stopping.rungs:
+            if len(curve) < rung:
+                break
+            earlier = [
+                Peer(e.user_attrs["params"], e.user_attrs["val_curve"][rung - 1])
+                for e in trials
+                if e.number < t.number and len(e.user_attrs.get("val_curve", [])) >= rung
+            ]
+            if should_stop(
+                t.user_attrs["params"], curve[rung - 1], earlier, spec.search.early_stopping
+            ):
+                fate = rung
+                break
+        assert t.user_attrs.get("stopped_at_rung") == fate, t.number
+        if fate is not None:
+            assert t.state == TrialState.PRUNED and len(curve) == fate

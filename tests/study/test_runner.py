@@ -1,0 +1,124 @@
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import kdsearch.training.engine as engine
+from kdsearch.spec import parse_study
+from kdsearch.study.runner import RunOptions, run_study
+from tests.helpers import tiny_study_text
+
+
+def _opts(tmp_path, n_trials, name="tiny"):
+    return RunOptions(storage=f"sqlite:///{tmp_path}/s.db", study_name=name, n_trials=n_trials,
+                      timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
+
+
+def test_study_runs_resumes_and_records_everything(tmp_path):
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    logs = []
+    study = run_study(spec, _opts(tmp_path, 2), log=logs.append)
+    trials = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(trials) == 2
+    assert study.metric_names == ["val_accuracy", "params"]
+    for t in trials:
+        assert {"depth", "width", "kernel", "temperature", "alpha"} <= set(t.params)
+        acc, params = t.values
+        assert 0.0 <= acc <= 1.0 and acc == t.user_attrs["val_accuracy"]
+        assert params == t.user_attrs["params"] > 0
+        for key in ("macs", "test_accuracy", "train_seconds", "architecture", "val_curve"):
+            assert key in t.user_attrs
+        assert len(t.user_attrs["val_curve"]) == spec.student.train.epochs
+    teacher = study.user_attrs["teacher"]
+    assert teacher["params"] > 0 and 0 <= teacher["val_accuracy"] <= 1
+
+    # resume: the target is study-wide; only the missing trials run, the teacher is reused
+    logs.clear()
+    study = run_study(spec, _opts(tmp_path, 4), log=logs.append)
+    assert len(study.get_trials(states=[TrialState.COMPLETE])) == 4
+    assert any("reusing cached teacher" in m for m in logs)
+    assert not any("training teacher" in m for m in logs)
+    numbers = [t.number for t in study.trials]
+    assert numbers == sorted(set(numbers))
+    # a resumed run draws new points rather than repeating the first run's
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert params[2:] != params[:2]
+
+    # nothing more to do at the same target
+    study = run_study(spec, _opts(tmp_path, 4), log=logs.append)
+    assert len(study.trials) == 4
+
+
+def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    real = engine.kd_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 1 else loss
+
+    monkeypatch.setattr(engine, "kd_loss", sometimes_nan)
+    # alpha fixed > 0 so every trial goes through kd_loss
+    text = tiny_study_text().replace("alpha = { low = 0.0, high = 1.0 }", "alpha = 0.5")
+    spec = parse_study(text, tmp_path / "tiny.toml")
+    study = run_study(spec, _opts(tmp_path, 2), log=lambda m: None)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.PRUNED) == 1 and states.count(TrialState.COMPLETE) == 1
+    pruned = next(t for t in study.trials if t.state == TrialState.PRUNED)
+    assert "non-finite loss" in pruned.user_attrs["stopped_reason"]
+
+
+def test_student_over_max_params_is_refused_before_training(tmp_path, monkeypatch):
+    text = tiny_study_text().replace("[student.train]", "max_params = 10\n\n[student.train]")
+    spec = parse_study(text, tmp_path / "tiny.toml")
+
+    def no_training(*a, **k):
+        raise AssertionError("an over-budget student was trained")
+
+    monkeypatch.setattr("kdsearch.search.objective.train", no_training)
+    study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert "over budget" in trial.user_attrs["stopped_reason"]
+
+
+def test_trials_are_scored_on_validation_not_test(tmp_path, monkeypatch):
+    """Swap the test split's labels: objective values must not move."""
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    study = run_study(spec, _opts(tmp_path, 1, "a"), log=lambda m: None)
+    import kdsearch.study.runner as runner
+    from kdsearch.training.data import Dataset, Split
+
+    real_load = runner.load_data
+
+    def scrambled(*a, **k):
+        d = real_load(*a, **k)
+        return Dataset(d.name, d.train, d.val, Split(d.test.x, (d.test.y + 1) % d.num_classes),
+                       d.num_classes, d.mean, d.std, d.identity)
+
+    monkeypatch.setattr(runner, "load_data", scrambled)
+    other = run_study(spec, _opts(tmp_path, 1, "b"), log=lambda m: None)
+    a, b = study.trials[0], other.trials[0]
+    assert a.params == b.params
+    assert a.values == pytest.approx(b.values)
+    assert a.user_attrs["test_accuracy"] != b.user_attrs["test_accuracy"]
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from kdsearch.errors import KdsearchError
+
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    opts = _opts(tmp_path, 1)
+    with pytest.raises(KdsearchError, match="no CUDA device"):
+        run_study(spec, RunOptions(**{**opts.__dict__, "device": "cuda"}), log=lambda m: None)
+
+
+def test_optuna_storage_is_plain_sqlite(tmp_path):
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
+    loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db")
+    assert len(loaded.trials) == 1

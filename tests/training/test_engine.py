@@ -1,0 +1,163 @@
+"""The training engine: its speed paths must not change what it computes or returns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdsearch.architecture import CNNArch, ConvLayer, MLPArch
+from kdsearch.errors import NonFiniteLossError
+from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
+from kdsearch.training.data import load_data
+from kdsearch.training.engine import _make_optimizer, _prenormalise, accuracy, train, train_threads
+from kdsearch.training.models import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(
+        DataSpec(
+            dataset="synthetic",
+            val_size=100,
+            synthetic=SyntheticSpec(
+                n_train=500, n_test=100, channels=1, height=8, width=8, num_classes=3, noise=1.0
+            ),
+        )
+    )
+
+
+def _model(data, arch):
+    torch.manual_seed(0)
+    return build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
+
+
+CNN = CNNArch(
+    convs=[ConvLayer(channels=4, pool=True), ConvLayer(channels=8, pool=True)], dense=[16]
+)
+
+
+def test_cnn_learns_and_comes_back_in_the_default_layout(data):
+    model = _model(data, CNN)
+    recipe = TrainRecipe(epochs=3, batch_size=50, lr=0.01, max_norm=3.0)
+    result = train(model, data, recipe, CPU, seed=1)
+    assert result.val_accuracy > 0.6  # 3 classes: chance is 0.33
+    assert result.val_accuracy == pytest.approx(accuracy(model, data.val, CPU))
+    for name, t in model.state_dict().items():
+        assert t.is_contiguous(), name  # channels_last is an internal detail of training
+    for m in model.modules():  # max_norm applied through the channels_last weights
+        if isinstance(m, torch.nn.Conv2d):
+            assert m.weight.reshape(m.weight.shape[0], -1).norm(dim=1).max() <= 3.0 + 1e-4
+
+
+def test_prenormalised_training_trains_the_model_itself(data):
+    model = _model(data, MLPArch(hidden=[16]))
+    body, xf = _prenormalise(model, data.train.x)
+    assert xf.dtype == torch.float32
+    assert torch.allclose(body(xf[:10]), model(data.train.x[:10]), atol=1e-5)
+    before = model[2].weight.detach().clone()
+    train(model, data, TrainRecipe(epochs=1, batch_size=50), CPU)
+    assert not torch.equal(before, model[2].weight)
+
+
+def test_prenormalising_matches_per_batch_normalising(data, monkeypatch):
+    """Same seed, same batches: the two input paths give the same weights (to float error)."""
+    recipe = TrainRecipe(epochs=2, batch_size=50)
+    fast = _model(data, MLPArch(hidden=[16]))
+    train(fast, data, recipe, CPU, seed=3)
+    monkeypatch.setattr("kdsearch.training.engine.PRENORM_MAX_BYTES", 0)
+    slow = _model(data, MLPArch(hidden=[16]))
+    train(slow, data, recipe, CPU, seed=3)
+    for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_distillation_from_cached_logits_and_augmented_live_teacher(data):
+    teacher = _model(data, MLPArch(hidden=[32]))
+    logits = teacher(data.train.x).detach()
+    student = _model(data, CNN)
+    r1 = train(
+        student,
+        data,
+        TrainRecipe(epochs=1, batch_size=50),
+        CPU,
+        teacher_logits=logits,
+        temperature=4.0,
+        alpha=0.7,
+    )
+    aug = TrainRecipe(epochs=1, batch_size=50, jitter=1, hflip=True)
+    r2 = train(_model(data, CNN), data, aug, CPU, teacher=teacher, temperature=4.0, alpha=0.7)
+    assert r1.epochs_run == r2.epochs_run == 1
+    with pytest.raises(ValueError, match="teacher model"):
+        train(_model(data, CNN), data, aug, CPU, teacher_logits=logits, alpha=0.7)
+
+
+def test_non_finite_loss_is_reported(data):
+    with pytest.raises(NonFiniteLossError, match="epoch 1"):
+        train(
+            _model(data, MLPArch(hidden=[8])),
+            data,
+            TrainRecipe(epochs=2, lr=10.0),
+            CPU,
+            teacher_logits=torch.full((len(data.train), 3), float("nan")),
+            alpha=0.5,
+        )
+
+
+def test_on_epoch_can_stop_training(data):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def hook(epoch, acc):
+        seen.append(epoch)
+        raise Stop
+
+    model = _model(data, CNN)
+    with pytest.raises(Stop):
+        train(model, data, TrainRecipe(epochs=5, batch_size=100), CPU, on_epoch=hook)
+    assert seen == [1]
+    assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
+def test_optimizers_are_fused_where_supported():
+    model = torch.nn.Linear(3, 2)
+    for name in ("adam", "sgd"):
+        opt = _make_optimizer(model, TrainRecipe(optimizer=name))
+        assert opt.defaults.get("fused") in (True, None)  # None: this torch has no fused CPU path
+
+
+def test_small_mlps_train_on_one_thread_and_the_setting_comes_back(data, monkeypatch):
+    big = build_model(MLPArch(hidden=[1200, 1200]), (1, 28, 28), 10)
+    small = _model(data, MLPArch(hidden=[16]))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert train_threads(small, 128, CPU) == 1
+    assert train_threads(big, 128, CPU) == 4  # 306M multiply-accumulates a batch
+    assert train_threads(_model(data, CNN), 128, CPU) == 4  # convolutions split well
+    assert train_threads(small, 128, CPU, live_teacher=True) == 4
+    assert train_threads(small, 128, torch.device("meta")) == 4  # only the CPU is limited
+    monkeypatch.undo()
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(small, data, TrainRecipe(epochs=1, batch_size=50), CPU,
+              progress=lambda *_: seen.append(torch.get_num_threads()))
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_input_dropout_drops_pixels_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(MLPArch(hidden=[8], input_dropout=0.5), (1, 8, 8), 3)
+    assert isinstance(model[1], torch.nn.Dropout) and model[1].p == 0.5
+    x = torch.full((4, 1, 8, 8), 200, dtype=torch.uint8)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
