@@ -38,9 +38,10 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kdsearch.architecture import MLPArch  # noqa: E402
+from kdsearch.options import Options
 from kdsearch.report.reports import hypervolume  # noqa: E402
 from kdsearch.spec import parse_study  # noqa: E402
-from kdsearch.study.runner import RunOptions, prepare, run_study  # noqa: E402
+from kdsearch.study.runner import prepare, run_study  # noqa: E402
 from kdsearch.training.models import arch_params  # noqa: E402
 
 WIDTHS = [8, 16, 32, 64, 128, 256]
@@ -116,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from kdsearch.study.workers import torch_threads
+    from kdsearch.options import available_cores
 
-    torch.set_num_threads(args.threads or torch_threads())
+    torch.set_num_threads(args.threads or available_cores())
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     mnist = (args.data_dir / "MNIST" / "raw").is_dir()
     work = Path(tempfile.mkdtemp(prefix="kd_bench_search_"))
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
-    def opts(name: str, budget: float | None) -> RunOptions:
-        return RunOptions(
+    def opts(name: str, budget: float | None) -> Options:
+        return Options(
             storage=f"sqlite:///{work}/bench.db",
             study_name=name,
             n_trials=100_000,

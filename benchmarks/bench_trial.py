@@ -369,9 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scaling", action="store_true", help="also time larger and smaller students")
     args = ap.parse_args(argv)
 
-    from kdsearch.study.workers import torch_threads
+    from kdsearch.options import available_cores
 
-    torch.set_num_threads(args.threads or torch_threads())
+    torch.set_num_threads(args.threads or available_cores())
 
     def log(msg: str) -> None:
         print(msg, flush=True)

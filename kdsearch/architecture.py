@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class _Frozen(BaseModel):
@@ -33,6 +33,11 @@ class MLPArch(_Frozen):
     def describe(self) -> str:
         return "mlp " + ("-".join(map(str, self.hidden)) or "linear")
 
+    @property
+    def n_layers(self) -> int:
+        """Hidden layers: the depth that sweeps plot accuracy against."""
+        return len(self.hidden)
+
 
 class CNNArch(_Frozen):
     family: Literal["cnn"] = "cnn"
@@ -49,5 +54,19 @@ class CNNArch(_Frozen):
         dense = "-".join(map(str, self.dense))
         return f"cnn {convs}" + (f" dense {dense}" if dense else "")
 
+    @property
+    def n_layers(self) -> int:
+        """Conv layers: the depth that sweeps plot accuracy against."""
+        return len(self.convs)
+
 
 Arch = Annotated[MLPArch | CNNArch, Field(discriminator="family")]
+
+
+def parse_arch(raw: dict) -> MLPArch | CNNArch:
+    """An architecture from its JSON (a trial, a teacher's meta.json, an exported folder): the
+    one constructor, so a new family is readable everywhere once it joins `Arch`."""
+    return _ARCH.validate_python(raw)
+
+
+_ARCH: TypeAdapter = TypeAdapter(Arch)

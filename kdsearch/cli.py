@@ -147,30 +147,43 @@ def _study_name(args, spec_name: str | None = None) -> str:
     return Path(args.study).stem if args.study.endswith(".toml") else args.study
 
 
-def _run_options(args, spec):
-    from kdsearch.search.sweep import trials_wanted
-    from kdsearch.study.runner import RunOptions
-    from kdsearch.study.storage import storage_url
-    from kdsearch.training.teacher_cache import default_cache_dir
+def _environment():
+    """The environment, read once for the whole command (the only read of os.environ)."""
+    from kdsearch.options import from_environment
 
-    n_trials, note = trials_wanted(spec, getattr(args, "n_trials", None))
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    return RunOptions(
-        storage=storage_url(args.storage), study_name=_study_name(args, spec.name),
-        n_trials=n_trials,
-        timeout=getattr(args, "timeout", None) or spec.search.timeout,
-        data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
-        device=args.device, artifact_dir=getattr(args, "artifact_dir", None),
-        worker=getattr(args, "worker_index", 0))
+    return from_environment(os.environ)
 
 
-def _threads() -> None:
+def _options(args, spec=None):
+    """Every setting of the command: arguments over environment over defaults."""
+    from kdsearch.options import Options, available_cores
+
+    env = _environment()
+    n_trials, timeout = 1, None
+    if spec is not None:
+        from kdsearch.search.sweep import trials_wanted
+
+        n_trials, note = trials_wanted(spec, getattr(args, "n_trials", None))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        timeout = getattr(args, "timeout", None) or spec.search.timeout
+    return Options(
+        storage=getattr(args, "storage", None) or env.storage,
+        study_name=_study_name(args, spec.name if spec is not None else None)
+        if hasattr(args, "study") else "",
+        n_trials=n_trials, timeout=timeout,
+        data_dir=getattr(args, "data_dir", None), data_home=env.data_home,
+        cache_dir=getattr(args, "cache_dir", None) or env.cache_dir, offline=env.offline,
+        device=getattr(args, "device", "auto"), threads=env.threads or available_cores(),
+        heartbeats=env.heartbeats,
+        artifact_dir=getattr(args, "artifact_dir", None) or env.artifact_dir,
+        worker=getattr(args, "worker_index", 0), workers=getattr(args, "workers", 1))
+
+
+def _threads(opts) -> None:
     import torch
 
-    from kdsearch.study.workers import torch_threads
-
-    torch.set_num_threads(torch_threads())
+    torch.set_num_threads(opts.threads)
 
 
 def cmd_run_study(args) -> int:
@@ -178,13 +191,14 @@ def cmd_run_study(args) -> int:
     from kdsearch.study.runner import run_study
 
     spec = _spec(args)
-    opts = _run_options(args, spec)
-    _threads()
-    if args.workers > 1:
+    opts = _options(args, spec)
+    _threads(opts)
+    if opts.workers > 1:
         from kdsearch.study.storage import load_study
         from kdsearch.study.workers import run_workers
 
-        code = run_workers(args, spec, opts, args.workers, log=lambda m: print(m, file=sys.stderr))
+        code = run_workers(args.study, spec, opts, args.seed, os.environ,
+                           log=lambda m: print(m, file=sys.stderr))
         print(best_table(load_study(opts.storage, opts.study_name)))
         return code
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
@@ -197,24 +211,23 @@ def cmd_run_study(args) -> int:
 
 
 def cmd_teacher(args) -> int:
-    from kdsearch.study.runner import prepare
+    from kdsearch.study.runner import prepare_teacher
 
     spec = _spec(args)
-    opts = _run_options(args, spec)
-    _threads()
-    _, teacher = prepare(spec, opts, log=lambda m: print(m, file=sys.stderr))
-    m = teacher.meta
-    print(f"teacher   {m['description']}\nparams    {m['params']:,}\nmacs      {m['macs']:,}\n"
-          f"val_acc   {m['val_accuracy']:.4f}\ntest_acc  {m['test_accuracy']:.4f}\n"
-          f"epochs    {m['epochs']}\nseconds   {m['train_seconds']}\ncache     {teacher.path}")
+    opts = _options(args, spec)
+    _threads(opts)
+    teacher = prepare_teacher(spec, opts, log=lambda m: print(m, file=sys.stderr))
+    m = teacher.record
+    print(f"teacher   {m.description}\nparams    {m.params:,}\nmacs      {m.macs:,}\n"
+          f"val_acc   {m.val_accuracy:.4f}\ntest_acc  {m.test_accuracy:.4f}\n"
+          f"epochs    {m.epochs}\nseconds   {m.train_seconds}\ncache     {teacher.path}")
     return 0
 
 
 def _load(args):
-    from kdsearch.study.storage import load_study, storage_url
+    from kdsearch.study.storage import load_study
 
-    name = args.study_name or (Path(args.study).stem if args.study.endswith(".toml") else args.study)
-    return load_study(storage_url(args.storage), name)
+    return load_study(args.storage or _environment().storage, _study_name(args))
 
 
 def cmd_best(args) -> int:
@@ -254,13 +267,12 @@ def _command_line(argv: list[str]) -> str:
 
 def cmd_compress(args) -> int:
     from kdsearch.compress import compress
-    from kdsearch.training.teacher_cache import default_cache_dir
 
     study = _load(args)
-    _threads()
+    opts = _options(args)
+    _threads(opts)
     r = compress(study, args.out, number=args.trial, max_params=args.max_params,
-                 epochs=args.epochs, lr_schedule=args.lr_schedule, data_dir=args.data_dir,
-                 cache_dir=args.cache_dir or default_cache_dir(), device_name=args.device,
+                 epochs=args.epochs, lr_schedule=args.lr_schedule, opts=opts,
                  command=_command_line(args.argv),
                  log=lambda m: print(m, file=sys.stderr))
     print(f"trial {r.trial}: test accuracy {r.test_accuracy:.4f}, {r.params:,} params, "
@@ -272,8 +284,9 @@ def cmd_compress(args) -> int:
 def cmd_evaluate(args) -> int:
     from kdsearch.compress import evaluate
 
-    _threads()
-    r = evaluate(args.folder, args.data_dir, args.cache_dir, args.device)
+    opts = _options(args)
+    _threads(opts)
+    r = evaluate(args.folder, opts)
     print(f"{r['description']} ({r['params']:,} params): test accuracy {r['test_accuracy']:.4f} "
           f"on {r['n_test']:,} images (card: {r['card_test_accuracy']:.4f})")
     if "torchscript_test_accuracy" in r:
@@ -286,10 +299,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_dashboard(args) -> int:
     from kdsearch.report.dashboard import serve
-    from kdsearch.study.storage import storage_url
 
     try:
-        serve(storage_url(args.storage), args.host, args.port)
+        serve(args.storage or _environment().storage, args.host, args.port)
     except KeyboardInterrupt:
         print("dashboard stopped", file=sys.stderr)
     return 0

@@ -30,13 +30,16 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from kdsearch.architecture import CNNArch, MLPArch
+from kdsearch.architecture import Arch, parse_arch
 from kdsearch.errors import KdsearchError
-from kdsearch.spec import DataSpec, StudySpec, parse_study
+from kdsearch.options import Options
+from kdsearch.record import TeacherRecord, TrialRecord, stored_spec
+from kdsearch.spec import DataSpec
+from kdsearch.study.coordination import obtain_teacher
 from kdsearch.training.data import Dataset, Split, load_data
-from kdsearch.training.engine import accuracy, augments, resolve_device, train
+from kdsearch.training.engine import accuracy, resolve_device
 from kdsearch.training.models import build_model, count_macs, count_params
-from kdsearch.training.teacher_cache import get_teacher
+from kdsearch.training.student import distill, student_seed
 
 FORMAT = 1  # of architecture.json
 EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epochs times this
@@ -46,38 +49,29 @@ def pick_trial(study: optuna.Study, number: int | None = None,
                max_params: int | None = None) -> FrozenTrial:
     """Trial `number`, or the best val accuracy within `max_params` (fewer params wins a tie)."""
     done = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-            if "architecture" in t.user_attrs]
+            if TrialRecord.of(t).architecture is not None]
     if number is not None:
         for t in study.get_trials(deepcopy=False):
             if t.number == number:
-                if t.state != TrialState.COMPLETE or "architecture" not in t.user_attrs:
+                if t.state != TrialState.COMPLETE or TrialRecord.of(t).architecture is None:
                     raise KdsearchError(f"trial {number} of '{study.study_name}' is "
                                         f"{t.state.name.lower()}, not complete: pick another "
                                         "(see 'kdsearch best')")
                 return t
         raise KdsearchError(f"study '{study.study_name}' has no trial {number} "
                             f"(it has {len(study.trials)})")
-    fits = [t for t in done if max_params is None or t.user_attrs["params"] <= max_params]
+    fits = [t for t in done if max_params is None or TrialRecord.of(t).params <= max_params]
     if not fits:
-        smallest = min((t.user_attrs["params"] for t in done), default=None)
+        smallest = min((TrialRecord.of(t).params for t in done), default=None)
         raise KdsearchError(
             f"no complete trial of '{study.study_name}' has <= {max_params:,} params"
             + (f" (the smallest has {smallest:,})" if smallest is not None else " (none complete)"))
-    return max(fits, key=lambda t: (t.user_attrs["val_accuracy"], -t.user_attrs["params"],
+    return max(fits, key=lambda t: (TrialRecord.of(t).val_accuracy, -TrialRecord.of(t).params,
                                     -t.number))
 
 
-def study_spec(study: optuna.Study) -> StudySpec:
-    text = study.user_attrs.get("study_file")
-    if not text:
-        raise KdsearchError(f"study '{study.study_name}' carries no study file (was it made by "
-                            "'kdsearch run-study'?)")
-    return parse_study(text, Path(f"{study.study_name}.toml"))
-
-
-def trial_arch(trial: FrozenTrial) -> MLPArch | CNNArch:
-    raw = trial.user_attrs["architecture"]
-    return (MLPArch if raw["family"] == "mlp" else CNNArch).model_validate(raw)
+def trial_arch(trial: FrozenTrial) -> Arch:
+    return parse_arch(TrialRecord.of(trial).architecture)
 
 
 def test_identity(split: Split) -> str:
@@ -153,16 +147,16 @@ class CompressResult:
 
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
              max_params: int | None = None, epochs: int | None = None,
-             lr_schedule: str | None = None, data_dir: Path | None = None,
-             cache_dir: Path, device_name: str = "auto",
+             lr_schedule: str | None = None, opts: Options = Options(),
              command: str = "", log: Callable[[str], None] = print) -> CompressResult:
     """Retrain the chosen trial's student on train + validation and write the model folder."""
     from tqdm import tqdm
 
     # Pick: the trial, its architecture and distillation settings, the study's recipe.
     trial = pick_trial(study, number, max_params)
-    spec = study_spec(study)
+    spec = stored_spec(study)
     arch = trial_arch(trial)
+    searched = TrialRecord.of(trial)
     temperature = float(trial.params.get("temperature", 1.0))
     alpha = float(trial.params.get("alpha", 0.0))
     # The study's recipe at a longer budget; a decaying schedule may be asked for, since a
@@ -171,20 +165,19 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
         update={"epochs": epochs or spec.student.train.epochs * EPOCH_FACTOR,
                 "lr_schedule": lr_schedule or spec.student.train.lr_schedule})
     log(f"trial {trial.number} of '{study.study_name}': {arch.describe()}, "
-        f"{trial.user_attrs['params']:,} params, val acc {trial.user_attrs['val_accuracy']:.4f} "
+        f"{searched.params:,} params, val acc {searched.val_accuracy:.4f} "
         f"in the search; T={temperature:.2f} alpha={alpha:.2f}")
 
     # Data and the cached teacher (trained first if this machine has not got it yet).
-    device = resolve_device(device_name)
-    data = load_data(spec.data, data_dir, cache_dir)
-    teacher = get_teacher(spec, data, cache_dir, device, log=log)
-    assert teacher is not None
+    device = resolve_device(opts.device)
+    data = load_data(spec.data, opts.data_dir, opts.cache_dir, data_home=opts.data_home,
+                     offline=opts.offline)
+    teacher = obtain_teacher(spec, data, opts, device, log)
 
     # Retrain on train + validation: no selection is left to do, so no image is held back.
     merged = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     merged_logits = torch.cat([teacher.logits["train"], teacher.logits["val"]])
-    live = augments(recipe) and alpha > 0
-    seed = spec.seed * 100_003 + trial.number
+    seed = student_seed(spec.seed, trial.number)
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
     log(f"retraining on {len(merged):,} train+val images for {recipe.epochs} epochs "
@@ -198,10 +191,9 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
         bar.update(1)
 
     try:
-        result = train(model, data, recipe, device, seed=seed, train_split=merged,
-                       teacher_logits=None if live or alpha == 0 else merged_logits,
-                       teacher=teacher.model if live else None, temperature=temperature,
-                       alpha=alpha, progress=progress)
+        result = distill(model, data, recipe, device, teacher, seed=seed,
+                         temperature=temperature, alpha=alpha, train_split=merged,
+                         teacher_logits=merged_logits, progress=progress)
     finally:
         bar.close()
 
@@ -237,35 +229,35 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
         else:
             skipped[name] = why
             log(f"{name} not written: {why}")
-    card = model_card(meta, teacher.meta, trial, latency, result.seconds, files, skipped, command)
+    card = model_card(meta, teacher.record, trial, latency, result.seconds, files, skipped, command)
     (out / "MODEL_CARD.md").write_text(card)
     files.append("MODEL_CARD.md")
     return CompressResult(out, trial.number, test_acc, params, macs, result.epochs_run,
                           result.seconds, files, skipped)
 
 
-def model_card(meta: dict, teacher: dict, trial: FrozenTrial, latency: dict, seconds: float,
-               files: list[str], skipped: dict[str, str], command: str) -> str:
-    ratio = teacher["params"] / meta["params"]
-    mac_ratio = teacher["macs"] / meta["macs"] if meta["macs"] else float("inf")
+def model_card(meta: dict, teacher: TeacherRecord, trial: FrozenTrial, latency: dict,
+               seconds: float, files: list[str], skipped: dict[str, str], command: str) -> str:
+    ratio = teacher.params / meta["params"]
+    mac_ratio = teacher.macs / meta["macs"] if meta["macs"] else float("inf")
     batch_key = next(k for k in latency if k.startswith("batch") and k != "batch1_ms")
     lines = [
         f"# {meta['description']} ({meta['dataset']}, from study '{meta['study']}' trial "
         f"{meta['trial']})", "",
         "| | student | teacher |", "|---|---:|---:|",
-        f"| test accuracy | {meta['test_accuracy']:.4f} | {teacher['test_accuracy']:.4f} |",
-        f"| parameters | {meta['params']:,} | {teacher['params']:,} |",
-        f"| MACs per image | {meta['macs']:,} | {teacher['macs']:,} |",
-        f"| architecture | `{meta['description']}` | `{teacher['description']}` |", "",
+        f"| test accuracy | {meta['test_accuracy']:.4f} | {teacher.test_accuracy:.4f} |",
+        f"| parameters | {meta['params']:,} | {teacher.params:,} |",
+        f"| MACs per image | {meta['macs']:,} | {teacher.macs:,} |",
+        f"| architecture | `{meta['description']}` | `{teacher.description}` |", "",
         f"Compression: **{ratio:.1f}x fewer parameters**, {mac_ratio:.1f}x fewer MACs than the "
-        f"teacher; test accuracy {100 * (meta['test_accuracy'] - teacher['test_accuracy']):+.2f} "
+        f"teacher; test accuracy {100 * (meta['test_accuracy'] - teacher.test_accuracy):+.2f} "
         "points.", "",
         f"CPU latency per image ({latency['threads']} thread(s), measured at export): "
         f"{latency['batch1_ms'] * 1e3:.0f} µs one image at a time (median of 50), "
         f"{latency[batch_key] * 1e3:.2f} µs in batches of {batch_key[5:].split('_')[0]}.", "",
         "## How it was made", "",
-        f"- Search: trial {trial.number} scored val acc {trial.user_attrs['val_accuracy']:.4f} "
-        f"after {trial.user_attrs.get('epochs', '?')} epochs on the training split.",
+        f"- Search: trial {trial.number} scored val acc {TrialRecord.of(trial).val_accuracy:.4f} "
+        f"after {TrialRecord.of(trial).epochs or '?'} epochs on the training split.",
         f"- Retrained from scratch with knowledge distillation (T = {meta['temperature']:.2f}, "
         f"alpha = {meta['alpha']:.2f}; alpha 0 is plain training) on train + validation "
         f"({meta['train_images']:,} images) for {meta['epochs']} epochs "
@@ -294,8 +286,7 @@ def load_model(folder: Path) -> tuple[nn.Module, dict]:
     if meta.get("format") != FORMAT:
         raise KdsearchError(f"{folder}/architecture.json: format {meta.get('format')!r}, "
                             f"expected {FORMAT}")
-    raw = meta["architecture"]
-    arch = (MLPArch if raw["family"] == "mlp" else CNNArch).model_validate(raw)
+    arch = parse_arch(meta["architecture"])
     model = build_model(arch, tuple(meta["input_shape"]), meta["num_classes"],
                         tuple(meta["mean"]), tuple(meta["std"]))
     try:
@@ -307,13 +298,13 @@ def load_model(folder: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-def evaluate(folder: Path, data_dir: Path | None = None, cache_dir: Path | None = None,
-             device_name: str = "auto") -> dict:
+def evaluate(folder: Path, opts: Options = Options()) -> dict:
     """Test accuracy of an exported folder (and of its TorchScript copy), without the study."""
     model, meta = load_model(folder)
-    data: Dataset = load_data(DataSpec.model_validate(meta["data"]), data_dir, cache_dir)
+    data: Dataset = load_data(DataSpec.model_validate(meta["data"]), opts.data_dir,
+                              opts.cache_dir, data_home=opts.data_home, offline=opts.offline)
     identity = test_identity(data.test)
-    device = resolve_device(device_name)
+    device = resolve_device(opts.device)
     acc = accuracy(model.to(device), data.test, device)
     out = {"test_accuracy": acc, "card_test_accuracy": meta["test_accuracy"],
            "n_test": len(data.test), "same_test_set": identity == meta["test_identity"],

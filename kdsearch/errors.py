@@ -33,3 +33,7 @@ class StorageError(KdsearchError):
 
 class NonFiniteLossError(KdsearchError):
     """Training produced a NaN or infinite loss."""
+
+
+class UsageError(KdsearchError):
+    """A command-line argument or environment variable is out of range or contradictory."""

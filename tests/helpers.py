@@ -237,3 +237,15 @@ def kdsearch(*args: str, check: bool = True, timeout: float = 300, cwd=None, env
         raise AssertionError(f"kdsearch {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def teacher_summary(**changes) -> dict:
+    """A study's teacher attribute, as `kdsearch run-study` writes it, for hand-made studies."""
+    from kdsearch.record import TeacherRecord
+
+    values = dict(key="k", arch={"family": "mlp", "hidden": [64]}, description="mlp 64",
+                  params=1000, macs=10_000, val_accuracy=0.9, test_accuracy=0.88,
+                  train_seconds=1.0, epochs=1, dataset="synthetic", data_identity="d",
+                  input_shape=(1, 8, 8), num_classes=2, recipe={}, seed=0,
+                  created="2026-01-01T00:00:00Z")
+    return TeacherRecord(**{**values, **changes}).summary()

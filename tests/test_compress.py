@@ -11,8 +11,9 @@ import torch
 
 from kdsearch.compress import load_model, pick_trial
 from kdsearch.errors import KdsearchError
+from kdsearch.options import Options
 from kdsearch.spec import load_study
-from kdsearch.study.runner import RunOptions, run_study
+from kdsearch.study.runner import run_study
 from tests.helpers import kdsearch
 
 
@@ -20,7 +21,7 @@ from tests.helpers import kdsearch
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compress")
     url = f"sqlite:///{tmp / 's.db'}"
-    study = run_study(load_study("smoke"), RunOptions(
+    study = run_study(load_study("smoke"), Options(
         storage=url, study_name="smoke", n_trials=3, timeout=None, data_dir=None,
         cache_dir=tmp / "cache", device="cpu"), log=lambda m: None)
     return study, url, tmp

@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 
 import kdsearch.cli as cli
 from kdsearch.errors import KdsearchError, StudyFileError
+from kdsearch.options import Options
 from kdsearch.spec import StudySpec, load_study, parse_study, shipped_studies_dir
-from kdsearch.study.runner import RunOptions, run_study
+from kdsearch.study.runner import run_study
 from tests.helpers import TINY_MLP_STUDY, tiny_study
 
 EXAMPLES = int(os.environ.get("KDSEARCH_FUZZ_EXAMPLES", "300"))  # raise for a longer hunt
@@ -183,7 +184,7 @@ def _run(tmp_path, cache_dir, text_changes=(), n_trials=2) -> optuna.Study:
     path = tmp_path / "tiny.toml"
     path.write_text(text)
     spec = load_study(str(path))
-    opts = RunOptions(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="tiny",
+    opts = Options(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="tiny",
                       n_trials=n_trials, timeout=None, data_dir=None, cache_dir=cache_dir,
                       device="cpu")
     return run_study(spec, opts, log=lambda m: None)
@@ -212,7 +213,7 @@ def test_out_of_memory_is_a_pruned_trial(error, tmp_path, cache_dir, monkeypatch
     def oom(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("kdsearch.search.objective.train", oom)
+    monkeypatch.setattr("kdsearch.training.student.train", oom)
     study = _run(tmp_path, cache_dir)
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
     assert all(r.startswith("out of memory on cpu with") for _, r in _reasons(study))
@@ -222,7 +223,7 @@ def test_student_over_max_params_is_refused_before_training(tmp_path, cache_dir,
     def never(*args, **kwargs):
         raise AssertionError("an over-budget student was trained")
 
-    monkeypatch.setattr("kdsearch.search.objective.train", never)
+    monkeypatch.setattr("kdsearch.training.student.train", never)
     study = _run(tmp_path, cache_dir, [("[student.train]", "max_params = 10\n\n[student.train]")])
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
     assert all(r.startswith("over budget: ") and "> max_params 10" in r for _, r in _reasons(study))
@@ -232,7 +233,7 @@ def test_unexpected_error_is_recorded_then_raised(tmp_path, cache_dir, monkeypat
     def boom(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr("kdsearch.search.objective.train", boom)
+    monkeypatch.setattr("kdsearch.training.student.train", boom)
     with pytest.raises(ValueError, match="boom"):
         _run(tmp_path, cache_dir)
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 's.db'}")
@@ -246,7 +247,7 @@ def test_corrupt_teacher_cache_is_rebuilt_with_a_warning(tmp_path, cache_dir):
     messages: list[str] = []
     path = tiny_study(tmp_path / "again" if (tmp_path / "again").mkdir() is None else tmp_path)
     spec = load_study(str(path))
-    opts = RunOptions(storage=f"sqlite:///{tmp_path / 'again' / 's.db'}", study_name="tiny",
+    opts = Options(storage=f"sqlite:///{tmp_path / 'again' / 's.db'}", study_name="tiny",
                       n_trials=1, timeout=None, data_dir=None, cache_dir=cache_dir, device="cpu")
     study = run_study(spec, opts, log=messages.append)
     assert any("is corrupt (logits.pt does not match its checksum); rebuilding it" in m

@@ -62,7 +62,7 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080,
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
           ready: Callable[[str], None] | None = None) -> None:
     """Serve the dashboard until interrupted. `ready(address)` is called once it listens."""
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url, heartbeats=None)
     from optuna_dashboard import wsgi
 
     app = wsgi(storage)

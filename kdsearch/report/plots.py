@@ -47,11 +47,11 @@ def pareto_figure(data: ParetoData) -> go.Figure:
     teacher = data.teacher
     if teacher:
         fig.add_trace(go.Scatter(
-            x=[teacher["params"]], y=[teacher["val_accuracy"]], mode="markers+text",
+            x=[teacher.params], y=[teacher.val_accuracy], mode="markers+text",
             name="teacher", marker=dict(symbol="star", size=16, color=TEACHER),
             text=["teacher"], textposition="bottom left",
-            hovertext=[f"teacher<br>{teacher.get('description', '')}<br>"
-                       f"{teacher['params']:,} params<br>val acc {teacher['val_accuracy']:.4f}"],
+            hovertext=[f"teacher<br>{teacher.description}<br>"
+                       f"{teacher.params:,} params<br>val acc {teacher.val_accuracy:.4f}"],
             hoverinfo="text"))
     fig.update_layout(
         title=f"{data.study_name}: validation accuracy vs parameters",
@@ -109,9 +109,9 @@ def accuracy_figure(data: AccuracyBy) -> go.Figure:
             x=xs, y=ys, error_y=error, mode="lines+markers", name=name, legendgroup=line,
             line=dict(color=color, width=2, dash=dash), marker=dict(color=color, size=9),
             hovertext=[_point_hover(line, p) for p in points], hoverinfo="text"))
-    if data.teacher.get("val_accuracy") is not None:
-        fig.add_hline(y=data.teacher["val_accuracy"], line=dict(color=TEACHER, dash="dot"),
-                      annotation_text=f"teacher {data.teacher['val_accuracy']:.4f}",
+    if data.teacher is not None:
+        fig.add_hline(y=data.teacher.val_accuracy, line=dict(color=TEACHER, dash="dot"),
+                      annotation_text=f"teacher {data.teacher.val_accuracy:.4f}",
                       annotation_position="bottom right")
     what = "mean over seeds" if data.statistic == "mean" else "best trial per setting"
     all_x = sorted({p.x for points in data.groups.values() for p in points})

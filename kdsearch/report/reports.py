@@ -20,7 +20,7 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsearch.search.baselines import ATTR as BASELINE_ATTR
+from kdsearch.record import STUDY_SPEC, TeacherRecord, TrialRecord, study_teacher
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ParetoData(NamedTuple):
     study_name: str
     done: list[Row]  # complete trials
     front: list[Row]  # Pareto-optimal trials, smallest first
-    teacher: dict  # the teacher's numbers, {} when unknown
+    teacher: TeacherRecord | None  # None when unknown
     baselines: list[Row] = []  # complete hand-picked students
 
 
@@ -98,13 +98,13 @@ def _read_rows(study: optuna.Study) -> list[Row]:
     front = pareto_numbers(trials)
     out = []
     for t in trials:
-        a = t.user_attrs
+        a = TrialRecord.of(t)
         out.append(Row(
             number=t.number, state=t.state.name,
-            val_accuracy=a.get("val_accuracy"), test_accuracy=a.get("test_accuracy"),
-            params=a.get("params"), macs=a.get("macs"), arch=a.get("arch_summary", ""),
+            val_accuracy=a.val_accuracy, test_accuracy=a.test_accuracy,
+            params=a.params, macs=a.macs, arch=a.arch_summary,
             temperature=t.params.get("temperature"), alpha=t.params.get("alpha"),
-            pareto=t.number in front, trial=t, baseline=a.get(BASELINE_ATTR, ""),
+            pareto=t.number in front, trial=t, baseline=a.baseline,
         ))
     return out
 
@@ -113,8 +113,8 @@ def pareto_rows(study: optuna.Study) -> list[Row]:
     return sorted((r for r in rows(study) if r.pareto), key=lambda r: (r.params or 0, r.number))
 
 
-def teacher_info(study: optuna.Study) -> dict:
-    return dict(study.user_attrs.get("teacher", {}))
+def teacher_info(study: optuna.Study) -> TeacherRecord | None:
+    return study_teacher(study)
 
 
 def best_table(study: optuna.Study) -> str:
@@ -128,8 +128,8 @@ def _best_table(study: optuna.Study) -> str:
     teacher = teacher_info(study)
     lines = []
     if teacher:
-        lines.append(f"teacher: {teacher.get('description', '?')}  params {teacher['params']:,}  "
-                     f"val_acc {teacher['val_accuracy']:.4f}  test_acc {teacher['test_accuracy']:.4f}")
+        lines.append(f"teacher: {teacher.description}  params {teacher.params:,}  "
+                     f"val_acc {teacher.val_accuracy:.4f}  test_acc {teacher.test_accuracy:.4f}")
     if not front:
         lines.append("no complete trials yet")
         return "\n".join(lines)
@@ -159,10 +159,9 @@ def write_csv(study: optuna.Study, path: Path) -> None:
                     "macs", "architecture", "epochs", "train_seconds", "stopped_reason",
                     *[f"param_{p}" for p in param_names]])
         for r in all_rows:
-            a = r.trial.user_attrs
+            a = TrialRecord.of(r.trial)
             w.writerow([r.number, r.state, int(r.pareto), r.baseline, r.val_accuracy, r.test_accuracy,
-                        r.params, r.macs, r.arch, a.get("epochs"), a.get("train_seconds"),
-                        a.get("stopped_reason", ""),
+                        r.params, r.macs, r.arch, a.epochs, a.train_seconds, a.stopped_reason,
                         *[r.trial.params.get(p) for p in param_names]])
 
 
@@ -289,14 +288,14 @@ def summary_markdown(study: optuna.Study, images: list[str] | None = None) -> st
                  f"stopped early or refused, {counts['FAIL']} failed.")
     lines.append("")
     if teacher:
-        lines.append(f"Teacher `{teacher.get('description', '?')}`: {teacher['params']:,} params, "
-                     f"val acc {teacher['val_accuracy']:.4f}, test acc {teacher['test_accuracy']:.4f}.")
+        lines.append(f"Teacher `{teacher.description}`: {teacher.params:,} params, "
+                     f"val acc {teacher.val_accuracy:.4f}, test acc {teacher.test_accuracy:.4f}.")
         lines.append("")
     lines += ["## Pareto front (selected on validation accuracy)", "",
               "| trial | val acc | test acc | params | MACs | compression | T | alpha | architecture |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in pareto_rows(study):
-        ratio = f"{teacher['params'] / r.params:.1f}x" if teacher and r.params else ""
+        ratio = f"{teacher.params / r.params:.1f}x" if teacher and r.params else ""
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "
                      f"{r.macs:,} | {ratio} | {r.temperature or 0:.2f} | {r.alpha or 0:.2f} | "
                      f"`{r.arch}` |")
@@ -357,11 +356,11 @@ def hypervolume_reference(study: optuna.Study, done: list[Row]) -> tuple[float, 
     and accuracy 0.
     """
     teacher = teacher_info(study)
-    if teacher.get("params"):
-        classes = teacher.get("num_classes") or 0
+    if teacher is not None and teacher.params:
+        classes = teacher.num_classes or 0
         acc = 1.0 / classes if classes else 0.0
-        return (float(teacher["params"]), acc,
-                f"reference point: the teacher's {teacher['params']:,} params and chance "
+        return (float(teacher.params), acc,
+                f"reference point: the teacher's {teacher.params:,} params and chance "
                 f"accuracy {acc:.3f}")
     largest = max((r.params or 1 for r in done), default=1)
     return (10.0 * largest, 0.0,
@@ -420,22 +419,22 @@ class AccuracyBy(NamedTuple):
     label: str  # the x axis title
     groups: dict[str, list[Point]]  # line name -> points sorted by x
     statistic: str  # "mean" (a sweep: mean and spread over seeds) or "best" (a search)
-    teacher: dict
+    teacher: TeacherRecord | None
 
 
 def is_sweep(study: optuna.Study) -> bool:
-    spec = study.user_attrs.get("study_spec") or {}
+    spec = study.user_attrs.get(STUDY_SPEC) or {}
     return (spec.get("search") or {}).get("sampler") == "grid"
 
 
 def _family(study: optuna.Study) -> str:
-    spec = study.user_attrs.get("study_spec") or {}
+    spec = study.user_attrs.get(STUDY_SPEC) or {}
     return ((spec.get("student") or {}).get("space") or {}).get("family", "")
 
 
 def _kernel(r: Row) -> int | None:
     """The kernel size of a CNN student whose conv layers all share one (else None)."""
-    convs = (r.trial.user_attrs.get("architecture") or {}).get("convs") or []
+    convs = (TrialRecord.of(r.trial).architecture or {}).get("convs") or []
     kernels = {c.get("kernel") for c in convs}
     return kernels.pop() if len(kernels) == 1 else None
 
@@ -460,7 +459,7 @@ def accuracy_axes(study: optuna.Study) -> list[str]:
 
 def _x(r: Row, key: str) -> float | None:
     if key == "layers":
-        return r.trial.user_attrs.get("n_layers")
+        return TrialRecord.of(r.trial).n_layers
     if key == "kernel":
         return _kernel(r)
     return r.trial.params.get(key)

@@ -19,10 +19,9 @@ from optuna.distributions import (
 )
 
 from kdsearch.errors import StudyFileError
+from kdsearch.record import TrialRecord, trial_attrs
 from kdsearch.search.space import suggest_student
 from kdsearch.spec import StudySpec
-
-ATTR = "baseline"  # trial user attr: the baseline's label
 
 
 class _Answers:
@@ -98,11 +97,11 @@ def enqueue(study: optuna.Study, baselines: list[tuple[str, dict[str, Any]]]) ->
     baseline once. Returns how many were queued.
     """
     trials = study.get_trials(deepcopy=False)
-    labels = {t.user_attrs.get(ATTR) for t in trials}
+    labels = {TrialRecord.of(t).baseline for t in trials}
     queued = 0
     for label, params in baselines:
         if label in labels or any(t.params == params for t in trials):
             continue
-        study.enqueue_trial(params, user_attrs={ATTR: label})
+        study.enqueue_trial(params, user_attrs=trial_attrs(baseline=label))
         queued += 1
     return queued

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from kdsearch.record import TrialRecord, set_trial
 from kdsearch.spec import EarlyStoppingSpec
 
 PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -63,9 +64,9 @@ def rung_peers(study: optuna.Study, rung: int, exclude: int) -> list[Peer]:
     for t in study.get_trials(deepcopy=False, states=PEER_STATES):
         if t.number == exclude:
             continue
-        curve, params = t.user_attrs.get("val_curve"), t.user_attrs.get("params")
-        if isinstance(curve, list) and len(curve) >= rung and params is not None:
-            peers.append(Peer(int(params), float(curve[rung - 1])))
+        r = TrialRecord.of(t)
+        if len(r.val_curve) >= rung and r.params is not None:
+            peers.append(Peer(int(r.params), float(r.val_curve[rung - 1])))
     return peers
 
 
@@ -82,7 +83,7 @@ class ParetoEarlyStopper:
     def __call__(self, trial: optuna.Trial, epoch: int, val_accuracy: float) -> None:
         if epoch not in self.rungs:
             return
-        params = int(trial.user_attrs["params"]) if "params" in trial.user_attrs else None
+        params = TrialRecord.of(trial).params
         if params is None:
             return
         peers = rung_peers(trial.study, epoch, exclude=trial.number)
@@ -93,9 +94,7 @@ class ParetoEarlyStopper:
             f"dominated at rung {epoch}: val acc {val_accuracy:.4f} beaten by {n_better} of "
             f"{n_smaller} trials with <= {params:,} params"
         )
-        trial.set_user_attr("stopped_reason", reason)
-        trial.set_user_attr("stopped_at_rung", epoch)
-        trial.set_user_attr("epochs", epoch)
+        set_trial(trial, stopped_reason=reason, stopped_at_rung=epoch, epochs=epoch)
         raise optuna.TrialPruned(reason)
 
 

@@ -12,12 +12,14 @@ import optuna
 import torch
 
 from kdsearch.errors import NonFiniteLossError
+from kdsearch.record import set_trial
 from kdsearch.search.space import suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
-from kdsearch.training.engine import accuracy, augments, train
+from kdsearch.training.engine import accuracy
 from kdsearch.training.models import ArchitectureError, arch_params, build_model, count_macs
+from kdsearch.training.student import distill, student_seed
 from kdsearch.training.teacher_cache import Teacher
 
 
@@ -27,7 +29,7 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
-    trial.set_user_attr("stopped_reason", reason)
+    set_trial(trial, stopped_reason=reason)
     return optuna.TrialPruned(reason)
 
 
@@ -47,38 +49,29 @@ def make_objective(
             macs = count_macs(choice.arch, data.input_shape, data.num_classes)
         except ArchitectureError as e:
             raise _prune(trial, f"unbuildable: {e}") from None
-        trial.set_user_attr("architecture", choice.arch.model_dump(mode="json"))
-        trial.set_user_attr("arch_summary", choice.arch.describe())
-        trial.set_user_attr("n_layers", len(getattr(choice.arch, "hidden", None)
-                                            or getattr(choice.arch, "convs", [])))
-        trial.set_user_attr("params", params)
-        trial.set_user_attr("macs", macs)
+        set_trial(trial, architecture=choice.arch.model_dump(mode="json"),
+                  arch_summary=choice.arch.describe(), n_layers=choice.arch.n_layers,
+                  params=params, macs=macs)
         max_params = spec.student.max_params
         if max_params is not None and params > max_params:
             raise _prune(trial, f"over budget: {params:,} params > max_params {max_params:,}")
 
-        # Build and distill, recording the validation curve as it grows. A sweep seeds by
-        # repeat index, so its plain and distilled students at one point start from the same
-        # weights and batch order: a paired comparison.
-        seed = spec.seed * 100_003 + (repeat if spec.search.sampler == "grid" else trial.number)
+        # Build and distill, recording the validation curve as it grows.
+        seed = student_seed(spec.seed, repeat if spec.search.sampler == "grid" else trial.number)
         torch.manual_seed(seed)
         model = build_model(choice.arch, data.input_shape, data.num_classes, data.mean, data.std)
         curve: list[float] = []
 
         def epoch_done(epoch: int, val_acc: float) -> None:
             curve.append(val_acc)
-            trial.set_user_attr("val_curve", curve)
+            set_trial(trial, val_curve=tuple(curve))
             if on_epoch is not None:
                 on_epoch(trial, epoch, val_acc)
 
-        live_teacher = augments(recipe) and choice.alpha > 0
         try:
-            result = train(
-                model, data, recipe, device, seed=seed,
-                teacher_logits=None if live_teacher else teacher.logits["train"],
-                teacher=teacher.model if live_teacher else None,
-                temperature=choice.temperature, alpha=choice.alpha, on_epoch=epoch_done,
-            )
+            result = distill(model, data, recipe, device, teacher, seed=seed,
+                             temperature=choice.temperature, alpha=choice.alpha,
+                             on_epoch=epoch_done)
         except NonFiniteLossError as e:
             raise _prune(trial, f"non-finite loss: {e}") from None
         except (torch.OutOfMemoryError, MemoryError):
@@ -90,10 +83,8 @@ def make_objective(
 
         # Evaluate: validation scores the trial; test accuracy is recorded, never selected on.
         test_acc = accuracy(model, data.test, device)
-        trial.set_user_attr("val_accuracy", result.val_accuracy)
-        trial.set_user_attr("test_accuracy", test_acc)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        trial.set_user_attr("epochs", result.epochs_run)
+        set_trial(trial, val_accuracy=result.val_accuracy, test_accuracy=test_acc,
+                  train_seconds=round(result.seconds, 3), epochs=result.epochs_run)
         return result.val_accuracy, float(params)
 
     return objective

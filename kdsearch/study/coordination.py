@@ -20,7 +20,6 @@ import threading
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import optuna
 import torch
@@ -28,6 +27,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from kdsearch.errors import CacheError
+from kdsearch.options import Options
+from kdsearch.record import TEACHER_ARTIFACTS as ARTIFACTS_ATTR
+from kdsearch.record import TEACHER_TRAINED_BY as TRAINED_BY_ATTR
+from kdsearch.record import set_trial
 from kdsearch.spec import StudySpec
 from kdsearch.study.locks import db_lock
 from kdsearch.study.storage import retry_failed_trial
@@ -129,7 +132,7 @@ def claim_trial(study: optuna.Study, storage: RDBStorage, url: str,
             trial = study.ask()  # pops a queued retry first, if there is one
         if storage.get_heartbeat_interval() is not None:
             storage.record_heartbeat(trial._trial_id)  # stale-checkable from the start
-        trial.set_user_attr("worker", worker_id())
+        set_trial(trial, worker=worker_id())
         return trial
 
 
@@ -142,7 +145,7 @@ def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: opt
     """
     with claim_lock(storage, url, study.study_name):
         try:
-            trial.set_user_attr("stopped_reason", reason)
+            set_trial(trial, stopped_reason=reason)
             study.tell(trial, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # already failed by another worker's stale check, which queued the retry
@@ -152,25 +155,28 @@ def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: opt
 
 # --- the shared teacher -------------------------------------------------------------------------
 
-ARTIFACTS_ATTR = "teacher_artifacts"  # study user attr: teacher key -> artifact id
-TRAINED_BY_ATTR = "teacher_trained_by"  # study user attr: teacher key -> worker that trained it
 
 
-def artifact_dir_from_env() -> Path | None:
-    env = os.environ.get("KDSEARCH_ARTIFACT_DIR")
-    return Path(env) if env else None
+def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.device,
+                   log: Callable[[str], None], study: optuna.Study | None = None,
+                   storage: RDBStorage | None = None) -> Teacher:
+    """The study's teacher: the one route to it, for every command and every worker.
 
-
-def shared_teacher(spec: StudySpec, data: Dataset, study: optuna.Study, storage: RDBStorage,
-                   url: str, cache_dir: Path, artifact_dir: Path | None, device: torch.device,
-                   log: Callable[[str], None]) -> Teacher:
-    """The study's teacher, trained by exactly one worker across all machines."""
+    With a study, trained by exactly one worker across all machines (under a database lock,
+    shared through the artifact store); without one (`kdsearch teacher`, `compress`), from the
+    local cache, trained there under a file lock if missing.
+    """
+    cache_dir, artifact_dir = opts.cache_dir, opts.artifact_dir
+    if study is None or storage is None:
+        teacher = get_teacher(spec, data, cache_dir, device, log=log)
+        assert teacher is not None
+        return teacher
     key = teacher_key(spec, data)
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
     published = lambda: key in study.user_attrs.get(ARTIFACTS_ATTR, {})  # noqa: E731
     if teacher is not None and (artifact_dir is None or published()):
         return teacher
-    with db_lock(storage.engine, url, f"kdsearch:teacher:{key}",
+    with db_lock(storage.engine, opts.storage, f"kdsearch:teacher:{key}",
                  on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
         if teacher is None:
             teacher = _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device,

@@ -11,11 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kdsearch import record
+from kdsearch.options import Options
+from kdsearch.record import TrialRecord
 from kdsearch.search import baselines
 from kdsearch.search.early_stopping import make_stopper
 from kdsearch.search.objective import make_objective
@@ -25,24 +27,11 @@ from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
-from kdsearch.training.teacher_cache import Teacher, get_teacher
+from kdsearch.training.teacher_cache import Teacher
 
 OBJECTIVES = ("val_accuracy", "params")
 DIRECTIONS = ("maximize", "minimize")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    storage: str
-    study_name: str
-    n_trials: int
-    timeout: float | None
-    data_dir: Path | None
-    cache_dir: Path
-    device: str
-    worker: int = 0  # index among `--workers` processes: offsets the sampler's seed
-    artifact_dir: Path | None = None  # shared teacher store for workers on other machines
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -82,18 +71,18 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def study_note(spec: StudySpec, teacher: Teacher) -> str:
-    m = teacher.meta
+    m = teacher.record
     return (
         f"# {spec.name}\n\n{spec.description}\n\n"
-        f"**Teacher** `{m['description']}`: {m['params']:,} params, {m['macs']:,} MACs, "
-        f"val acc {m['val_accuracy']:.4f}, test acc {m['test_accuracy']:.4f} "
-        f"(cache key `{m['key']}`).\n\n"
+        f"**Teacher** `{m.description}`: {m.params:,} params, {m.macs:,} MACs, "
+        f"val acc {m.val_accuracy:.4f}, test acc {m.test_accuracy:.4f} "
+        f"(cache key `{m.key}`).\n\n"
         f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
         f"## Study file\n\n```toml\n{spec.source.strip()}\n```\n"
     )
 
 
-def create_study(spec: StudySpec, opts: RunOptions, storage) -> optuna.Study:
+def create_study(spec: StudySpec, opts: Options, storage) -> optuna.Study:
     """Create the study, or join it if another worker (or an earlier run) created it."""
     existing = 0
     try:
@@ -116,8 +105,9 @@ def create_study(spec: StudySpec, opts: RunOptions, storage) -> optuna.Study:
 
 def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> None:
     for key, value in {
-        "study_file": spec.source, "study_spec": spec.model_dump(mode="json", exclude={"source"}),
-        "teacher": {k: v for k, v in teacher.meta.items() if k not in ("sha256", "curve")},
+        record.STUDY_FILE: spec.source,
+        record.STUDY_SPEC: spec.model_dump(mode="json", exclude={"source"}),
+        record.TEACHER: teacher.record.summary(),
     }.items():
         study.set_user_attr(key, value)
     try:
@@ -128,43 +118,58 @@ def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> No
         pass
 
 
-def open_study(spec: StudySpec, opts: RunOptions, teacher: Teacher) -> optuna.Study:
-    study = create_study(spec, opts, open_storage(opts.storage))
-    annotate_study(study, spec, teacher)
-    return study
-
-
 def trial_line(trial: FrozenTrial) -> str:
-    a = trial.user_attrs
+    a = TrialRecord.of(trial)
     head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
-    label = a.get(baselines.ATTR)
-    arch = a.get("arch_summary", "?") + (f" [{label}]" if label else "")
+    arch = (a.arch_summary or "?") + (f" [{a.baseline}]" if a.baseline else "")
     p = trial.params
     knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
     if trial.state == TrialState.COMPLETE:
-        return (f"{head} val_acc {a['val_accuracy']:.4f}  test_acc {a['test_accuracy']:.4f}  "
-                f"params {a['params']:>9,}  macs {a['macs']:>11,}  {arch}  {knobs}  "
-                f"{a['train_seconds']:.1f}s")
-    reason = a.get("stopped_reason", "")
-    return f"{head} {reason}  params {a.get('params', 0):,}  {arch}  {knobs}"
+        return (f"{head} val_acc {a.val_accuracy:.4f}  test_acc {a.test_accuracy:.4f}  "
+                f"params {a.params:>9,}  macs {a.macs:>11,}  {arch}  {knobs}  "
+                f"{a.train_seconds:.1f}s")
+    return f"{head} {a.stopped_reason}  params {a.params or 0:,}  {arch}  {knobs}"
 
 
-def load_logged(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> Dataset:
-    data = load_data(spec.data, opts.data_dir, opts.cache_dir)
+def load_logged(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Dataset:
+    data = load_data(spec.data, opts.data_dir, opts.cache_dir, data_home=opts.data_home,
+                     offline=opts.offline)
     log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
         f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
     return data
 
 
-def prepare(spec: StudySpec, opts: RunOptions, log: Callable[[str], None]) -> tuple[Dataset, Teacher]:
+def prepare_teacher(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Teacher:
+    """The study's teacher without a study (`kdsearch teacher`): cached, or trained now."""
+    data = load_logged(spec, opts, log)
+    return coordination.obtain_teacher(spec, data, opts, resolve_device(opts.device), log)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A study ready for trials: its data, storage, Optuna study and teacher."""
+
+    data: Dataset
+    storage: optuna.storages.RDBStorage
+    study: optuna.Study
+    teacher: Teacher
+
+
+def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Prepared:
+    """The one route to a study's teacher: data, storage, study, then the teacher, trained by
+    exactly one worker and shared with the rest (coordination.obtain_teacher)."""
     device = resolve_device(opts.device)
     data = load_logged(spec, opts, log)
-    teacher = get_teacher(spec, data, opts.cache_dir, device, log=log)
-    assert teacher is not None
-    return data, teacher
+    baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
+    storage = open_storage(opts.storage, opts.heartbeats)
+    study = create_study(spec, opts, storage)
+    teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
+                                          storage=storage)
+    annotate_study(study, spec, teacher)
+    return Prepared(data, storage, study, teacher)
 
 
-def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = print,
+def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print,
               on_epoch: Callable | None = None) -> optuna.Study:
     """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
 
@@ -176,19 +181,14 @@ def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = pr
         return _run(spec, opts, log, on_epoch, shutdown)
 
 
-def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
+def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
          on_epoch: Callable | None, shutdown: Shutdown) -> optuna.Study:
     from tqdm import tqdm
 
     device = resolve_device(opts.device)
-    data = load_logged(spec, opts, log)
-    picked = baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
-    storage = open_storage(opts.storage)
-    study = create_study(spec, opts, storage)
-    teacher = coordination.shared_teacher(
-        spec, data, study, storage, opts.storage, opts.cache_dir,
-        opts.artifact_dir or coordination.artifact_dir_from_env(), device, log)
-    annotate_study(study, spec, teacher)
+    prepared = prepare(spec, opts, log)
+    data, storage, study, teacher = prepared.data, prepared.storage, prepared.study, prepared.teacher
+    picked = baselines.resolve(spec, data.input_shape)
     if picked:
         with coordination.claim_lock(storage, opts.storage, study.study_name):
             queued = baselines.enqueue(study, picked)
@@ -212,7 +212,7 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
 
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
         shutdown.check()  # the safe point: stop between epochs, never inside one
-        if stopper is not None and baselines.ATTR not in trial.user_attrs:
+        if stopper is not None and not TrialRecord.of(trial).baseline:
             stopper(trial, epoch, val_acc)
 
     objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)
@@ -248,7 +248,7 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
 WAIT_POLL_SECONDS = 1.0  # how often an idle worker looks for failed trials to retry
 
 
-def _run_trial(study: optuna.Study, storage, opts: RunOptions, trial: optuna.Trial,
+def _run_trial(study: optuna.Study, storage, opts: Options, trial: optuna.Trial,
                objective: Callable, shutdown: Shutdown) -> FrozenTrial:
     """Run one claimed trial to a recorded end state: never left RUNNING by an exception."""
     try:

@@ -5,7 +5,6 @@ Passwords never leave this module: every message shows the URL with the password
 
 from __future__ import annotations
 
-import os
 import re
 
 import optuna
@@ -14,19 +13,12 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
 
 from kdsearch.errors import StorageError
-from kdsearch.search.baselines import ATTR as BASELINE_ATTR
+from kdsearch.options import Heartbeats
+from kdsearch.record import KEEP_ON_RETRY
 from kdsearch.study.locks import db_lock
 
-DEFAULT_STORAGE = "sqlite:///kdsearch.db"
-HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats (env KDSEARCH_HEARTBEAT)
-GRACE_PERIOD = 3 * HEARTBEAT_INTERVAL  # a trial silent this long is marked FAIL and retried
-# (env KDSEARCH_GRACE; default three heartbeats)
 MAX_RETRY = 3  # a trial whose workers keep dying is retried at most this many times
 SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite writer waits for the file lock before failing
-
-
-def storage_url(arg: str | None) -> str:
-    return arg or os.environ.get("KDSEARCH_STORAGE") or DEFAULT_STORAGE
 
 
 def redact(url: str) -> str:
@@ -67,35 +59,12 @@ def retry_failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRY:
         return
-    keep = {k: v for k, v in trial.user_attrs.items() if k == BASELINE_ATTR}  # still hand-picked
+    keep = {k: v for k, v in trial.user_attrs.items() if k in KEEP_ON_RETRY}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=keep, system_attrs={**trial.system_attrs,
                       "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
                       "retry_history": history}))
-
-
-def _env_seconds(name: str, default: int) -> int:
-    text = os.environ.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise StorageError(f"{name}: expected a whole number of seconds, found {text!r}") from None
-    if not 1 <= value <= 86_400:
-        raise StorageError(f"{name}: expected seconds in [1, 86400], found {value}")
-    return value
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(heartbeat interval, grace period) in seconds, from the environment or the defaults."""
-    interval = _env_seconds("KDSEARCH_HEARTBEAT", HEARTBEAT_INTERVAL)
-    grace = _env_seconds("KDSEARCH_GRACE", 3 * interval)
-    if grace <= interval:
-        raise StorageError(f"KDSEARCH_GRACE ({grace} s) must exceed KDSEARCH_HEARTBEAT "
-                           f"({interval} s), or live trials would be failed")
-    return interval, grace
 
 
 def _sqlite_immediate_transactions(engine) -> None:
@@ -120,8 +89,11 @@ def _sqlite_immediate_transactions(engine) -> None:
     engine.dispose()  # connections opened while Optuna created the tables lack the hooks
 
 
-def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
-    """Open (creating tables if needed) the storage at `url`; one-line errors, no password."""
+def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBStorage:
+    """Open (creating tables if needed) the storage at `url`; one-line errors, no password.
+
+    Without `heartbeats` (read-only commands) no trial is ever failed as stale.
+    """
     kwargs: dict = {}
     sqlite = url.startswith("sqlite")
     if sqlite:
@@ -131,9 +103,8 @@ def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
         kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 10}
     hb = {}
-    if heartbeat:
-        interval, grace = heartbeat_settings()
-        hb = dict(heartbeat_interval=interval, grace_period=grace,
+    if heartbeats is not None:
+        hb = dict(heartbeat_interval=heartbeats.interval, grace_period=heartbeats.grace,
                   heartbeat_stale_trial_callback=retry_failed_trial)
     try:
         # Workers starting together would all create the tables; Optuna's table creation is
@@ -156,7 +127,7 @@ def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
 
 
 def load_study(url: str, study_name: str) -> optuna.Study:
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url, heartbeats=None)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

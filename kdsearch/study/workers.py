@@ -14,95 +14,83 @@ taking the others down (its trial is marked FAIL by the storage heartbeat and re
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from kdsearch.options import Options, available_cores
+from kdsearch.spec import StudySpec
 
 THREADS_ENV = "KDSEARCH_THREADS"
 
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Torch threads for each of `workers` processes: the cores shared out, at least one."""
-    return max(1, (cores or available_cores()) // max(1, workers))
-
-
-def torch_threads() -> int:
-    """Threads this process should use: `KDSEARCH_THREADS` when a parent set it, else all cores.
+    """Torch threads for each of `workers` processes: the cores shared out, at least one.
 
     Oversubscribing cores is far worse than leaving one idle: with other busy processes on two
     cores, a 2-thread training loop with spinning OpenMP threads measured up to 10x slower
     than a 1-thread one (the CLI sets OMP_WAIT_POLICY=PASSIVE for that reason).
     """
-    value = os.environ.get(THREADS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else available_cores()
+    return max(1, (cores or available_cores()) // max(1, workers))
 
 
-def worker_args(args, worker: int) -> list[str]:
-    """The `run-study` command line for one worker, from the parent's parsed arguments.
+def worker_args(study: str, opts: Options, seed: int | None, worker: int) -> list[str]:
+    """The `run-study` command line for one worker: every option of the parent's.
 
     The storage URL travels in the environment (KDSEARCH_STORAGE), never on a command line
-    where `ps` would show its password.
+    where `ps` would show its password; heartbeat settings travel there too, as the parent
+    read them.
     """
-    argv = [
-        sys.executable,
-        "-m",
-        "kdsearch.cli",
-        "run-study",
-        args.study,
-        "--device",
-        args.device,
-        "--worker-index",
-        str(worker),
-    ]
+    argv = [sys.executable, "-m", "kdsearch.cli", "run-study", study,
+            "--study-name", opts.study_name, "--n-trials", str(opts.n_trials),
+            "--device", opts.device, "--cache-dir", str(opts.cache_dir),
+            "--worker-index", str(worker)]
     for flag, value in (
-        ("--study-name", args.study_name),
-        ("--data-dir", args.data_dir),
-        ("--cache-dir", args.cache_dir),
-        ("--seed", args.seed),
-        ("--n-trials", args.n_trials),
-        ("--timeout", args.timeout),
+        ("--data-dir", opts.data_dir),
+        ("--seed", seed),
+        ("--timeout", opts.timeout),
+        ("--artifact-dir", opts.artifact_dir),
     ):
         if value is not None:
             argv += [flag, str(value)]
     return argv
 
 
-def worker_env(storage: str, threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "KDSEARCH_STORAGE": storage,
-            THREADS_ENV: str(threads),
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "TQDM_DISABLE": "1",
-        }
-    )  # N progress bars on one terminal garble each other
+def worker_env(environ: Mapping[str, str], opts: Options, threads: int) -> dict[str, str]:
+    """The parent's environment, with the settings a worker must share with it."""
+    env = dict(environ)
+    env.update({
+        "KDSEARCH_STORAGE": opts.storage,
+        "KDSEARCH_DATA_DIR": str(opts.data_home),
+        "KDSEARCH_HEARTBEAT": str(opts.heartbeats.interval),
+        "KDSEARCH_GRACE": str(opts.heartbeats.grace),
+        "KDSEARCH_OFFLINE": "1" if opts.offline else "0",
+        THREADS_ENV: str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TQDM_DISABLE": "1",  # N progress bars on one terminal garble each other
+    })
     return env
 
 
-def run_workers(args, spec, opts, n: int, log: Callable[[str], None]) -> int:
-    """Prepare once, run `n` workers to the study's target, return the worst exit code."""
-    from kdsearch.study.runner import open_study, prepare
+def run_workers(study_arg: str, spec: StudySpec, opts: Options, seed: int | None,
+                environ: Mapping[str, str], log: Callable[[str], None]) -> int:
+    """Prepare once, run `opts.workers` workers to the study's target, return the worst exit
+    code.
 
-    data, teacher = prepare(spec, opts, log)
-    study = open_study(spec, opts, teacher)
-    del data, teacher, study  # the workers load their own; the parent only waits
+    The parent takes the same route to the teacher as every worker (`runner.prepare`), so the
+    teacher is trained once, under the study's lock, and published when an artifact store is
+    given.
+    """
+    from kdsearch.study.runner import prepare
 
+    prepare(spec, opts, log)  # the workers load their own data; the parent only waits
+    n = opts.workers
     threads = threads_per_worker(n)
     log(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each")
-    env = worker_env(opts.storage, threads)
-    procs = [
-        subprocess.Popen(worker_args(args, i), env=env, stdout=subprocess.DEVNULL) for i in range(n)
-    ]
+    env = worker_env(environ, opts, threads)
+    procs = [subprocess.Popen(worker_args(study_arg, opts, seed, i), env=env,
+                              stdout=subprocess.DEVNULL) for i in range(n)]
     codes = []
     try:
         for p in procs:

@@ -24,6 +24,7 @@ NAMED = {  # name -> (torchvision class name, classes, input shape)
     "cifar10": ("CIFAR10", 10, (3, 32, 32)),
     "cifar100": ("CIFAR100", 100, (3, 32, 32)),
 }
+DATA_HOME = Path("~/.cache/kdsearch/data")  # the CLI passes KDSEARCH_DATA_DIR or XDG's instead
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -54,13 +55,6 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("KDSEARCH_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdsearch" / "data"
 
 
 def is_image_folder(path: Path) -> bool:
@@ -201,22 +195,23 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 def load_data(
-    spec: DataSpec, data_dir: Path | None = None, cache_dir: Path | None = None,
-    download: bool = True,
+    spec: DataSpec, data_dir: Path | None = None, cache_dir: Path | None = None, *,
+    data_home: Path = DATA_HOME, offline: bool = False,
 ) -> Dataset:
     """Load `spec`'s data set into memory and carve the validation split.
 
-    Named data sets are downloaded when missing unless `download` is false or the
-    environment sets KDSEARCH_OFFLINE=1.
+    The files are looked for in `data_dir` (--data-dir), else an imagefolder study's own
+    `path`, else `data_home`; named data sets are downloaded there when missing, unless
+    `offline`.
     """
-    download = download and os.environ.get("KDSEARCH_OFFLINE", "") in ("", "0")
+    download = not offline
     name = spec.dataset
     if name == "synthetic":
         tx, ty, sx, sy = _synthetic(spec.synthetic, spec.split_seed)
         num_classes = spec.synthetic.num_classes
     else:
         root = Path(spec.path) if (name == "imagefolder" and spec.path and data_dir is None) else (
-            data_dir or default_data_dir())
+            data_dir or data_home)
         root = root.expanduser()
         if name == "imagefolder" or is_image_folder(root):
             if not root.is_dir():

@@ -10,6 +10,7 @@ half-written entry; a lock file keeps two local workers from training the same t
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdsearch.architecture import CNNArch, MLPArch
+from kdsearch.architecture import CNNArch, MLPArch, parse_arch
 from kdsearch.errors import CacheError
+from kdsearch.record import TeacherRecord
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
 from kdsearch.training.engine import predict_logits, train
@@ -41,16 +43,9 @@ class Teacher:
     model: nn.Module
     arch: MLPArch | CNNArch
     logits: dict[str, torch.Tensor]  # split name -> (N, K) float32, aligned with the data
-    meta: dict
+    record: TeacherRecord
     path: Path
     reused: bool
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("KDSEARCH_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdsearch"
 
 
 def teacher_key(spec: StudySpec, data: Dataset) -> str:
@@ -78,11 +73,11 @@ class _Corrupt(Exception):
 
 def _load(folder: Path, data: Dataset, device: torch.device) -> Teacher:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        record = TeacherRecord.from_json(json.loads((folder / "meta.json").read_text()))
         for name in ("model.pt", "logits.pt"):
-            if _sha256(folder / name) != meta["sha256"][name]:
+            if _sha256(folder / name) != record.sha256[name]:
                 raise _Corrupt(f"{name} does not match its checksum")
-        arch = (MLPArch if meta["arch"]["family"] == "mlp" else CNNArch).model_validate(meta["arch"])
+        arch = parse_arch(record.arch)
         model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True, map_location="cpu"))
         logits = torch.load(folder / "logits.pt", weights_only=True, map_location="cpu")
@@ -93,7 +88,7 @@ def _load(folder: Path, data: Dataset, device: torch.device) -> Teacher:
         raise
     except Exception as e:  # unreadable JSON, missing key or file, unpicklable tensor file
         raise _Corrupt(f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}") from e
-    return Teacher(model.to(device), arch, logits, meta, folder, reused=True)
+    return Teacher(model.to(device), arch, logits, record, folder, reused=True)
 
 
 @contextmanager
@@ -107,8 +102,8 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def train_teacher(spec: StudySpec, data: Dataset, device: torch.device,
-                  log: Callable[[str], None]) -> tuple[nn.Module, dict]:
+def train_teacher(spec: StudySpec, data: Dataset, device: torch.device, key: str,
+                  log: Callable[[str], None]) -> tuple[nn.Module, TeacherRecord]:
     """Train the study's teacher, keeping the epoch with the best validation accuracy."""
     from tqdm import tqdm
 
@@ -131,37 +126,41 @@ def train_teacher(spec: StudySpec, data: Dataset, device: torch.device,
         bar.close()
     from kdsearch.training.engine import accuracy
 
-    meta = {
-        "arch": spec.teacher.model_dump(mode="json"),
-        "description": spec.teacher.describe(),
-        "params": params,
-        "macs": count_macs(spec.teacher, data.input_shape, data.num_classes),
-        "val_accuracy": result.val_accuracy,
-        "test_accuracy": accuracy(model, data.test, device),
-        "train_seconds": round(result.seconds, 2),
-        "epochs": result.epochs_run,
-        "curve": result.curve,
-        "dataset": data.name,
-        "data_identity": data.identity,
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "recipe": spec.teacher_train.model_dump(mode="json"),
-        "seed": spec.seed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return model, meta
+    record = TeacherRecord(
+        key=key,
+        arch=spec.teacher.model_dump(mode="json"),
+        description=spec.teacher.describe(),
+        params=params,
+        macs=count_macs(spec.teacher, data.input_shape, data.num_classes),
+        val_accuracy=result.val_accuracy,
+        test_accuracy=accuracy(model, data.test, device),
+        train_seconds=round(result.seconds, 2),
+        epochs=result.epochs_run,
+        curve=tuple(result.curve),
+        dataset=data.name,
+        data_identity=data.identity,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        recipe=spec.teacher_train.model_dump(mode="json"),
+        seed=spec.seed,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    return model, record
 
 
-def _save(folder: Path, model: nn.Module, logits: dict[str, torch.Tensor], meta: dict) -> None:
+def _save(folder: Path, model: nn.Module, logits: dict[str, torch.Tensor],
+          record: TeacherRecord) -> TeacherRecord:
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
     torch.save(logits, tmp / "logits.pt")
-    meta = {**meta, "sha256": {n: _sha256(tmp / n) for n in ("model.pt", "logits.pt")}}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    record = dataclasses.replace(
+        record, sha256={n: _sha256(tmp / n) for n in ("model.pt", "logits.pt")})
+    (tmp / "meta.json").write_text(json.dumps(record.to_json(), indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+    return record
 
 
 def get_teacher(spec: StudySpec, data: Dataset, cache_dir: Path, device: torch.device,
@@ -174,21 +173,20 @@ def get_teacher(spec: StudySpec, data: Dataset, cache_dir: Path, device: torch.d
             if folder.is_dir():
                 try:
                     teacher = _load(folder, data, device)
-                    log(f"reusing cached teacher {key} ({teacher.meta['params']:,} params, "
-                        f"val acc {teacher.meta['val_accuracy']:.4f}): training nothing")
+                    log(f"reusing cached teacher {key} ({teacher.record.params:,} params, "
+                        f"val acc {teacher.record.val_accuracy:.4f}): training nothing")
                     return teacher
                 except _Corrupt as e:
                     log(f"warning: cached teacher {key} is corrupt ({e}); rebuilding it")
                     shutil.rmtree(folder, ignore_errors=True)
             if not train_if_missing:
                 return None
-            model, meta = train_teacher(spec, data, device, log)
+            model, record = train_teacher(spec, data, device, key, log)
             logits = {split: predict_logits(model, data.split(split), device) for split in SPLITS}
-            meta["key"] = key
-            _save(folder, model, logits, meta)
-            log(f"teacher cached at {folder}: val acc {meta['val_accuracy']:.4f}, "
-                f"test acc {meta['test_accuracy']:.4f}, {meta['train_seconds']:.0f} s")
-            return Teacher(model, spec.teacher, logits, meta, folder, reused=False)
+            record = _save(folder, model, logits, record)
+            log(f"teacher cached at {folder}: val acc {record.val_accuracy:.4f}, "
+                f"test acc {record.test_accuracy:.4f}, {record.train_seconds:.0f} s")
+            return Teacher(model, spec.teacher, logits, record, folder, reused=False)
     except OSError as e:
         raise CacheError(f"teacher cache at {folder.parent}: {e.strerror or e}") from None
 
@@ -206,7 +204,7 @@ def publish_teacher(teacher: Teacher, artifact_dir: Path, study) -> str:
     try:
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            tar_path = Path(tmp) / f"teacher-{teacher.meta['key']}.tar"
+            tar_path = Path(tmp) / f"teacher-{teacher.record.key}.tar"
             with tarfile.open(tar_path, "w") as tar:
                 for name in ("model.pt", "logits.pt", "meta.json"):
                     tar.add(teacher.path / name, arcname=name)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from kdsearch.options import Options
 from kdsearch.report.dashboard import is_loopback
 from kdsearch.spec import load_study
-from kdsearch.study.runner import RunOptions, run_study
+from kdsearch.study.runner import run_study
 from tests.helpers import ARTIFACTS, REPO, TINY_SEARCH, write_study
 
 CHROMIUM = "/usr/bin/chromium"
@@ -27,7 +28,7 @@ def storage(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("dash")
     spec = load_study(str(write_study(tmp, "dashtiny", TINY_SEARCH)))
     url = f"sqlite:///{tmp / 'study.db'}"
-    run_study(spec, RunOptions(storage=url, study_name="dashtiny", n_trials=4, timeout=None,
+    run_study(spec, Options(storage=url, study_name="dashtiny", n_trials=4, timeout=None,
                                data_dir=None, cache_dir=tmp / "cache", device="cpu"),
               log=lambda m: None)
     return url

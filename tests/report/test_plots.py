@@ -21,9 +21,9 @@ from kdsearch.report.reports import (
     export,
     hypervolume_history,
 )
+from tests.helpers import teacher_summary
 
-TEACHER = {"description": "cnn teacher", "params": 1000, "val_accuracy": 0.97,
-           "test_accuracy": 0.96, "num_classes": 2}
+TEACHER = teacher_summary(description="cnn teacher", val_accuracy=0.97, test_accuracy=0.96)
 
 
 def _study(trials: list[tuple[float, int, int, float]], family: str = "cnn",

@@ -4,7 +4,9 @@ import zipfile
 import optuna
 import pytest
 
+from kdsearch.record import TEACHER
 from kdsearch.report.reports import best_table, hypervolume, pareto_rows, summary_markdown, write_csv
+from tests.helpers import teacher_summary
 
 
 def test_hypervolume_by_hand():
@@ -21,8 +23,7 @@ def test_hypervolume_by_hand():
 
 def _study_with(values):
     study = optuna.create_study(directions=["maximize", "minimize"], study_name="s")
-    study.set_user_attr("teacher", {"params": 1000, "val_accuracy": 0.9, "test_accuracy": 0.88,
-                                    "description": "mlp 64"})
+    study.set_user_attr(TEACHER, teacher_summary())
     for acc, params in values:
         t = study.ask()
         t.suggest_float("temperature", 1, 10)

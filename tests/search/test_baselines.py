@@ -3,10 +3,11 @@ import pytest
 from optuna.trial import TrialState
 
 from kdsearch.errors import StudyFileError
+from kdsearch.options import Options
 from kdsearch.report import plots, reports
 from kdsearch.search import baselines
 from kdsearch.spec import parse_study
-from kdsearch.study.runner import RunOptions, run_study
+from kdsearch.study.runner import run_study
 from kdsearch.study.storage import retry_failed_trial
 from tests.helpers import tiny_study_text
 
@@ -57,7 +58,7 @@ def test_baselines_need_a_search_and_distinct_labels(tmp_path):
 
 
 def _opts(tmp_path, n_trials):
-    return RunOptions(storage=f"sqlite:///{tmp_path}/s.db", study_name="tiny", n_trials=n_trials,
+    return Options(storage=f"sqlite:///{tmp_path}/s.db", study_name="tiny", n_trials=n_trials,
                       timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 

@@ -166,10 +166,11 @@ min_dominators = 1
 
 def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
     """Sequential run: each trial's fate must equal the rule applied to the earlier trials."""
-    from kdsearch.study.runner import RunOptions, run_study
+    from kdsearch.options import Options
+    from kdsearch.study.runner import run_study
 
     spec = parse_study(TINY, tmp_path / "tiny.toml")
-    opts = RunOptions(
+    opts = Options(
         storage=f"sqlite:///{tmp_path}/s.db",
         study_name="tiny",
         n_trials=10,

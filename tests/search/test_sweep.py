@@ -8,10 +8,11 @@ import optuna
 import pytest
 
 from kdsearch.errors import StudyFileError
+from kdsearch.options import Options
 from kdsearch.report.reports import DISTILLED, PLAIN, accuracy_by, sweep_table
 from kdsearch.search.sweep import sweep_grid, sweep_size, swept_params, trials_wanted
 from kdsearch.spec import load_study
-from kdsearch.study.runner import RunOptions, run_study
+from kdsearch.study.runner import run_study
 from tests.helpers import TINY_DATA, write_study
 
 SWEEP = TINY_DATA + """
@@ -78,7 +79,7 @@ def swept(tmp_path_factory) -> optuna.Study:
     tmp = tmp_path_factory.mktemp("sweep")
     spec = load_study(str(write_study(tmp, "sw", SWEEP)))
     n, _ = trials_wanted(spec, None)
-    return run_study(spec, RunOptions(storage=f"sqlite:///{tmp / 's.db'}", study_name="sw",
+    return run_study(spec, Options(storage=f"sqlite:///{tmp / 's.db'}", study_name="sw",
                                       n_trials=n, timeout=None, data_dir=None,
                                       cache_dir=tmp / "cache", device="cpu"), log=lambda m: None)
 
@@ -113,8 +114,9 @@ def test_sweeps_never_stop_trials_early(tmp_path):
     """Early stopping is on by default for searches; a sweep must train every point fully."""
     from optuna.trial import TrialState
 
+    from kdsearch.options import Options
     from kdsearch.spec import parse_study
-    from kdsearch.study.runner import RunOptions, run_study
+    from kdsearch.study.runner import run_study
 
     text = """
 [data]
@@ -145,7 +147,7 @@ repeats = 2
 early_stopping = { enabled = true, rungs = [1], min_trials = 1 }
 """
     spec = parse_study(text, tmp_path / "grid.toml")
-    opts = RunOptions(storage=f"sqlite:///{tmp_path}/s.db", study_name="grid", n_trials=16,
+    opts = Options(storage=f"sqlite:///{tmp_path}/s.db", study_name="grid", n_trials=16,
                       timeout=None, data_dir=None, cache_dir=tmp_path / "c", device="cpu")
     study = run_study(spec, opts, log=lambda m: None)
     assert len(study.trials) == 16

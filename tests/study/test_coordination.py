@@ -11,13 +11,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from kdsearch.options import Heartbeats, Options
 from kdsearch.study import coordination
 from kdsearch.study.storage import open_storage
 from tests.helpers import BACKENDS, scratch_storage
 
 
-def _study(url: str) -> tuple[optuna.Study, object]:
-    storage = open_storage(url)
+def _study(url: str, heartbeats: Heartbeats = Heartbeats(5, 15)) -> tuple[optuna.Study, object]:
+    storage = open_storage(url, heartbeats)
     study = optuna.create_study(storage=storage, study_name="s", load_if_exists=True,
                                 directions=["maximize", "minimize"],
                                 sampler=optuna.samplers.RandomSampler())
@@ -46,7 +47,6 @@ def _worker(url: str, target: int, counts: list[int], errors: list[BaseException
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_workers_stop_at_exactly_the_target(backend, tmp_path, monkeypatch):
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "5")
     # Widen the race: a pause between counting the trials and creating one. Without the
     # claim lock the workers overshoot the target in most runs (measured: 3 of 4).
     real_ask = optuna.Study.ask
@@ -77,10 +77,8 @@ def test_concurrent_workers_stop_at_exactly_the_target(backend, tmp_path, monkey
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dead_workers_trial_is_failed_and_retried_with_its_params(backend, tmp_path, monkeypatch):
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "1")
-    monkeypatch.setenv("KDSEARCH_GRACE", "2")
     with scratch_storage(backend, tmp_path) as url:
-        study, storage = _study(url)
+        study, storage = _study(url, Heartbeats(1, 2))
         # A worker claims a trial, suggests, then dies: no tell, no more heartbeats.
         dead = coordination.claim_trial(study, storage, url, target=1)
         x = dead.suggest_float("x", 0, 1)
@@ -102,7 +100,6 @@ def test_dead_workers_trial_is_failed_and_retried_with_its_params(backend, tmp_p
 
 
 def test_abandoned_trial_is_failed_and_queued_under_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "5")
     url = f"sqlite:///{tmp_path / 's.db'}"
     study, storage = _study(url)
     trial = coordination.claim_trial(study, storage, url, target=2)
@@ -126,7 +123,6 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
     from kdsearch.training.teacher_cache import teacher_key
     from tests.helpers import tiny_study
 
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "5")
     spec = load_study(str(tiny_study(tmp_path)))
     data = load_data(spec.data)
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -134,8 +130,11 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
     cpu = torch.device("cpu")
     store = tmp_path / "artifacts"
     # "Machine A": trains, publishes.
-    first = coordination.shared_teacher(spec, data, study, storage, url, tmp_path / "a", store,
-                                        cpu, log=lambda m: None)
+    def machine(cache: str, artifacts):
+        return Options(storage=url, cache_dir=tmp_path / cache, artifact_dir=artifacts)
+
+    first = coordination.obtain_teacher(spec, data, machine("a", store), cpu, lambda m: None,
+                                        study=study, storage=storage)
     assert not first.reused
     key = teacher_key(spec, data)
     trained_by = study.user_attrs[coordination.TRAINED_BY_ATTR]
@@ -143,11 +142,11 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
     assert trained_by[key] == coordination.worker_id()
     # "Machine B" without the store: a clear refusal, not a second teacher.
     with pytest.raises(CacheError, match="give every worker the same --artifact-dir"):
-        coordination.shared_teacher(spec, data, study, storage, url, tmp_path / "b", None, cpu,
-                                    log=lambda m: None)
+        coordination.obtain_teacher(spec, data, machine("b", None), cpu, lambda m: None,
+                                    study=study, storage=storage)
     # "Machine B" with the store: fetched, identical logits.
     logs: list[str] = []
-    fetched = coordination.shared_teacher(spec, data, study, storage, url, tmp_path / "b", store,
-                                          cpu, log=logs.append)
+    fetched = coordination.obtain_teacher(spec, data, machine("b", store), cpu, logs.append,
+                                          study=study, storage=storage)
     assert any("fetched from the artifact store" in m for m in logs)
     assert torch.equal(fetched.logits["val"], first.logits["val"])

@@ -4,13 +4,15 @@ import torch
 from optuna.trial import TrialState
 
 import kdsearch.training.engine as engine
+from kdsearch.options import Options
+from kdsearch.record import study_teacher
 from kdsearch.spec import parse_study
-from kdsearch.study.runner import RunOptions, run_study
+from kdsearch.study.runner import run_study
 from tests.helpers import tiny_study_text
 
 
 def _opts(tmp_path, n_trials, name="tiny"):
-    return RunOptions(storage=f"sqlite:///{tmp_path}/s.db", study_name=name, n_trials=n_trials,
+    return Options(storage=f"sqlite:///{tmp_path}/s.db", study_name=name, n_trials=n_trials,
                       timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 
@@ -29,8 +31,8 @@ def test_study_runs_resumes_and_records_everything(tmp_path):
         for key in ("macs", "test_accuracy", "train_seconds", "architecture", "val_curve"):
             assert key in t.user_attrs
         assert len(t.user_attrs["val_curve"]) == spec.student.train.epochs
-    teacher = study.user_attrs["teacher"]
-    assert teacher["params"] > 0 and 0 <= teacher["val_accuracy"] <= 1
+    teacher = study_teacher(study)
+    assert teacher.params > 0 and 0 <= teacher.val_accuracy <= 1
 
     # resume: the target is study-wide; only the missing trials run, the teacher is reused
     logs.clear()
@@ -77,7 +79,7 @@ def test_student_over_max_params_is_refused_before_training(tmp_path, monkeypatc
     def no_training(*a, **k):
         raise AssertionError("an over-budget student was trained")
 
-    monkeypatch.setattr("kdsearch.search.objective.train", no_training)
+    monkeypatch.setattr("kdsearch.training.student.train", no_training)
     study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
@@ -114,7 +116,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     opts = _opts(tmp_path, 1)
     with pytest.raises(KdsearchError, match="no CUDA device"):
-        run_study(spec, RunOptions(**{**opts.__dict__, "device": "cuda"}), log=lambda m: None)
+        run_study(spec, Options(**{**opts.__dict__, "device": "cuda"}), log=lambda m: None)
 
 
 def test_optuna_storage_is_plain_sqlite(tmp_path):

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from kdsearch.errors import StorageError
-from kdsearch.study.storage import heartbeat_settings, open_storage, redact
+from kdsearch.options import Heartbeats
+from kdsearch.study.storage import open_storage, redact
 from tests.helpers import BACKENDS, PG_SERVER, REPO, require_pg, scratch_storage, tiny_study
 
 ROOT = REPO
@@ -23,24 +24,12 @@ def test_redact_masks_password_in_every_form():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_open_storage_with_heartbeats(backend, tmp_path, monkeypatch):
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "2")
-    monkeypatch.delenv("KDSEARCH_GRACE", raising=False)
+def test_open_storage_with_heartbeats(backend, tmp_path):
     with scratch_storage(backend, tmp_path) as url:
-        storage = open_storage(url)
+        storage = open_storage(url, Heartbeats(2, 6))
         assert storage.get_heartbeat_interval() == 2
-        assert storage.grace_period == 6  # three heartbeats by default
+        assert storage.grace_period == 6
         storage.engine.dispose()
-
-
-def test_heartbeat_settings_reject_nonsense(monkeypatch):
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "soon")
-    with pytest.raises(StorageError, match="KDSEARCH_HEARTBEAT: expected a whole number"):
-        heartbeat_settings()
-    monkeypatch.setenv("KDSEARCH_HEARTBEAT", "10")
-    monkeypatch.setenv("KDSEARCH_GRACE", "5")
-    with pytest.raises(StorageError, match="must exceed"):
-        heartbeat_settings()
 
 
 def _pg_url(user: str, password: str, host: str = "127.0.0.1", port: int = 5432,

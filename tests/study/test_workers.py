@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -11,7 +10,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from kdsearch.study.workers import THREADS_ENV, threads_per_worker, torch_threads, worker_args, worker_env
+from kdsearch.options import Heartbeats, Options
+from kdsearch.study.workers import THREADS_ENV, threads_per_worker, worker_args, worker_env
 from tests.helpers import REPO
 
 REPO = REPO
@@ -24,31 +24,27 @@ def test_threads_are_divided_never_below_one():
     assert threads_per_worker(4, cores=2) == 1
 
 
-def test_worker_thread_count_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv(THREADS_ENV, "3")
-    assert torch_threads() == 3
-    monkeypatch.setenv(THREADS_ENV, "nonsense")
-    assert torch_threads() >= 1
-
-
-def test_storage_url_travels_in_the_environment_not_argv():
-    args = argparse.Namespace(
-        study="smoke",
-        study_name="s",
-        data_dir=None,
-        cache_dir=Path("/c"),
-        seed=None,
-        n_trials=5,
-        timeout=None,
-        device="cpu",
-    )
+def test_workers_get_every_option_and_the_storage_url_only_in_the_environment():
     url = "postgresql://kd:hunter2@db/kd"
-    argv = worker_args(args, 1)
+    opts = Options(storage=url, study_name="s", n_trials=5, timeout=30.0, data_dir=Path("/d"),
+                   cache_dir=Path("/c"), device="cpu", artifact_dir=Path("/a"),
+                   heartbeats=Heartbeats(4, 12), offline=True, workers=2)
+    argv = worker_args("smoke", opts, seed=7, worker=1)
     assert not any("hunter2" in a for a in argv)
-    assert argv[argv.index("--worker-index") + 1] == "1"
-    assert argv[argv.index("--n-trials") + 1] == "5"
-    env = worker_env(url, 2)
-    assert env["KDSEARCH_STORAGE"] == url and env[THREADS_ENV] == "2"
+    flags = dict(zip(argv[5::2], argv[6::2], strict=True))
+    assert flags == {"--study-name": "s", "--n-trials": "5", "--device": "cpu",
+                     "--cache-dir": "/c", "--worker-index": "1", "--data-dir": "/d",
+                     "--seed": "7", "--timeout": "30.0", "--artifact-dir": "/a"}
+    # Every flag of run-study but --workers itself reaches the workers.
+    from kdsearch.cli import build_parser
+
+    run_study = build_parser()._subparsers._group_actions[0].choices["run-study"]
+    offered = {s for a in run_study._actions for s in a.option_strings if s.startswith("--")}
+    assert offered - set(flags) == {"--help", "--storage", "--workers"}
+    env = worker_env({"PATH": "/bin"}, opts, 2)
+    assert env["KDSEARCH_STORAGE"] == url and env[THREADS_ENV] == "2" and env["PATH"] == "/bin"
+    assert (env["KDSEARCH_HEARTBEAT"], env["KDSEARCH_GRACE"], env["KDSEARCH_OFFLINE"]) == (
+        "4", "12", "1")
 
 
 def test_two_workers_fill_one_study(tmp_path):

@@ -50,14 +50,14 @@ def test_named_dataset_from_a_local_torchvision_root(tmp_path):
     _write_idx(raw / "train-labels-idx1-ubyte", np.arange(60) % 10)
     _write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
     _write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(20) % 10)
-    data = load_data(DataSpec(dataset="mnist", val_size=10), tmp_path, download=False)
+    data = load_data(DataSpec(dataset="mnist", val_size=10), tmp_path, offline=True)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
     assert (len(data.train), len(data.val), len(data.test)) == (50, 10, 20)
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):
     with pytest.raises(DataError) as info:
-        load_data(DataSpec(dataset="mnist"), tmp_path / "empty", download=False)
+        load_data(DataSpec(dataset="mnist"), tmp_path / "empty", offline=True)
     message = str(info.value)
     assert "\n" not in message
     assert "--data-dir" in message and str(tmp_path / "empty") in message

@@ -1,0 +1,48 @@
+"""The rules a student is trained by, written once for the search and for `compress`.
+
+A trial and its retraining by `compress` must start from the same seed and distil from the
+teacher the same way, or the model folder would not be the student the search scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from kdsearch.spec import TrainRecipe
+from kdsearch.training.data import Dataset, Split
+from kdsearch.training.engine import TrainResult, augments, train
+from kdsearch.training.teacher_cache import Teacher
+
+SEED_STRIDE = 100_003  # a prime: studies with nearby seeds never share a student's seed
+
+
+def student_seed(study_seed: int, index: int) -> int:
+    """The seed of a student's weights and batch order.
+
+    `index` is the trial number in a search, and the repeat index in a sweep, so a sweep's
+    plain and distilled students at one point start from the same weights: a paired comparison.
+    """
+    return study_seed * SEED_STRIDE + index
+
+
+def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.device,
+            teacher: Teacher, *, seed: int, temperature: float, alpha: float,
+            train_split: Split | None = None, teacher_logits: torch.Tensor | None = None,
+            on_epoch: Callable[[int, float], None] | None = None,
+            progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
+    """Train `model` from the teacher: cached logits, or the teacher run live.
+
+    Cached logits belong to un-augmented images; under random augmentation a distilled student
+    must see the teacher's logits for the very pixels it is given, so the teacher runs live.
+    A plain student (alpha 0) needs no teacher at all. `teacher_logits` defaults to the
+    cached logits of the training split (`compress` passes those of train + validation).
+    """
+    live = augments(recipe) and alpha > 0
+    cached = teacher.logits["train"] if teacher_logits is None else teacher_logits
+    return train(model, data, recipe, device, seed=seed, train_split=train_split,
+                 teacher_logits=None if live or alpha == 0 else cached,
+                 teacher=teacher.model if live else None, temperature=temperature, alpha=alpha,
+                 on_epoch=on_epoch, progress=progress)
