@@ -93,14 +93,10 @@ class DataSpec(_Frozen):
     val_size: int = Field(default=5000, ge=1)  # images carved from the training set, fixed seed
     split_seed: int = 0
     train_limit: int | None = Field(default=None, ge=1)  # use only this many training images
-    path: str | None = None  # imagefolder only: a folder with train/ and test/ class folders
+    # imagefolder only: a folder with train/ and test/ class folders. May be left out and given
+    # as --data-dir instead, which the file cannot know: load_data refuses when neither is.
+    path: str | None = None
     synthetic: SyntheticSpec = SyntheticSpec()
-
-    @model_validator(mode="after")
-    def _imagefolder_has_path(self) -> DataSpec:
-        if self.dataset == "imagefolder" and not self.path:
-            raise ValueError("a 'path' for dataset 'imagefolder' (or --data-dir)")
-        return self
 
 
 class TrainRecipe(_Frozen):

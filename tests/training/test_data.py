@@ -1,4 +1,5 @@
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from PIL import Image
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec, SyntheticSpec
 from kdsearch.training.data import load_data
+from tests.helpers import TINY_MLP_STUDY, kdsearch
 
 
 def test_synthetic_is_deterministic_and_split_is_disjoint():
@@ -91,3 +93,162 @@ def test_named_dataset_accepts_a_matching_image_folder_only(tmp_path):
     _image_folder(tmp_path / "imgs")
     with pytest.raises(DataError, match="cifar10 has 10 classes"):
         load_data(DataSpec(dataset="cifar10", val_size=3), tmp_path / "imgs")
+
+
+# --- a hostile ImageFolder: each refused in one line naming the file or folder ----------------
+
+
+def _folder_spec(root, **kw):
+    return DataSpec(dataset="imagefolder", path=str(root), val_size=3, **kw)
+
+
+def _refusal(root, cache_dir=None) -> str:
+    with pytest.raises(DataError) as info:
+        load_data(_folder_spec(root), cache_dir=cache_dir)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def _jpeg_bytes(size=(12, 12)) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((*size[::-1], 3), dtype=np.uint8) + 90).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"this is not an image", "not an image PIL can read"),
+    (b"", "an empty file (0 bytes)"),
+    (_jpeg_bytes()[:300], "cannot be decoded (OSError: Truncated"),
+    ("png-half", "cannot be decoded (OSError: image file is truncated"),
+], ids=["not-an-image", "zero-bytes", "truncated-jpeg", "truncated-png"])
+def test_an_undecodable_image_is_refused_naming_it_and_the_count(tmp_path, content, why):
+    _image_folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "train" / "dog" / "bad.jpg"
+    if content == "png-half":
+        good = (tmp_path / "imgs" / "train" / "dog" / "0.png").read_bytes()
+        bad = bad.with_suffix(".png")
+        content = good[: len(good) // 2]
+    bad.write_bytes(content)
+    (tmp_path / "imgs" / "test" / "emu" / "also.jpeg").write_bytes(b"GIF? no")
+    message = _refusal(tmp_path / "imgs", cache_dir=tmp_path / "cache")
+    assert message.startswith(f"{bad}: ") and why in message
+    assert "2 of the 38 image files" in message and "remove or replace them" in message
+    assert not (tmp_path / "cache" / "datasets").exists()  # nothing half-decoded is cached
+
+
+def test_files_without_an_image_suffix_are_ignored(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "train" / "cat" / ".DS_Store").write_bytes(b"\x00\x01")
+    (tmp_path / "imgs" / "train" / "cat" / "labels.txt").write_text("cat\n")
+    assert len(load_data(_folder_spec(tmp_path / "imgs")).test) == 18
+
+
+def test_an_image_of_another_size_is_refused_naming_it_and_both_sizes(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    odd = tmp_path / "imgs" / "test" / "emu" / "9.png"  # in test/: checked against train/ too
+    Image.fromarray(np.zeros((10, 16, 3), dtype=np.uint8)).save(odd)
+    message = _refusal(tmp_path / "imgs")
+    assert message.startswith(f"{odd}: 16x10 pixels, but 36 of the 37 images")
+    assert "are 12x12" in message and "does not resize" in message
+
+
+def test_grayscale_images_among_colour_ones_become_rgb(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    gray = np.arange(144, dtype=np.uint8).reshape(12, 12)
+    Image.fromarray(gray, mode="L").save(tmp_path / "imgs" / "test" / "cat" / "0.png")
+    Image.fromarray(np.full((12, 12, 4), 7, dtype=np.uint8), mode="RGBA").save(
+        tmp_path / "imgs" / "test" / "cat" / "1.png")
+    data = load_data(_folder_spec(tmp_path / "imgs"))
+    assert data.input_shape == (3, 12, 12)
+    for channel in data.test.x[0]:
+        assert torch.equal(channel, torch.as_tensor(gray))
+    assert torch.equal(data.test.x[1], torch.full((3, 12, 12), 7, dtype=torch.uint8))
+
+
+def test_an_all_grayscale_folder_keeps_one_channel(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8), i, dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    assert load_data(_folder_spec(tmp_path)).input_shape == (1, 8, 8)
+
+
+def test_an_empty_class_folder_is_refused_naming_it_even_after_caching(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    load_data(_folder_spec(tmp_path / "imgs"), cache_dir=tmp_path / "cache")  # cached now
+    for split in ("train", "test"):
+        (tmp_path / "imgs" / split / "fox").mkdir()
+    (tmp_path / "imgs" / "test" / "fox" / "notes.txt").write_text("no images here")
+    message = _refusal(tmp_path / "imgs", cache_dir=tmp_path / "cache")
+    assert message.startswith(f"{tmp_path / 'imgs' / 'train' / 'fox'}: an empty class folder")
+
+
+def test_class_folders_that_differ_are_refused_naming_the_difference(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "train" / "fox").mkdir()
+    (tmp_path / "imgs" / "test" / "dog").rename(tmp_path / "imgs" / "test" / "wolf")
+    message = _refusal(tmp_path / "imgs")
+    assert message.endswith("only in train/: dog, fox; only in test/: wolf")
+
+
+def test_a_single_class_is_refused(tmp_path):
+    _image_folder(tmp_path / "imgs", classes=("cat",))
+    assert "1 class folder(s); a classifier needs at least 2" in _refusal(tmp_path / "imgs")
+
+
+@pytest.mark.parametrize("missing", ["train", "test"])
+def test_a_missing_split_folder_is_named(tmp_path, missing):
+    _image_folder(tmp_path / "imgs")
+    for f in (tmp_path / "imgs" / missing).rglob("*.png"):
+        f.unlink()
+    for d in (tmp_path / "imgs" / missing).iterdir():
+        d.rmdir()
+    (tmp_path / "imgs" / missing).rmdir()
+    message = _refusal(tmp_path / "imgs")
+    assert message.startswith(f"{tmp_path / 'imgs'}: no {missing}/ folder")
+
+
+def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "imgs")
+    locked = tmp_path / "imgs" / "train" / "emu"
+    iterdir = Path.iterdir
+
+    def refuse(self):  # as chmod 000 would, also when the tests run as root
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    assert _refusal(tmp_path / "imgs") == f"{locked}: cannot read this folder (Permission denied)"
+
+
+def test_data_dir_serves_an_image_folder_study_without_a_path(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    spec = DataSpec(dataset="imagefolder", val_size=3)  # the study file may leave path out
+    assert load_data(spec, tmp_path / "imgs").num_classes == 3
+    with pytest.raises(DataError) as info:
+        load_data(spec, study_file="studies/mine.toml")
+    message = str(info.value)
+    assert message.startswith("studies/mine.toml: dataset 'imagefolder' needs its folder")
+    assert 'path = "DIR" under [data]' in message and "--data-dir DIR" in message
+    with pytest.raises(DataError, match=r"^dataset 'imagefolder' needs its folder"):
+        load_data(spec)  # a caller that cannot name the file still gives both ways
+
+
+def test_a_corrupt_image_ends_the_cli_in_one_line(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "train" / "cat" / "0.png"
+    bad.write_bytes(b"not a png")
+    study = tmp_path / "folder.toml"
+    study.write_text(TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1").replace(
+        'dataset = "synthetic"\nval_size = 100', 'dataset = "imagefolder"\nval_size = 3'))
+    proc = kdsearch("run-study", str(study), "--data-dir", str(tmp_path / "imgs"),
+                    "--storage", f"sqlite:///{tmp_path / 's.db'}", "--cache-dir",
+                    str(tmp_path / "c"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"kdsearch: error: {bad}: not an image PIL can read")
