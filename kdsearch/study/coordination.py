@@ -32,7 +32,14 @@ from kdsearch.spec import StudySpec
 from kdsearch.study.locks import db_lock
 from kdsearch.study.storage import retry_failed_trial
 from kdsearch.training.data import Dataset
-from kdsearch.training.teacher_cache import Teacher, fetch_teacher, get_teacher, publish_teacher, teacher_key
+from kdsearch.training.teacher_cache import (
+    StopSignal,
+    Teacher,
+    fetch_teacher,
+    get_teacher,
+    publish_teacher,
+    teacher_key,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -163,8 +170,12 @@ def artifact_dir_from_env() -> Path | None:
 
 def shared_teacher(spec: StudySpec, data: Dataset, study: optuna.Study, storage: RDBStorage,
                    url: str, cache_dir: Path, artifact_dir: Path | None, device: torch.device,
-                   log: Callable[[str], None]) -> Teacher:
-    """The study's teacher, trained by exactly one worker across all machines."""
+                   log: Callable[[str], None], stop: StopSignal | None = None) -> Teacher:
+    """The study's teacher, trained by exactly one worker across all machines.
+
+    `stop` (the worker's `Shutdown`) makes a signal stop its training at an epoch boundary,
+    checkpointed, so that the same command resumes it.
+    """
     key = teacher_key(spec, data)
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
     published = lambda: key in study.user_attrs.get(ARTIFACTS_ATTR, {})  # noqa: E731
@@ -174,7 +185,7 @@ def shared_teacher(spec: StudySpec, data: Dataset, study: optuna.Study, storage:
                  on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
         if teacher is None:
             teacher = _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device,
-                                          key, log)
+                                          key, log, stop)
         # Published before the lock is released: a worker that waited finds it there.
         if artifact_dir is not None and not published():
             artifact_id = publish_teacher(teacher, artifact_dir, study)
@@ -184,7 +195,8 @@ def shared_teacher(spec: StudySpec, data: Dataset, study: optuna.Study, storage:
     return teacher
 
 
-def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key, log) -> Teacher:
+def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key, log,
+                        stop) -> Teacher:
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
     if teacher is not None:  # trained by a worker on this machine while we waited
         return teacher
@@ -201,7 +213,7 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
             f"teacher {key} was trained by worker {trained_by} ({where}); give every worker "
             "the same --artifact-dir (env KDSEARCH_ARTIFACT_DIR) or a shared --cache-dir, "
             "rather than training it again")
-    teacher = get_teacher(spec, data, cache_dir, device, log=log)
+    teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
     assert teacher is not None
     study.set_user_attr(TRAINED_BY_ATTR, {**study.user_attrs.get(TRAINED_BY_ATTR, {}),
                                           key: worker_id()})

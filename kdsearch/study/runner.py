@@ -169,7 +169,8 @@ def run_study(spec: StudySpec, opts: RunOptions, log: Callable[[str], None] = pr
     """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
 
     SIGINT / SIGTERM stop at the next epoch boundary: the running trial is marked FAIL and
-    queued for retry, and `ShutdownRequested` is raised (exit code 130 / 143).
+    queued for retry (a teacher in training keeps its checkpoint, which the same command
+    resumes), and `ShutdownRequested` is raised (exit code 130 / 143).
     """
     shutdown = Shutdown()
     with shutdown.installed():
@@ -187,7 +188,7 @@ def _run(spec: StudySpec, opts: RunOptions, log: Callable[[str], None],
     study = create_study(spec, opts, storage)
     teacher = coordination.shared_teacher(
         spec, data, study, storage, opts.storage, opts.cache_dir,
-        opts.artifact_dir or coordination.artifact_dir_from_env(), device, log)
+        opts.artifact_dir or coordination.artifact_dir_from_env(), device, log, stop=shutdown)
     annotate_study(study, spec, teacher)
     if picked:
         with coordination.claim_lock(storage, opts.storage, study.study_name):
