@@ -35,7 +35,14 @@ from kdsearch.spec import StudySpec
 from kdsearch.study.locks import db_lock
 from kdsearch.study.storage import retry_failed_trial
 from kdsearch.training.data import Dataset
-from kdsearch.training.teacher_cache import Teacher, fetch_teacher, get_teacher, publish_teacher, teacher_key
+from kdsearch.training.teacher_cache import (
+    StopSignal,
+    Teacher,
+    fetch_teacher,
+    get_teacher,
+    publish_teacher,
+    teacher_key,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -159,16 +166,18 @@ def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: opt
 
 def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.device,
                    log: Callable[[str], None], study: optuna.Study | None = None,
-                   storage: RDBStorage | None = None) -> Teacher:
+                   storage: RDBStorage | None = None, stop: StopSignal | None = None) -> Teacher:
     """The study's teacher: the one route to it, for every command and every worker.
 
     With a study, trained by exactly one worker across all machines (under a database lock,
     shared through the artifact store); without one (`kdsearch teacher`, `compress`), from the
-    local cache, trained there under a file lock if missing.
+    local cache, trained there under a file lock if missing. `stop` (a `Shutdown`) makes a
+    signal stop the teacher's training at an epoch boundary, checkpointed, so that the same
+    command resumes it.
     """
     cache_dir, artifact_dir = opts.cache_dir, opts.artifact_dir
     if study is None or storage is None:
-        teacher = get_teacher(spec, data, cache_dir, device, log=log)
+        teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
         assert teacher is not None
         return teacher
     key = teacher_key(spec, data)
@@ -180,7 +189,7 @@ def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.
                  on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
         if teacher is None:
             teacher = _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device,
-                                          key, log)
+                                          key, log, stop)
         # Published before the lock is released: a worker that waited finds it there.
         if artifact_dir is not None and not published():
             artifact_id = publish_teacher(teacher, artifact_dir, study)
@@ -190,7 +199,8 @@ def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.
     return teacher
 
 
-def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key, log) -> Teacher:
+def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key, log,
+                        stop) -> Teacher:
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
     if teacher is not None:  # trained by a worker on this machine while we waited
         return teacher
@@ -207,7 +217,7 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
             f"teacher {key} was trained by worker {trained_by} ({where}); give every worker "
             "the same --artifact-dir (env KDSEARCH_ARTIFACT_DIR) or a shared --cache-dir, "
             "rather than training it again")
-    teacher = get_teacher(spec, data, cache_dir, device, log=log)
+    teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
     assert teacher is not None
     study.set_user_attr(TRAINED_BY_ATTR, {**study.user_attrs.get(TRAINED_BY_ATTR, {}),
                                           key: worker_id()})

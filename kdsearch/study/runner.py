@@ -27,7 +27,7 @@ from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
-from kdsearch.training.teacher_cache import Teacher
+from kdsearch.training.teacher_cache import StopSignal, Teacher
 
 OBJECTIVES = ("val_accuracy", "params")
 DIRECTIONS = ("maximize", "minimize")
@@ -155,7 +155,8 @@ class Prepared:
     teacher: Teacher
 
 
-def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Prepared:
+def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
+            stop: StopSignal | None = None) -> Prepared:
     """The one route to a study's teacher: data, storage, study, then the teacher, trained by
     exactly one worker and shared with the rest (coordination.obtain_teacher)."""
     device = resolve_device(opts.device)
@@ -164,7 +165,7 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Prepa
     storage = open_storage(opts.storage, opts.heartbeats)
     study = create_study(spec, opts, storage)
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
-                                          storage=storage)
+                                          storage=storage, stop=stop)
     annotate_study(study, spec, teacher)
     return Prepared(data, storage, study, teacher)
 
@@ -174,7 +175,8 @@ def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print
     """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
 
     SIGINT / SIGTERM stop at the next epoch boundary: the running trial is marked FAIL and
-    queued for retry, and `ShutdownRequested` is raised (exit code 130 / 143).
+    queued for retry (a teacher in training keeps its checkpoint, which the same command
+    resumes), and `ShutdownRequested` is raised (exit code 130 / 143).
     """
     shutdown = Shutdown()
     with shutdown.installed():
@@ -186,7 +188,7 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
     from tqdm import tqdm
 
     device = resolve_device(opts.device)
-    prepared = prepare(spec, opts, log)
+    prepared = prepare(spec, opts, log, stop=shutdown)
     data, storage, study, teacher = prepared.data, prepared.storage, prepared.study, prepared.teacher
     picked = baselines.resolve(spec, data.input_shape)
     if picked:

@@ -45,6 +45,7 @@ PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most thi
 # 2 cores: 784-400-400 (61M per batch of 128) 0.84-0.97x as fast on two threads as on one,
 # 784-800-800 (163M) 1.06-1.42x faster on two.
 ONE_THREAD_MAX_MACS = 100_000_000
+STATE_FORMAT = 1  # of the state `train` hands to `checkpoint`; bump when its keys change
 
 
 @dataclass
@@ -53,6 +54,10 @@ class TrainResult:
     epochs_run: int
     seconds: float
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+
+
+class ResumeError(ValueError):
+    """A saved training state that does not fit this model, recipe or state format."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -206,6 +211,74 @@ def _restore_layout(model: nn.Module, cnn: bool) -> None:
         model.to(memory_format=torch.contiguous_format)
 
 
+def _capture(epoch: int, seconds: float, curve: list[float], best_acc: float,
+             best_state: dict | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+             schedule, scaler, gen: torch.Generator, recipe: TrainRecipe, seed: int,
+             device: torch.device) -> dict:
+    """Everything the next epoch depends on, as tensors and plain types (loadable with
+    `torch.load(weights_only=True)`). Tensors may alias the live model: save them at once."""
+    rng = {"torch": torch.get_rng_state(), "batches": gen.get_state()}
+    if device.type == "cuda":  # augmentation and dropout draw from the device's generator
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {
+        "format": STATE_FORMAT,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": seed,
+        "epoch": epoch,
+        "seconds": seconds,
+        "curve": list(curve),
+        "best_acc": best_acc,
+        "best_state": best_state,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+    }
+
+
+def check_resumable(state: dict, recipe: TrainRecipe, seed: int) -> None:
+    """`ResumeError` unless `state` was saved by `train` in this format, recipe and seed."""
+    try:
+        if state["format"] != STATE_FORMAT:
+            raise ResumeError(f"state format {state['format']!r}, expected {STATE_FORMAT}")
+        if state["recipe"] != recipe.model_dump(mode="json") or state["seed"] != seed:
+            raise ResumeError("saved for another recipe or seed")
+        if not isinstance(state["epoch"], int) or not 1 <= state["epoch"] <= recipe.epochs:
+            raise ResumeError(f"epoch {state['epoch']!r} outside 1..{recipe.epochs}")
+    except (KeyError, IndexError, TypeError) as e:
+        raise ResumeError(f"not a training state ({type(e).__name__}: {e})") from e
+
+
+def _restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, scaler,
+             gen: torch.Generator, recipe: TrainRecipe, seed: int, device: torch.device,
+             ) -> tuple[int, float, list[float], float, dict | None]:
+    """Put a `_capture`d state back; its (epoch, seconds, curve, best accuracy, best weights).
+
+    `ResumeError` if the state belongs to another run or format.
+
+    The model may be half-overwritten when this raises: the caller starts over from scratch.
+    """
+    check_resumable(state, recipe, seed)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["batches"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        return (state["epoch"], float(state["seconds"]), list(state["curve"]),
+                float(state["best_acc"]), state["best_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise ResumeError(f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}") \
+            from e
+
+
 def _small_mlps_on_one_thread(train_fn):
     @functools.wraps(train_fn)
     def wrapper(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.device,
@@ -232,6 +305,8 @@ def train(
     keep_best: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     progress: Callable[[int, float, float], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
     """Train `model` on `data.train` (or `train_split`), distilling when `alpha > 0`.
 
@@ -239,6 +314,12 @@ def train(
     pass `teacher` instead. `on_epoch(epoch, val_accuracy)` may raise to stop (pruning).
     With `keep_best`, the weights of the best validation epoch are restored at the end.
     Small MLPs train on one thread (see `train_threads`).
+
+    `checkpoint(state)`, if given, receives after each epoch (before `on_epoch`, so a stop
+    there keeps it) everything the rest of the run depends on: weights, optimizer, schedule,
+    best-so-far, curve and every random state. `resume=state` continues after that epoch and
+    ends bit-identical to a run never stopped (same device); a state that does not fit raises
+    `ResumeError`. Trials pass neither: the teacher alone is worth resuming.
     """
     # Setup: the data on the device once, a seeded generator for the batch order.
     split = train_split or data.train
@@ -281,7 +362,15 @@ def train(
     start = time.perf_counter()
     curve: list[float] = []
     best_acc, best_state = -1.0, None
-    for epoch in range(1, recipe.epochs + 1):
+    done, earlier = 0, 0.0  # epochs and seconds of the run being resumed
+    if resume is not None:
+        try:
+            done, earlier, curve, best_acc, best_state = _restore(
+                resume, model, optimizer, schedule, scaler, gen, recipe, seed, device)
+        except ResumeError:
+            _restore_layout(model, cnn)
+            raise
+    for epoch in range(done + 1, recipe.epochs + 1):
         # One epoch: a fresh permutation, batches sliced by index; the loss is summed on the
         # device and read once per epoch, so no batch waits for the host.
         model.train()
@@ -329,6 +418,14 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if progress is not None:
             progress(epoch, epoch_loss, val_acc)
+        if checkpoint is not None:
+            try:
+                checkpoint(_capture(epoch, earlier + time.perf_counter() - start, curve, best_acc,
+                                    best_state, model, optimizer, schedule, scaler, gen, recipe,
+                                    seed, device))
+            except BaseException:
+                _restore_layout(model, cnn)
+                raise
         if on_epoch is not None:
             try:
                 on_epoch(epoch, val_acc)
@@ -340,4 +437,4 @@ def train(
         model.load_state_dict(best_state)
     _restore_layout(model, cnn)
     final = max(curve) if keep_best else curve[-1]
-    return TrainResult(final, len(curve), time.perf_counter() - start, curve)
+    return TrainResult(final, len(curve), earlier + time.perf_counter() - start, curve)

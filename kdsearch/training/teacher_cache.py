@@ -6,6 +6,10 @@ with the data splits) and `meta.json` (numbers, plus sha256 of both files so tha
 truncated or corrupt file is detected and rebuilt rather than silently used). Files are
 written to a temporary folder and renamed into place, so a killed run never leaves a
 half-written entry; a lock file keeps two local workers from training the same teacher.
+
+While the teacher trains, `<key>.partial.pt` beside the folder holds the state after its last
+finished epoch (replaced atomically after each one), so an interrupted run continues from
+there, bit-identical to one never stopped; it is removed once the teacher is cached.
 """
 
 from __future__ import annotations
@@ -19,19 +23,20 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from kdsearch.architecture import CNNArch, MLPArch, parse_arch
-from kdsearch.errors import CacheError
+from kdsearch.errors import CacheError, NonFiniteLossError
 from kdsearch.record import TeacherRecord
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
-from kdsearch.training.engine import predict_logits, train
+from kdsearch.training.engine import ResumeError, check_resumable, predict_logits, train
 from kdsearch.training.models import build_model, count_macs, count_params
 
 CACHE_FORMAT = 1
@@ -71,6 +76,21 @@ class _Corrupt(Exception):
     pass
 
 
+def _why(e: BaseException) -> str:
+    """An exception as one short line, for a warning."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+
+
+class StopSignal(Protocol):
+    """What a caller that handles Ctrl-C lends the teacher's training (`study.shutdown.Shutdown`
+    is one): signals are held while `deferring()`, and `check()`, called after each epoch's
+    checkpoint, raises if one arrived. So a stop lands on an epoch boundary, work kept."""
+
+    def deferring(self) -> AbstractContextManager[None]: ...
+
+    def check(self) -> None: ...
+
+
 def _load(folder: Path, data: Dataset, device: torch.device) -> Teacher:
     try:
         record = TeacherRecord.from_json(json.loads((folder / "meta.json").read_text()))
@@ -87,7 +107,7 @@ def _load(folder: Path, data: Dataset, device: torch.device) -> Teacher:
     except _Corrupt:
         raise
     except Exception as e:  # unreadable JSON, missing key or file, unpicklable tensor file
-        raise _Corrupt(f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}") from e
+        raise _Corrupt(_why(e)) from e
     return Teacher(model.to(device), arch, logits, record, folder, reused=True)
 
 
@@ -102,28 +122,86 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _save_partial(path: Path, state: dict) -> None:
+    """Write the training state to `path` atomically: a kill leaves the previous one intact."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_partial(path: Path, spec: StudySpec, log: Callable[[str], None]) -> dict | None:
+    """The state saved at `path`, or None: absent, or unusable (warned about and removed)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # truncated, garbage, or from another torch
+        problem = f"is unreadable ({_why(e)})"
+    else:
+        try:
+            check_resumable(state, spec.teacher_train, spec.seed)
+            return state
+        except ResumeError as e:
+            problem = f"does not fit this teacher ({e})"
+    log(f"warning: teacher checkpoint {path} {problem}; training the teacher from the start")
+    path.unlink(missing_ok=True)
+    return None
+
+
 def train_teacher(spec: StudySpec, data: Dataset, device: torch.device, key: str,
-                  log: Callable[[str], None]) -> tuple[nn.Module, TeacherRecord]:
-    """Train the study's teacher, keeping the epoch with the best validation accuracy."""
+                  log: Callable[[str], None], partial: Path | None = None,
+                  stop: StopSignal | None = None) -> tuple[nn.Module, TeacherRecord]:
+    """Train the study's teacher, keeping the epoch with the best validation accuracy.
+
+    With `partial`, each epoch is checkpointed there and a checkpoint found there is resumed.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(spec.seed)
     model = build_model(spec.teacher, data.input_shape, data.num_classes, data.mean, data.std)
     params = count_params(model)
+    epochs = spec.teacher_train.epochs
     log(f"training teacher {spec.teacher.describe()} ({params:,} params) for "
-        f"{spec.teacher_train.epochs} epochs on {len(data.train):,} images")
-    bar = tqdm(total=spec.teacher_train.epochs, desc="teacher", unit="epoch", file=sys.stderr,
-               dynamic_ncols=True)
+        f"{epochs} epochs on {len(data.train):,} images")
+    state = _load_partial(partial, spec, log) if partial is not None else None
+    if state is not None:
+        log(f"resuming teacher from epoch {state['epoch']} of {epochs} ({partial})")
+    bar = tqdm(total=epochs, initial=state["epoch"] if state else 0, desc="teacher",
+               unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
     def progress(epoch: int, loss: float, val_acc: float) -> None:
         bar.set_postfix(loss=f"{loss:.4f}", val_acc=f"{val_acc:.4f}")
         bar.update(1)
 
+    saved = [state["epoch"] if state else 0]  # the epoch `partial` now holds
+
+    def save(snapshot: dict) -> None:
+        assert partial is not None
+        _save_partial(partial, snapshot)
+        saved[0] = snapshot["epoch"]
+
+    # A stop is taken only after the epoch's checkpoint: `train` calls `on_epoch` after it.
+    check = (lambda epoch, val_acc: stop.check()) if stop is not None else None
     try:
-        result = train(model, data, spec.teacher_train, device, seed=spec.seed, keep_best=True,
-                       progress=progress)
-    finally:
-        bar.close()
+        with stop.deferring() if stop is not None else nullcontext():
+            result = train(model, data, spec.teacher_train, device, seed=spec.seed,
+                           keep_best=True, progress=progress, resume=state, on_epoch=check,
+                           checkpoint=save if partial is not None else None)
+    except BaseException as e:
+        bar.close()  # first: a line logged while it is open lands inside the bar
+        if isinstance(e, ResumeError) and partial is not None:  # found as the weights went in
+            log(f"warning: teacher checkpoint {partial} does not fit this teacher ({e}); "
+                "training the teacher from the start")
+            partial.unlink(missing_ok=True)
+            return train_teacher(spec, data, device, key, log, partial, stop)
+        if saved[0] and not isinstance(e, NonFiniteLossError):  # a NaN would only recur
+            log(f"teacher stopped: epochs 1-{saved[0]} of {epochs} are checkpointed in "
+                f"{partial}; the same command resumes from there")
+        raise
+    bar.close()
     from kdsearch.training.engine import accuracy
 
     record = TeacherRecord(
@@ -164,8 +242,13 @@ def _save(folder: Path, model: nn.Module, logits: dict[str, torch.Tensor],
 
 
 def get_teacher(spec: StudySpec, data: Dataset, cache_dir: Path, device: torch.device,
-                log: Callable[[str], None] = print, train_if_missing: bool = True) -> Teacher | None:
-    """The cached teacher for `spec` on `data`, training and caching it first if needed."""
+                log: Callable[[str], None] = print, train_if_missing: bool = True,
+                stop: StopSignal | None = None) -> Teacher | None:
+    """The cached teacher for `spec` on `data`, training and caching it first if needed.
+
+    Training resumes from the last epoch an interrupted run checkpointed; with `stop`, a
+    signal stops it at the next epoch boundary (see `StopSignal`).
+    """
     key = teacher_key(spec, data)
     folder = Path(cache_dir).expanduser() / "teachers" / key
     try:
@@ -181,9 +264,11 @@ def get_teacher(spec: StudySpec, data: Dataset, cache_dir: Path, device: torch.d
                     shutil.rmtree(folder, ignore_errors=True)
             if not train_if_missing:
                 return None
-            model, record = train_teacher(spec, data, device, key, log)
+            partial = folder.with_name(f"{key}.partial.pt")
+            model, record = train_teacher(spec, data, device, key, log, partial, stop)
             logits = {split: predict_logits(model, data.split(split), device) for split in SPLITS}
             record = _save(folder, model, logits, record)
+            partial.unlink(missing_ok=True)
             log(f"teacher cached at {folder}: val acc {record.val_accuracy:.4f}, "
                 f"test acc {record.test_accuracy:.4f}, {record.train_seconds:.0f} s")
             return Teacher(model, spec.teacher, logits, record, folder, reused=False)

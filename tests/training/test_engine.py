@@ -9,7 +9,15 @@ from kdsearch.architecture import CNNArch, ConvLayer, MLPArch
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
 from kdsearch.training.data import load_data
-from kdsearch.training.engine import _make_optimizer, _prenormalise, accuracy, train, train_threads
+from kdsearch.training.engine import (
+    ResumeError,
+    _make_optimizer,
+    _prenormalise,
+    accuracy,
+    predict_logits,
+    train,
+    train_threads,
+)
 from kdsearch.training.models import build_model
 
 CPU = torch.device("cpu")
@@ -161,3 +169,65 @@ def test_input_dropout_drops_pixels_in_training_only():
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _saved(state: dict, path) -> dict:
+    """A state through the disk and back, loaded the only way the cache loads one."""
+    torch.save(state, path)
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+RESUMABLE = [  # every random draw of the loop: batch order, flips, jitter, dropout
+    (CNNArch(convs=[ConvLayer(channels=4, pool=True)], dense=[16], dropout=0.2),
+     TrainRecipe(epochs=4, batch_size=64, lr=0.01, lr_schedule="cosine", jitter=1, hflip=True)),
+    (MLPArch(hidden=[32], dropout=0.3, input_dropout=0.1),
+     TrainRecipe(epochs=4, batch_size=64, lr=0.05, optimizer="sgd", max_norm=2.0)),
+]
+
+
+@pytest.mark.parametrize("arch,recipe", RESUMABLE, ids=["cnn-adam-aug", "mlp-sgd"])
+def test_training_resumed_after_an_epoch_ends_bit_identical(data, arch, recipe, tmp_path):
+    # The last epoch's weights, not the best's: the best one may be saved before the cut.
+    whole = _model(data, arch)
+    full = train(whole, data, recipe, CPU, seed=3)
+
+    states = []
+
+    def stop_after_2(epoch, val_acc):
+        if epoch == 2:
+            raise _Stop
+
+    cut = _model(data, arch)
+    with pytest.raises(_Stop):
+        train(cut, data, recipe, CPU, seed=3, on_epoch=stop_after_2,
+              checkpoint=lambda s: states.append(_saved(s, tmp_path / f"{s['epoch']}.pt")))
+    assert [s["epoch"] for s in states] == [1, 2]  # saved before on_epoch could stop it
+    torch.manual_seed(123)  # whatever the global generator did meanwhile is overwritten
+    resumed_model = _model(data, arch)  # fresh weights: the state replaces them
+    resumed = train(resumed_model, data, recipe, CPU, seed=3, resume=states[-1])
+
+    assert resumed.curve == full.curve and resumed.epochs_run == recipe.epochs
+    assert resumed.val_accuracy == full.val_accuracy
+    resumed_state = resumed_model.state_dict()
+    for name, t in whole.state_dict().items():
+        assert torch.equal(t, resumed_state[name]), name
+    assert torch.equal(predict_logits(whole, data.test, CPU),
+                       predict_logits(resumed_model, data.test, CPU))
+
+
+def test_a_state_from_another_recipe_or_format_is_refused(data):
+    arch, recipe = RESUMABLE[1]
+    states = []
+    train(_model(data, arch), data, recipe, CPU, seed=3, checkpoint=states.append)
+    other = recipe.model_copy(update={"lr": 0.01})
+    with pytest.raises(ResumeError, match="another recipe"):
+        train(_model(data, arch), data, other, CPU, seed=3, resume=states[0])
+    with pytest.raises(ResumeError, match="format"):
+        train(_model(data, arch), data, recipe, CPU, seed=3, resume={**states[0], "format": 0})
+    wider = MLPArch(hidden=[64], dropout=0.3, input_dropout=0.1)
+    with pytest.raises(ResumeError, match="RuntimeError"):
+        train(_model(data, wider), data, recipe, CPU, seed=3, resume=states[0])

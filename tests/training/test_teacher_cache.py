@@ -1,10 +1,18 @@
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 
 import kdsearch.training.teacher_cache as tc
 from kdsearch.spec import parse_study
 from kdsearch.training.data import load_data
-from tests.helpers import tiny_study_text
+from tests.helpers import TINY_SEARCH, cli_argv, cli_env, tiny_study, tiny_study_text
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -73,3 +81,166 @@ def test_loads_with_weights_only(setup, monkeypatch):
     monkeypatch.setattr(tc.torch, "load", spy)
     tc.get_teacher(spec, data, cache, torch.device("cpu"), log=lambda m: None)
     assert calls and all(c is True for c in calls)
+
+
+# --- resuming an interrupted teacher ------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter:
+    """A `StopSignal` that stops training after `epochs` epochs, as a deferred Ctrl-C does."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.checks, self.deferred = epochs, 0, False
+
+    @contextmanager
+    def deferring(self):
+        self.deferred = True
+        yield
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.checks == self.epochs:
+            raise _Stop
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """A teacher whose every epoch draws random numbers (order, flips, jitter, dropout), whose
+    best epoch comes after the cut below, and the cache of it trained without a stop."""
+    text = f'description = "resume"\nseed = 0\n{TINY_SEARCH}'
+    spec = parse_study(text, tmp_path_factory.mktemp("study") / "s.toml")
+    recipe = spec.teacher_train.model_copy(
+        update={"epochs": 3, "jitter": 1, "hflip": True, "lr_schedule": "cosine"})
+    spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"dropout": 0.2}),
+                                   "teacher_train": recipe})
+    data = load_data(spec.data)
+    whole = tc.get_teacher(spec, data, tmp_path_factory.mktemp("whole"), CPU, log=lambda m: None)
+    curve = whole.record.curve
+    assert curve.index(max(curve)) > 0, curve  # so the resumed run must find the best itself
+    return spec, data, whole
+
+
+def _partial(spec, data, cache):
+    return cache / "teachers" / f"{tc.teacher_key(spec, data)}.partial.pt"
+
+
+def _assert_same_teacher(a, b):
+    b_state = b.model.state_dict()
+    for name, t in a.model.state_dict().items():
+        assert torch.equal(t, b_state[name]), name
+    for split in tc.SPLITS:
+        assert torch.equal(a.logits[split], b.logits[split]), split
+    assert a.record.curve == b.record.curve and a.record.epochs == b.record.epochs
+
+
+def test_interrupted_teacher_resumes_and_ends_bit_identical(resumable, tmp_path):
+    spec, data, whole = resumable
+    cache, logs = tmp_path / "cache", []
+    stop = _StopAfter(1)
+    with pytest.raises(_Stop):
+        tc.get_teacher(spec, data, cache, CPU, log=logs.append, stop=stop)
+    assert stop.deferred
+    partial = _partial(spec, data, cache)
+    assert torch.load(partial, weights_only=True)["epoch"] == 1
+    assert not (cache / "teachers" / tc.teacher_key(spec, data)).exists()
+    assert any("teacher stopped: epochs 1-1 of 3 are checkpointed" in m for m in logs)
+    assert not list(partial.parent.glob("*.tmp*"))  # written through a temporary file
+
+    logs.clear()
+    resumed = tc.get_teacher(spec, data, cache, CPU, log=logs.append)
+    assert any(m.startswith("resuming teacher from epoch 1 of 3") for m in logs), logs
+    assert not resumed.reused
+    _assert_same_teacher(whole, resumed)
+    assert not partial.exists()  # the finished teacher needs no checkpoint
+    reloaded = tc.get_teacher(spec, data, cache, CPU, log=logs.append)
+    assert reloaded.reused
+    _assert_same_teacher(whole, reloaded)
+
+
+def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(resumable, tmp_path,
+                                                                  monkeypatch):
+    """A Ctrl-C without a `StopSignal` (the `teacher` command) may land mid-write."""
+    spec, data, whole = resumable
+    cache, real_save, calls = tmp_path / "cache", torch.save, []
+
+    def save_then_die_on_the_second(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+        real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(tc.torch, "save", save_then_die_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        tc.get_teacher(spec, data, cache, CPU, log=lambda m: None)
+    monkeypatch.undo()
+    partial = _partial(spec, data, cache)
+    assert torch.load(partial, weights_only=True)["epoch"] == 1
+    assert not list(partial.parent.glob("*.tmp*"))
+    logs = []
+    resumed = tc.get_teacher(spec, data, cache, CPU, log=logs.append)
+    assert any(m.startswith("resuming teacher from epoch 1 of 3") for m in logs), logs
+    _assert_same_teacher(whole, resumed)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other-recipe", "other-weights"])
+def test_a_bad_partial_checkpoint_warns_once_and_starts_over(resumable, tmp_path, damage):
+    spec, data, whole = resumable
+    cache = tmp_path / "cache"
+    with pytest.raises(_Stop):
+        tc.get_teacher(spec, data, cache, CPU, log=lambda m: None, stop=_StopAfter(2))
+    partial = _partial(spec, data, cache)
+    if damage == "truncated":
+        partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 2])
+    elif damage == "garbage":
+        partial.write_bytes(b"not a checkpoint\n" * 10)
+    else:  # readable, but saved for another recipe, or weights of another architecture
+        state = torch.load(partial, weights_only=True)
+        if damage == "other-recipe":
+            state["recipe"] = {**state["recipe"], "lr": 1.0}
+        else:
+            state["model"] = {k: v[:1] for k, v in state["model"].items()}
+        torch.save(state, partial)
+    logs = []
+    again = tc.get_teacher(spec, data, cache, CPU, log=logs.append)
+    warnings = [m for m in logs if m.startswith("warning: teacher checkpoint")]
+    assert len(warnings) == 1 and "\n" not in warnings[0], logs
+    assert "training the teacher from the start" in warnings[0]
+    if damage != "other-weights":  # found to misfit only when the weights go in
+        assert not any(m.startswith("resuming teacher") for m in logs)
+    _assert_same_teacher(whole, again)
+    assert not partial.exists()
+
+
+def test_ctrl_c_during_the_teacher_stops_at_an_epoch_and_the_rerun_resumes(tmp_path):
+    """The real path: `run-study`, SIGINT while the teacher trains, the same command again."""
+    study = tiny_study(tmp_path, epochs=1, n_trials=1)
+    study.write_text(study.read_text().replace("[teacher.train]\nepochs = 1",
+                                               "[teacher.train]\nepochs = 300"))
+    cache = tmp_path / "cache"
+    argv = cli_argv("run-study", study, "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                    "--cache-dir", cache)
+    proc = subprocess.Popen(argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not list(cache.glob("teachers/*.partial.pt")):  # at least one epoch checkpointed
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "kdsearch: stopped by SIGINT" in err
+    [partial] = cache.glob("teachers/*.partial.pt")
+    done = torch.load(partial, weights_only=True)["epoch"]
+    assert 1 <= done < 300
+    assert f"teacher stopped: epochs 1-{done} of 300 are checkpointed" in err  # at a boundary
+
+    again = subprocess.run(argv, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming teacher from epoch {done} of 300" in again.stderr
+    assert not partial.exists()
+    assert len([p for p in cache.glob("teachers/*") if p.is_dir()]) == 1
