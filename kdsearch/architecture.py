@@ -8,9 +8,9 @@ attributes and an exported model folder.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 
 class _Frozen(BaseModel):
@@ -60,13 +60,69 @@ class CNNArch(_Frozen):
         return len(self.convs)
 
 
-Arch = Annotated[MLPArch | CNNArch, Field(discriminator="family")]
+# Residual families. Stage 1 keeps the input's resolution; every later stage halves it in its
+# first block (stride 2) and multiplies the width by `width_growth`, as in He et al.'s CIFAR
+# ResNets. The shared knobs read the same in both families.
+StageBlocks = Annotated[int, Field(ge=1, le=18)]  # 18: ResNet-110's 3 x 18
 
 
-def parse_arch(raw: dict) -> MLPArch | CNNArch:
-    """An architecture from its JSON (a trial, a teacher's meta.json, an exported folder): the
-    one constructor, so a new family is readable everywhere once it joins `Arch`."""
+class _Staged(_Frozen):
+    blocks: list[StageBlocks] = Field(min_length=1, max_length=6)  # blocks per stage, in order
+    base_width: int = Field(default=16, ge=1, le=1024)  # channels of the stem and stage 1
+    width_growth: float = Field(default=2.0, ge=1.0, le=4.0)  # width ratio of one stage to the last
+    kernel: int = Field(default=3, ge=1, le=7)  # of the stem and of every spatial conv
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, kernel: int) -> int:
+        # 'same' padding (kernel // 2) keeps an odd kernel's map size; an even one would shrink it.
+        if kernel % 2 == 0:
+            raise ValueError(f"expected an odd kernel, got {kernel}")
+        return kernel
+
+    @property
+    def n_layers(self) -> int:
+        """Residual blocks: the depth that sweeps plot accuracy against."""
+        return sum(self.blocks)
+
+    def widths(self) -> list[int]:
+        """Channels of each stage: base_width * width_growth ** stage, rounded."""
+        return [max(1, round(self.base_width * self.width_growth**i)) for i in range(len(self.blocks))]
+
+    def _shape(self) -> str:
+        return f"{'-'.join(map(str, self.blocks))} w{self.base_width}x{self.width_growth:g} k{self.kernel}"
+
+
+class ResNetArch(_Staged):
+    """He et al. (2016) basic-block ResNet with batch norm; ResNet-20 is blocks=[3, 3, 3]."""
+
+    family: Literal["resnet"] = "resnet"
+    # Where a block changes shape, "A" subsamples its input and pads the new channels with zeros
+    # (parameter-free, He et al.'s CIFAR choice); "B" projects it with a 1x1 conv and batch norm.
+    shortcut: Literal["A", "B"] = "A"
+
+    def describe(self) -> str:
+        return f"resnet {self._shape()} {self.shortcut}"
+
+
+class MobileNetArch(_Staged):
+    """MobileNetV2 (Sandler et al. 2018) inverted residual blocks on a CIFAR-sized stem."""
+
+    family: Literal["mobilenet"] = "mobilenet"
+    expansion: int = Field(default=6, ge=1, le=8)  # hidden width of a block / its input width
+    head: int = Field(default=0, ge=0, le=4096)  # channels of a final 1x1 conv (0: none; V2: 1280)
+    activation: Literal["relu6", "relu"] = "relu6"
+
+    def describe(self) -> str:
+        head = f" h{self.head}" if self.head else ""
+        act = "" if self.activation == "relu6" else " relu"
+        return f"mobilenet {self._shape()} t{self.expansion}{head}{act}"
+
+
+Arch = Annotated[MLPArch | CNNArch | ResNetArch | MobileNetArch, Field(discriminator="family")]
+_ARCH = TypeAdapter(Arch)
+
+
+def parse_arch(raw: dict[str, Any]) -> Arch:
+    """Any family's architecture back from its JSON form (a trial's attribute, architecture.json)."""
     return _ARCH.validate_python(raw)
-
-
-_ARCH: TypeAdapter = TypeAdapter(Arch)
