@@ -33,3 +33,7 @@ class StorageError(KdsearchError):
 
 class NonFiniteLossError(KdsearchError):
     """Training produced a NaN or infinite loss."""
+
+
+class TeacherFileError(KdsearchError):
+    """A teacher file is missing, does not load, or does not fit the data (input shape, classes)."""
