@@ -37,3 +37,7 @@ class NonFiniteLossError(KdsearchError):
 
 class UsageError(KdsearchError):
     """A command-line argument or environment variable is out of range or contradictory."""
+
+
+class TeacherFileError(KdsearchError):
+    """A teacher file is missing, does not load, or does not fit the data (input shape, classes)."""
