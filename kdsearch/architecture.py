@@ -10,23 +10,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator
+
+# Caps on what a network may ask for: past them a layer cannot be allocated, or takes hours per
+# epoch on the images kdsearch trains on. `spec.py` checks study files against the same numbers.
+MAX_CHANNELS = 4096  # per conv layer
+MAX_KERNEL = 15  # conv kernel side
+MAX_WIDTH = 16_384  # per dense layer: one 16,384 x 16,384 layer is already 268M parameters
+MAX_DENSE_LAYERS = 32
+MAX_CONV_LAYERS = 128  # 16 blocks of 8 convs, the most a student space may ask for
+
+Width = Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)]  # strict: `true` is not a width
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ConvLayer(_Frozen):
-    channels: int = Field(ge=1, le=4096)
-    kernel: int = Field(default=3, ge=1, le=15)
+    channels: int = Field(ge=1, le=MAX_CHANNELS, strict=True)
+    kernel: int = Field(default=3, ge=1, le=MAX_KERNEL, strict=True)
     padding: Literal["same", "valid"] = "same"
     pool: bool = False  # 2x2 max-pool after this layer (and its ReLU)
 
 
 class MLPArch(_Frozen):
     family: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=list)  # widths of the hidden layers, in order
+    hidden: list[Width] = Field(default_factory=list, max_length=MAX_DENSE_LAYERS)  # in order
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # after every hidden layer
     input_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # on the pixels (Srivastava et al.: 0.2)
 
@@ -41,8 +51,8 @@ class MLPArch(_Frozen):
 
 class CNNArch(_Frozen):
     family: Literal["cnn"] = "cnn"
-    convs: list[ConvLayer] = Field(min_length=1)
-    dense: list[int] = Field(default_factory=list)  # hidden dense widths after flatten
+    convs: list[ConvLayer] = Field(min_length=1, max_length=MAX_CONV_LAYERS)
+    dense: list[Width] = Field(default_factory=list, max_length=MAX_DENSE_LAYERS)  # after flatten
     conv_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # after every pooling layer
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # after every hidden dense layer
 
@@ -126,3 +136,28 @@ _ARCH = TypeAdapter(Arch)
 def parse_arch(raw: dict[str, Any]) -> Arch:
     """Any family's architecture back from its JSON form (a trial's attribute, architecture.json)."""
     return _ARCH.validate_python(raw)
+
+
+def cnn_arch(depth: int, convs_per_block: int, width: int, growth: int, kernels: list[int],
+             dense: int, input_hw: int, conv_dropout: float = 0.0, dropout: float = 0.0) -> CNNArch:
+    """Blocks of `convs_per_block` convs, 'same' then a final 'valid' one, then a 2x2 pool.
+
+    With depth 2, 2 convs per block, width 8, kernel 3 and dense 128 this is the seed's
+    student (8-8-16-16, dense 128, 79,442 params on CIFAR-10). A 'valid' conv or a pool that
+    would shrink the feature map below 2 pixels is left out, so every sample can be built.
+    It lives here, not in the search space, so that `spec.py` can size a space's students.
+    """
+    convs, size, k = [], input_hw, iter(kernels)
+    for block in range(depth):
+        channels = width * growth**block
+        for j in range(convs_per_block):
+            kernel = next(k)
+            last = j == convs_per_block - 1
+            valid = last and convs_per_block >= 2 and size - (kernel - 1) >= 2
+            size -= (kernel - 1) if valid else 0
+            pool = last and size >= 2
+            size = size // 2 if pool else size
+            convs.append(ConvLayer(channels=channels, kernel=kernel,
+                                   padding="valid" if valid else "same", pool=pool))
+    return CNNArch(convs=convs, dense=[dense] if dense else [], conv_dropout=conv_dropout,
+                   dropout=dropout)

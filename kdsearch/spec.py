@@ -7,29 +7,63 @@ and what was found.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Callable
 from importlib import resources
+from itertools import product
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from kdsearch.architecture import CNNArch, MLPArch
+from kdsearch.architecture import (
+    MAX_CHANNELS,
+    MAX_CONV_LAYERS,
+    MAX_DENSE_LAYERS,
+    MAX_KERNEL,
+    MAX_WIDTH,
+    CNNArch,
+    MLPArch,
+    cnn_arch,
+)
 from kdsearch.errors import StudyFileError, one_line
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
+# What the named data sets look like, so a study file is checked against its input before any
+# download: name -> ((channels, height, width), classes). `training/data.py` loads them.
+NAMED_INPUTS = {
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+MAX_PARAMS = 100_000_000  # per network: 400 MB of weights, 1.6 GB with gradients and Adam
+MAX_PIXELS = 2**28  # synthetic data: pixel values in all, 1 GiB while drawn as floats
+MAX_MLP_DEPTH = MAX_DENSE_LAYERS
+MAX_CNN_DEPTH = 16  # conv blocks
+MAX_CONVS_PER_BLOCK = MAX_CONV_LAYERS // MAX_CNN_DEPTH
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _refuse(expected: str, found: str, key: str = "") -> PydanticCustomError:
+    """A validation error whose words are ours; `key` names a sub-key of where it is raised."""
+    return PydanticCustomError("kdsearch", "expected {expected}, found {found}",
+                               {"expected": expected, "found": found, "key": key})
 
 
 # --- search-space parameters: a fixed value, a range, or a list of choices -------------------
@@ -73,6 +107,112 @@ IntParam = int | IntRange | IntChoices
 FloatParam = float | FloatRange | FloatChoices
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _param_values(raw: Any, integer: bool) -> list[tuple[float, str]]:
+    """Every end a parameter can reach, with how the file names it; refuses a malformed one.
+
+    Written by hand rather than left to pydantic's union, whose errors for `{ choices = [] }`
+    come from the range member ("low: expected a value") and mislead.
+    """
+    if isinstance(raw, BaseModel):  # built in code rather than read from a file
+        raw = raw.model_dump()
+    kind, ok = ("a whole number", _is_int) if integer else ("a number", _is_number)
+    if ok(raw):
+        if not integer and not math.isfinite(raw):
+            raise _refuse("a finite number", repr(raw))
+        return [(raw, "{}")]
+    if isinstance(raw, dict) and "choices" in raw:
+        choices = raw["choices"]
+        if set(raw) != {"choices"}:
+            raise _refuse("only 'choices' in { choices = [..] }",
+                          f"key '{sorted(set(raw) - {'choices'})[0]}'")
+        if not isinstance(choices, list) or not choices:
+            raise _refuse("a non-empty list of choices", _describe_found(choices))
+        for c in choices:
+            if not ok(c) or (not integer and not math.isfinite(c)):
+                noun = "whole numbers" if integer else "finite numbers"
+                raise _refuse(f"{noun} as choices", f"{_describe_found(c)} among them")
+        return [(c, "{} among the choices") for c in choices]
+    if isinstance(raw, dict) and raw:
+        allowed = {"low", "high", "step"} if integer else {"low", "high", "log"}
+        if set(raw) - allowed:
+            raise _refuse(f"a range of {' and '.join(sorted(allowed))}",
+                          f"key '{sorted(set(raw) - allowed)[0]}'")
+        for end in ("low", "high"):
+            if end not in raw:
+                raise _refuse("a range { low = .., high = .. }", f"no '{end}'")
+            if not ok(raw[end]) or (not integer and not math.isfinite(raw[end])):
+                raise _refuse(f"{kind} as the range's {end}", _describe_found(raw[end]))
+        if raw["low"] > raw["high"]:
+            raise _refuse("low <= high", f"low = {raw['low']}, high = {raw['high']}")
+        step = raw.get("step", 1)
+        if integer and not (_is_int(step) and step >= 1):
+            raise _refuse("a whole step of at least 1", _describe_found(step))
+        if integer and (raw["high"] - raw["low"]) % step:
+            raise _refuse("a step that divides high - low (else high is never drawn)",
+                          f"step = {step} from {raw['low']} to {raw['high']}")
+        if not integer and not isinstance(raw.get("log", False), bool):
+            raise _refuse("true or false for log", _describe_found(raw["log"]))
+        if raw.get("log") and raw["low"] <= 0:
+            raise _refuse("low > 0 for a log range", f"low = {raw['low']}")
+        return [(raw["low"], "low = {}"), (raw["high"], "high = {}")]
+    raise _refuse(f"{kind}, a range {{ low = .., high = .. }} or {{ choices = [..] }}",
+                  _describe_found(raw))
+
+
+def _ints(what: str, low: int, high: int, odd: bool = False) -> BeforeValidator:
+    """An integer search parameter whose every value lies in [low, high]: what the builders take."""
+    def check(raw: Any) -> Any:
+        for value, where in _param_values(raw, integer=True):
+            if not low <= value <= high:
+                raise _refuse(f"{what} from {low:,} to {high:,}", where.format(f"{value:,}"))
+            if odd and value % 2 == 0:
+                raise _refuse(f"odd {what} ('same' padding of an even kernel shifts the map)",
+                              where.format(value))
+        ends = raw.model_dump() if isinstance(raw, IntRange) else raw
+        if odd and isinstance(ends, dict) and "low" in ends and ends["low"] < ends["high"] and (
+                ends.get("step", 1) % 2):
+            raise _refuse(f"odd {what}: a range needs an even step", f"step = {ends.get('step', 1)}")
+        return raw
+    return BeforeValidator(check)
+
+
+def _floats(expected: str, fits: Callable[[float], bool]) -> BeforeValidator:
+    """A float search parameter whose every value `fits`, `expected` saying how."""
+    def check(raw: Any) -> Any:
+        for value, where in _param_values(raw, integer=False):
+            if not fits(value):
+                raise _refuse(expected, where.format(value))
+        return raw
+    return BeforeValidator(check)
+
+
+def _values(param: IntParam) -> range | list[int]:
+    """Every value an integer parameter can take, in increasing order."""
+    if isinstance(param, IntRange):
+        return range(param.low, param.high + 1, param.step)
+    if isinstance(param, IntChoices):
+        return sorted(set(param.choices))
+    return [param]
+
+
+def _high(param: IntParam) -> int:
+    return _values(param)[-1]
+
+
+Dropout = Annotated[FloatParam, _floats("a dropout in [0, 1)", lambda p: 0 <= p < 1)]
+Temperature = Annotated[FloatParam, _floats("a temperature > 0", lambda t: t > 0)]
+Alpha = Annotated[FloatParam, _floats("an alpha in [0, 1] (the soft targets' weight)",
+                                      lambda a: 0 <= a <= 1)]
+
+
 # --- the study file's tables ------------------------------------------------------------------
 
 
@@ -86,6 +226,14 @@ class SyntheticSpec(_Frozen):
     width: int = Field(default=8, ge=4, le=64)
     num_classes: int = Field(default=4, ge=2, le=100)
     noise: float = Field(default=0.8, ge=0.0)  # std of the noise, in units of the template std
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> SyntheticSpec:
+        pixels = (self.n_train + self.n_test) * self.channels * self.height * self.width
+        if pixels > MAX_PIXELS:
+            raise _refuse(f"at most {MAX_PIXELS:,} pixel values, (n_train + n_test) x channels x "
+                          f"height x width", f"{pixels:,}", "n_train")
+        return self
 
 
 class DataSpec(_Frozen):
@@ -116,33 +264,52 @@ class TrainRecipe(_Frozen):
 
 class MLPSpace(_Frozen):
     family: Literal["mlp"]
-    depth: IntParam = IntRange(low=1, high=3)  # hidden layers
-    width: IntParam = IntChoices(choices=[16, 32, 64, 128, 256])  # units per hidden layer
+    depth: Annotated[IntParam, _ints("hidden layers", 1, MAX_MLP_DEPTH)] = IntRange(low=1, high=3)
+    width: Annotated[IntParam, _ints("units per layer", 1, MAX_WIDTH)] = IntChoices(
+        choices=[16, 32, 64, 128, 256])
     width_per_layer: bool = False  # sample each layer's width separately
-    dropout: FloatParam = 0.0
-    temperature: FloatParam = FloatRange(low=1.0, high=20.0, log=True)
-    alpha: FloatParam = FloatRange(low=0.0, high=1.0)
+    dropout: Dropout = 0.0
+    temperature: Temperature = FloatRange(low=1.0, high=20.0, log=True)
+    alpha: Alpha = FloatRange(low=0.0, high=1.0)
 
 
 class CNNSpace(_Frozen):
     family: Literal["cnn"]
-    depth: IntParam = IntRange(low=1, high=3)  # conv blocks, each ending in a 2x2 max-pool
-    convs_per_block: IntParam = IntRange(low=1, high=2)  # the last of >=2 is 'valid', as in the seed
-    width: IntParam = IntChoices(choices=[4, 8, 16, 32])  # channels of block 1
-    channel_growth: int = Field(default=2, ge=1, le=4)  # each block multiplies channels by this
-    kernel: IntParam = IntChoices(choices=[3, 5])  # kernel size (odd)
+    # conv blocks, each ending in a 2x2 max-pool
+    depth: Annotated[IntParam, _ints("conv blocks", 1, MAX_CNN_DEPTH)] = IntRange(low=1, high=3)
+    # the last of >=2 is 'valid', as in the seed
+    convs_per_block: Annotated[IntParam, _ints("convs per block", 1, MAX_CONVS_PER_BLOCK)] = (
+        IntRange(low=1, high=2))
+    # channels of block 1
+    width: Annotated[IntParam, _ints("channels", 1, MAX_CHANNELS)] = IntChoices(choices=[4, 8, 16, 32])
+    channel_growth: int = Field(default=2, ge=1, le=4, strict=True)  # channels x this per block
+    kernel: Annotated[IntParam, _ints("kernel sizes", 1, MAX_KERNEL, odd=True)] = IntChoices(
+        choices=[3, 5])
     kernel_per_layer: bool = False  # sample each conv layer's kernel separately
-    dense: IntParam = IntChoices(choices=[0, 32, 64, 128, 256])  # hidden dense width, 0 = none
-    conv_dropout: FloatParam = 0.0
-    dropout: FloatParam = 0.0
-    temperature: FloatParam = FloatRange(low=1.0, high=20.0, log=True)
-    alpha: FloatParam = FloatRange(low=0.0, high=1.0)
+    # hidden dense width, 0 = none
+    dense: Annotated[IntParam, _ints("dense widths (0 = none)", 0, MAX_WIDTH)] = IntChoices(
+        choices=[0, 32, 64, 128, 256])
+    conv_dropout: Dropout = 0.0
+    dropout: Dropout = 0.0
+    temperature: Temperature = FloatRange(low=1.0, high=20.0, log=True)
+    alpha: Alpha = FloatRange(low=0.0, high=1.0)
+
+    @model_validator(mode="after")
+    def _channels_fit(self) -> CNNSpace:
+        width, depth = _high(self.width), _high(self.depth)
+        channels = width * self.channel_growth ** (depth - 1)
+        if channels > MAX_CHANNELS:
+            raise _refuse(f"at most {MAX_CHANNELS:,} channels in the last block (width x "
+                          f"channel_growth^(depth - 1))",
+                          f"{width} x {self.channel_growth}^{depth - 1} = {channels:,}", "width")
+        return self
 
 
 class StudentSpec(_Frozen):
     space: Annotated[MLPSpace | CNNSpace, Field(discriminator="family")]
     train: TrainRecipe = TrainRecipe()
-    max_params: int | None = Field(default=None, ge=1)  # refuse larger students before training
+    # refuse larger students before training
+    max_params: int | None = Field(default=None, ge=1, le=MAX_PARAMS, strict=True)
 
 
 class EarlyStoppingSpec(_Frozen):
@@ -202,6 +369,12 @@ class StudySpec(_Frozen):
     student: StudentSpec
     search: SearchSpec = SearchSpec()
     source: str = ""  # the study file's text, kept for the dashboard's note
+    _path: str = PrivateAttr(default="")  # where it was read from, for messages; not its value
+
+    @property
+    def path(self) -> str:
+        """The file it was read from ('' when built in code), for messages."""
+        return self._path
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
@@ -251,8 +424,8 @@ def _describe_found(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_UNION_MEMBERS = {"int", "float", "IntRange", "FloatRange", "IntChoices", "FloatChoices",
-                  "MLPArch", "CNNArch", "MLPSpace", "CNNSpace", "mlp", "cnn"}
+_PARAM_MEMBERS = {"int", "float", "IntRange", "FloatRange", "IntChoices", "FloatChoices"}
+_UNION_MEMBERS = _PARAM_MEMBERS | {"MLPArch", "CNNArch", "MLPSpace", "CNNSpace", "mlp", "cnn"}
 _TYPE_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
                 "model_type", "model_attributes_type", "dict_type", "bool_type", "bool_parsing",
                 "string_type", "list_type"}
@@ -264,13 +437,17 @@ def _one_line(path: Path, err: ValidationError) -> str:
     specific = [e for e in errors if e["type"] not in _TYPE_ERRORS]
     first = specific[0] if specific else errors[0]
     raw_loc = [str(p) for p in first["loc"]]
-    in_union = any(p in _UNION_MEMBERS for p in raw_loc)
+    in_union = any(p in _PARAM_MEMBERS for p in raw_loc)
     # pydantic names union members by type ("int", "IntRange"); the user wrote none of them.
     loc = [p for p in raw_loc if p not in _UNION_MEMBERS and not p.startswith("function-")]
     key = ".".join(loc).replace("teacher_train", "teacher.train").replace("student.space", "student")
     key = key or "(top level)"
     found = _describe_found(first.get("input"))
     kind = first["type"]
+    if kind == "kdsearch":
+        ctx = first["ctx"]
+        key = f"{key}.{ctx['key']}" if ctx["key"] else key
+        return f"{path}: key '{key}': expected {ctx['expected']}, found {ctx['found']}"
     if kind == "missing":
         return f"{path}: key '{key}': expected a value, found nothing (the key is required)"
     if kind == "extra_forbidden":
@@ -311,9 +488,111 @@ def parse_study(text: str, path: Path) -> StudySpec:
         raise StudyFileError(f"{path}: key 'source': expected no such key, found {raw['source']!r}")
     raw["source"] = text
     try:
-        return StudySpec.model_validate(raw)
+        spec = StudySpec.model_validate(raw)
     except ValidationError as e:
         raise StudyFileError(one_line(_one_line(path, e))) from None
+    spec._path = str(path)
+    if spec.data.dataset in NAMED_INPUTS:
+        check_input(spec, *NAMED_INPUTS[spec.data.dataset])
+    elif spec.data.dataset == "synthetic":
+        s = spec.data.synthetic
+        if spec.data.val_size >= s.n_train:  # else refused only once the data is drawn
+            raise _refusal(spec, "data.val_size", f"fewer validation images than "
+                           f"synthetic.n_train ({s.n_train:,})", f"{spec.data.val_size:,}")
+        check_input(spec, (s.channels, s.height, s.width), s.num_classes)
+    return spec
+
+
+# --- the networks a study asks for, against its input ----------------------------------------
+
+
+def check_input(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """Refuse a study whose teacher or students cannot be built for its input, in one line.
+
+    `parse_study` calls it when the input is known from the file; for an ImageFolder the
+    runner calls it once the images are read, still before the teacher.
+    """
+    problem = _input_problem(spec, input_shape, num_classes)
+    if problem is not None:
+        raise _refusal(spec, *problem)
+
+
+def _refusal(spec: StudySpec, key: str, expected: str, found: str) -> StudyFileError:
+    path = spec._path or f"{spec.name}.toml"
+    return StudyFileError(one_line(f"{path}: key '{key}': expected {expected}, found {found}"))
+
+
+def _input_problem(spec: StudySpec, input_shape: tuple[int, int, int],
+                   num_classes: int) -> tuple[str, str, str] | None:
+    """(key, expected, found) of the first thing that does not fit, or None."""
+    from kdsearch.training.models import ArchitectureError, arch_params  # torch: only once needed
+
+    shape = f"{input_shape[1]}x{input_shape[2]}"
+    try:
+        teacher = arch_params(spec.teacher, input_shape, num_classes)
+    except ArchitectureError as e:
+        return "teacher.convs", f"conv layers that fit a {shape} input", str(e)
+    if teacher > MAX_PARAMS:
+        return "teacher", f"at most {MAX_PARAMS:,} params", f"{teacher:,}"
+
+    space, max_params = spec.student.space, spec.student.max_params
+    if isinstance(space, CNNSpace) and _high(space.kernel) > min(input_shape[1:]):
+        return ("student.kernel", f"kernels no larger than the {shape} input",
+                str(_high(space.kernel)))
+    sizes = [arch_params(a, input_shape, num_classes) for a in _extreme_students(space, input_shape)]
+    if not sizes:
+        return None  # too many kernel sequences to size here: each trial checks its own
+    smallest, largest = min(sizes), max(sizes)
+    if max_params is not None and smallest > max_params:
+        return ("student.max_params", f"at least {smallest:,}, the smallest student of this "
+                f"space on {shape} inputs of {num_classes} classes", f"{max_params:,}")
+    if max_params is None and largest > MAX_PARAMS:
+        return ("student.max_params", f"a cap: this space reaches {largest:,} params, past the "
+                f"{MAX_PARAMS:,} a network may have", "none")
+    return None
+
+
+_MAX_SIZED = 20_000  # students worth sizing one by one at load (about a second)
+
+
+def _extreme_students(space: MLPSpace | CNNSpace,
+                      input_shape: tuple[int, int, int]) -> list[MLPArch | CNNArch]:
+    """Students among which lie the space's smallest and its largest.
+
+    Parameters grow with every width and with the kernels of 'same' convs, so their ends
+    suffice. Depth, convs per block and the kernel of a block's last ('valid') conv also shrink
+    the map the head sees, so all of their values are tried; a dense width of 0 swaps a layer
+    for none, so the dense widths tried are none, the narrowest and the widest. Empty when
+    per-layer kernels make that too many to list.
+    """
+    if isinstance(space, MLPSpace):
+        depths, widths = _values(space.depth), _values(space.width)
+        return [MLPArch(hidden=[widths[0]] * depths[0]), MLPArch(hidden=[widths[-1]] * depths[-1])]
+    widths, kernels, dense = _values(space.width), _values(space.kernel), _values(space.dense)
+    denses = sorted({dense[0], dense[-1], next((d for d in dense if d > 0), dense[-1])})
+    shapes = list(product(_values(space.depth), _values(space.convs_per_block)))
+
+    def sequences(depth: int, per_block: int) -> list[list[int]]:
+        if not space.kernel_per_layer:
+            return [[k] * depth * per_block for k in kernels]
+        if per_block == 1:  # all 'same': the smallest and the largest kernel everywhere
+            return [[kernels[0]] * depth, [kernels[-1]] * depth]
+        return [sum(([k] * (per_block - 1) + [last] for last in lasts), [])
+                for lasts in product(kernels, repeat=depth) for k in (kernels[0], kernels[-1])]
+
+    def count(depth: int, per_block: int) -> int:
+        if space.kernel_per_layer and per_block > 1:
+            return 2 * len(kernels) ** depth
+        return len(kernels) if not space.kernel_per_layer else 2
+
+    if sum(count(*s) for s in shapes) * 2 * len(denses) > _MAX_SIZED:
+        return []
+    side = min(input_shape[1:])
+    return [cnn_arch(depth, per_block, width, space.channel_growth, seq, d, side)
+            for depth, per_block in shapes
+            for seq in sequences(depth, per_block)
+            for width in (widths[0], widths[-1])
+            for d in denses]
 
 
 def load_study(study: str) -> StudySpec:

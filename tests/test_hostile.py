@@ -1,12 +1,14 @@
 """Hostile input: every study file and command line ends in a valid spec or one line, exit 2.
 
-Property tests (hypothesis) on the study-file loader and the CLI's arguments, then the
+Property tests (hypothesis) on the study-file loader (a file that loads builds its teacher and
+its students at every corner of the space) and the CLI's arguments, then the
 failures a running study meets (NaN loss, out of memory, over-budget students, a corrupt
 teacher cache, a missing data directory), each of which must leave a recorded trial state.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -24,8 +26,22 @@ from optuna.trial import TrialState
 import kdsearch.cli as cli
 from kdsearch.errors import KdsearchError, StudyFileError
 from kdsearch.options import Options
-from kdsearch.spec import StudySpec, load_study, parse_study, shipped_studies_dir
+from kdsearch.search.space import suggest_student
+from kdsearch.spec import (
+    MAX_PARAMS,
+    NAMED_INPUTS,
+    CNNSpace,
+    FloatChoices,
+    FloatRange,
+    IntChoices,
+    IntRange,
+    StudySpec,
+    load_study,
+    parse_study,
+    shipped_studies_dir,
+)
 from kdsearch.study.runner import run_study
+from kdsearch.training.models import arch_params, build_model, count_params
 from tests.helpers import TINY_MLP_STUDY, tiny_study
 
 EXAMPLES = int(os.environ.get("KDSEARCH_FUZZ_EXAMPLES", "300"))  # raise for a longer hunt
@@ -68,14 +84,99 @@ def _paths(doc, prefix=()):
             yield from _paths(v, (*prefix, k))
 
 
-def _check(text: str) -> None:
+def _check(text: str) -> StudySpec | str:
+    """The spec, after building its networks at every corner; or the one-line refusal."""
     try:
         spec = parse_study(text, Path("hostile.toml"))
     except StudyFileError as e:
         msg = str(e)
         assert msg.startswith("hostile.toml: ") and "\n" not in msg and len(msg) < 2000, msg
-        return
+        return msg
     assert isinstance(spec, StudySpec)
+    _builds_everywhere(spec)
+    return spec
+
+
+# --- a loaded study's networks: built as torch modules at every corner of the space -----------
+
+
+def _input(spec: StudySpec) -> tuple[tuple[int, int, int], int] | None:
+    if spec.data.dataset == "synthetic":
+        s = spec.data.synthetic
+        return (s.channels, s.height, s.width), s.num_classes
+    return NAMED_INPUTS.get(spec.data.dataset)  # an ImageFolder's shape is known only later
+
+
+def _ends(param) -> list:
+    if isinstance(param, (IntRange, FloatRange)):
+        high = param.high if isinstance(param, FloatRange) else (
+            param.low + (param.high - param.low) // param.step * param.step)
+        return sorted({param.low, high})
+    if isinstance(param, (IntChoices, FloatChoices)):
+        return sorted({min(param.choices), max(param.choices)})
+    return [param]
+
+
+def _int_names(space) -> list[str]:
+    return ["depth", "width", *(["convs_per_block", "kernel", "dense"]
+                                if isinstance(space, CNNSpace) else [])]
+
+
+def _float_names(space) -> list[str]:
+    return ["dropout", "temperature", "alpha", *(["conv_dropout"]
+                                                 if isinstance(space, CNNSpace) else [])]
+
+
+def _trial_params(space, ints: dict, floats: dict) -> dict:
+    """What a trial at this point of the space holds, per-layer names included."""
+    params = {**ints, **floats}
+    if isinstance(space, CNNSpace) and space.kernel_per_layer:
+        for i in range(ints["depth"] * ints["convs_per_block"]):
+            params[f"kernel_{i + 1}"] = ints["kernel"]
+    if not isinstance(space, CNNSpace) and space.width_per_layer:
+        params.update({f"width_{i + 1}": ints["width"] for i in range(ints["depth"])})
+    return params
+
+
+def corners(space) -> list[dict]:
+    """Every corner of the space (each integer at either end; the floats low, then high)."""
+    ints = _int_names(space)
+    floats = [{n: _ends(getattr(space, n))[end] for n in _float_names(space)} for end in (0, -1)]
+    return [_trial_params(space, dict(zip(ints, values, strict=True)), f)
+            for values in itertools.product(*(_ends(getattr(space, n)) for n in ints))
+            for f in floats]
+
+
+def _meta_model(arch, shape, classes) -> torch.nn.Module:
+    """Build `arch` and run one image through it on the meta device: every shape checked, no
+    memory spent, so a 100M-parameter corner costs what a tiny one does."""
+    with torch.device("meta"):
+        model = build_model(arch, shape, classes)
+        out = model(torch.zeros((1, *shape), dtype=torch.uint8))
+    assert tuple(out.shape) == (1, classes), arch
+    assert count_params(model) == arch_params(arch, shape, classes)
+    return model
+
+
+_BUILT: set[str] = set()
+
+
+def _builds_everywhere(spec: StudySpec) -> None:
+    known = _input(spec)
+    if known is None:
+        return
+    shape, classes = known
+    key = json.dumps([spec.teacher.model_dump(), spec.student.model_dump(), shape, classes],
+                     sort_keys=True, default=str)
+    if key in _BUILT:
+        return
+    assert count_params(_meta_model(spec.teacher, shape, classes)) <= MAX_PARAMS
+    space = spec.student.space
+    for params in corners(space):
+        choice = suggest_student(optuna.trial.FixedTrial(params), space, shape)
+        size = count_params(_meta_model(choice.arch, shape, classes))
+        assert spec.student.max_params is not None or size <= MAX_PARAMS, (params, size)
+    _BUILT.add(key)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -101,6 +202,110 @@ def test_mutated_study_files_are_a_spec_or_one_line(name, data):
     else:
         parent[data.draw(st.text(min_size=1, max_size=10))] = data.draw(values)
     _check(to_toml(doc))
+
+
+def _form(x):
+    """A parameter in any of its three forms, its values drawn from `x`."""
+    return st.one_of(
+        x,
+        st.tuples(x, x).map(lambda t: {"low": min(t), "high": max(t)}),
+        st.lists(x, min_size=1, max_size=3).map(lambda c: {"choices": c}),
+    )
+
+
+def _int_param(low: int, high: int, odd: bool = False, bad: bool = False):
+    n = st.integers(low, high).map(lambda k: 2 * k + 1 if odd else k)
+    bad_n = st.sampled_from([-1, 0, 2, 4097, 100_000])
+    step = st.integers(1, 3)
+    return _form(bad_n if bad else n) | st.tuples(n, st.integers(0, 2), step).map(
+        lambda t: {"low": t[0], "high": t[0] + t[1] * t[2], "step": t[2]})
+
+
+def _float_param(low: float, high: float, bad: bool = False):
+    return _form(st.sampled_from([-0.5, 0.0, 1.0, 1.5]) if bad else st.floats(low, high))
+
+
+@st.composite
+def student_spaces(draw) -> dict:
+    """A small study file whose student space is drawn key by key, at most one key hostile."""
+    family = draw(st.sampled_from(["mlp", "cnn"]))
+    bad = draw(st.sampled_from([None] * 6 + ["depth", "width", "dropout", "temperature", "alpha",
+                                             "convs_per_block", "kernel", "dense"]))
+    student = {
+        "family": family,
+        "depth": draw(_int_param(1, 3, bad=bad == "depth")),
+        "width": draw(_int_param(1, 24, bad=bad == "width")),
+        "dropout": draw(_float_param(0.0, 0.9, bad=bad == "dropout")),
+        "temperature": draw(_float_param(0.1, 20.0, bad=bad == "temperature")),
+        "alpha": draw(_float_param(0.0, 1.0, bad=bad == "alpha")),
+    }
+    if family == "cnn":
+        student |= {"convs_per_block": draw(_int_param(1, 3, bad=bad == "convs_per_block")),
+                    "kernel": draw(_int_param(0, 4, odd=True, bad=bad == "kernel")),
+                    "dense": draw(_int_param(0, 32, bad=bad == "dense")),
+                    "channel_growth": draw(st.integers(1, 4)),
+                    "kernel_per_layer": draw(st.booleans()),
+                    "conv_dropout": draw(_float_param(0.0, 0.9))}
+    else:
+        student["width_per_layer"] = draw(st.booleans())
+    if draw(st.booleans()):
+        student["max_params"] = draw(st.integers(1, 20_000))
+    side = draw(st.integers(4, 16))
+    return {"data": {"dataset": "synthetic", "val_size": 20,
+                     "synthetic": {"n_train": 100, "n_test": 20, "num_classes": draw(
+                         st.integers(2, 5)), "channels": draw(st.integers(1, 3)),
+                                   "height": side, "width": draw(st.integers(side, 16))}},
+            "teacher": {"family": "mlp", "hidden": [8]}, "student": student}
+
+
+def _every_student(space, shape) -> list | None:
+    """Every student of a small space, through the trial's own suggest path; None if many."""
+    names = _int_names(space)
+    grids = [list(range(p.low, p.high + 1, p.step)) if isinstance(p, IntRange)
+             else sorted(set(p.choices)) if isinstance(p, IntChoices) else [p]
+             for p in (getattr(space, n) for n in names)]
+    floats = {n: _ends(getattr(space, n))[0] for n in _float_names(space)}
+    points = []
+    for values in itertools.product(*grids):
+        ints = dict(zip(names, values, strict=True))
+        params = _trial_params(space, ints, floats)
+        per_layer = sorted(k for k in params if k.startswith(("kernel_", "width_")))
+        grid = grids[names.index(per_layer[0].split("_")[0])] if per_layer else []
+        points += [{**params, **dict(zip(per_layer, seq, strict=True))}
+                   for seq in itertools.product(grid, repeat=len(per_layer))]
+        if len(points) > 2000:
+            return None
+    return [suggest_student(optuna.trial.FixedTrial(p), space, shape).arch for p in points]
+
+
+@settings(max_examples=max(EXAMPLES // 2, 10), deadline=None)
+@given(student_spaces())
+def test_drawn_spaces_load_only_if_every_corner_builds(doc):
+    """A space loads only if its students build at every corner; `max_params` only if one fits,
+    and a refusal names the smallest student exactly (checked against every student here)."""
+    wanted = doc["student"].pop("max_params", None)
+    result = _check(to_toml(doc))
+    if isinstance(result, str):
+        return
+    space, syn = result.student.space, result.data.synthetic
+    shape = (syn.channels, syn.height, syn.width)
+    archs = _every_student(space, shape)
+    if archs is None:
+        return
+    smallest = min(arch_params(a, shape, syn.num_classes) for a in archs)
+    for max_params in {wanted or smallest, smallest, smallest - 1} - {0}:
+        doc["student"]["max_params"] = max_params
+        if max_params >= smallest:
+            assert isinstance(_check(to_toml(doc)), StudySpec), (max_params, smallest)
+        else:
+            assert f"expected at least {smallest:,}, the smallest student" in _check(to_toml(doc))
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_studies_build_at_every_corner(name):
+    text = (shipped_studies_dir() / f"{name}.toml").read_text() if name != "tiny" else to_toml(
+        SHIPPED[name])
+    assert isinstance(_check(text), StudySpec)
 
 
 @pytest.mark.parametrize("text", [
@@ -224,9 +429,10 @@ def test_student_over_max_params_is_refused_before_training(tmp_path, cache_dir,
         raise AssertionError("an over-budget student was trained")
 
     monkeypatch.setattr("kdsearch.training.student.train", never)
-    study = _run(tmp_path, cache_dir, [("[student.train]", "max_params = 10\n\n[student.train]")])
+    # 275 is the space's smallest student (1 x 4 units): the file loads, the two drawn are larger
+    study = _run(tmp_path, cache_dir, [("[student.train]", "max_params = 275\n\n[student.train]")])
     assert [s for s, _ in _reasons(study)] == ["PRUNED", "PRUNED"]
-    assert all(r.startswith("over budget: ") and "> max_params 10" in r for _, r in _reasons(study))
+    assert all(r.startswith("over budget: ") and "> max_params 275" in r for _, r in _reasons(study))
 
 
 def test_unexpected_error_is_recorded_then_raised(tmp_path, cache_dir, monkeypatch):
@@ -265,3 +471,25 @@ def test_missing_data_directory_is_one_line(tmp_path, capsys):
     assert code == 2
     assert err == f"kdsearch: error: data directory {tmp_path / 'nowhere'} does not exist\n"
     assert not os.path.exists(tmp_path / "s.db")  # refused before touching the study
+
+
+def test_image_folder_study_is_checked_once_its_images_are_read(tmp_path, capsys):
+    """Its shape is unknown at load; the refusal comes after reading, before the teacher."""
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("a", "b", "c"):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (8, 8), color=40 * i).save(tmp_path / "imgs" / split / cls / f"{i}.png")
+    study = tmp_path / "folder.toml"
+    study.write_text(TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1").replace(
+        'dataset = "synthetic"', f'dataset = "imagefolder"\npath = "{tmp_path / "imgs"}"').replace(
+        "val_size = 100", "val_size = 3").replace("[student.train]", "max_params = 10\n[student.train]"))
+    code = cli.main(["run-study", str(study), "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                     "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (f"kdsearch: error: {study}: key 'student.max_params': expected at least 275, "
+                   "the smallest student of this space on 8x8 inputs of 3 classes, found 10\n")
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "c" / "teachers").exists()

@@ -3,8 +3,18 @@ from pathlib import Path
 import pytest
 
 from kdsearch.errors import StudyFileError
-from kdsearch.spec import CNNSpace, FloatRange, find_study_file, list_studies, load_study, parse_study
-from tests.helpers import tiny_study_text
+from kdsearch.spec import (
+    NAMED_INPUTS,
+    CNNSpace,
+    FloatRange,
+    check_input,
+    find_study_file,
+    list_studies,
+    load_study,
+    parse_study,
+)
+from kdsearch.training.data import NAMED
+from tests.helpers import kdsearch, tiny_study_text
 
 
 def test_shipped_studies_load():
@@ -88,3 +98,168 @@ def test_study_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert find_study_file("smoke").name == "smoke.toml"
     assert Path(find_study_file("smoke")).is_file()
+
+
+# --- values the model builders cannot take: refused at load, before data or teacher -----------
+
+CNN, MLP = tiny_study_text("cnn"), tiny_study_text("mlp")
+WIDTH, KERNEL, DEPTH = "width = { choices = [4, 8] }", "kernel = { choices = [3, 5] }", \
+    "depth = { low = 1, high = 2 }"
+ALPHA, TEMPERATURE = "alpha = { low = 0.0, high = 1.0 }", \
+    "temperature = { low = 1.0, high = 10.0, log = true }"
+TEACHER = 'family = "mlp"\nhidden = [32]'
+CONV_TEACHER = 'family = "cnn"\nconvs = [{ channels = CH, kernel = 7, padding = "valid" }, ' \
+    '{ channels = 4, kernel = 7, padding = "valid" }]'
+
+
+def _student_key(text: str, line: str) -> str:
+    return text.replace("[student.train]", f"{line}\n\n[student.train]")
+
+
+REFUSED = {  # case: (study text, what the one line must say)
+    "cnn_width_0": (CNN.replace(WIDTH, "width = 0"),
+                    "key 'student.width': expected channels from 1 to 4,096, found 0"),
+    "cnn_width_100000": (CNN.replace(WIDTH, "width = 100000"),
+                         "key 'student.width': expected channels from 1 to 4,096, found 100,000"),
+    "channels_past_the_cap": (CNN.replace(WIDTH, "width = 1024").replace(DEPTH, "depth = 4"),
+                              "key 'student.width': expected at most 4,096 channels in the last "
+                              "block (width x channel_growth^(depth - 1)), found 1024 x 2^3 = 8,192"),
+    "kernel_0": (CNN.replace(KERNEL, "kernel = { choices = [0, 3] }"),
+                 "key 'student.kernel': expected kernel sizes from 1 to 15, found 0 among the "
+                 "choices"),
+    "kernel_31": (CNN.replace(KERNEL, "kernel = 31"),
+                  "key 'student.kernel': expected kernel sizes from 1 to 15, found 31"),
+    "kernel_even": (CNN.replace(KERNEL, "kernel = { choices = [3, 4] }"),
+                    "key 'student.kernel': expected odd kernel sizes"),
+    "kernel_range_odd_step": (CNN.replace(KERNEL, "kernel = { low = 3, high = 7 }"),
+                              "key 'student.kernel': expected odd kernel sizes: a range needs an "
+                              "even step, found step = 1"),
+    "kernel_past_the_input": (CNN.replace(KERNEL, "kernel = 9"),
+                              "key 'student.kernel': expected kernels no larger than the 8x8 "
+                              "input, found 9"),
+    "cnn_depth_0": (CNN.replace(DEPTH, "depth = { low = 0, high = 2 }"),
+                    "key 'student.depth': expected conv blocks from 1 to 16, found low = 0"),
+    "convs_per_block_0": (CNN.replace("convs_per_block = 1", "convs_per_block = 0"),
+                          "key 'student.convs_per_block': expected convs per block from 1 to 8, "
+                          "found 0"),
+    "dense_negative": (CNN.replace("dense = 0", "dense = { choices = [-16, 0] }"),
+                       "key 'student.dense': expected dense widths (0 = none) from 0 to 16,384, "
+                       "found -16 among the choices"),
+    "dropout_1": (_student_key(CNN, "dropout = 1.0"),
+                  "key 'student.dropout': expected a dropout in [0, 1), found 1.0"),
+    "conv_dropout_range_to_1": (_student_key(CNN, "conv_dropout = { low = 0.0, high = 1.0 }"),
+                                "key 'student.conv_dropout': expected a dropout in [0, 1), "
+                                "found high = 1.0"),
+    "alpha_above_1": (CNN.replace(ALPHA, "alpha = { low = 0.0, high = 1.5 }"),
+                      "key 'student.alpha': expected an alpha in [0, 1] (the soft targets' "
+                      "weight), found high = 1.5"),
+    "alpha_negative": (CNN.replace(ALPHA, "alpha = -0.1"), "key 'student.alpha': expected an "
+                       "alpha in [0, 1] (the soft targets' weight), found -0.1"),
+    "temperature_0": (CNN.replace(TEMPERATURE, "temperature = 0.0"),
+                      "key 'student.temperature': expected a temperature > 0, found 0.0"),
+    "temperature_negative": (CNN.replace(TEMPERATURE, "temperature = { choices = [-1.0, 2.0] }"),
+                             "key 'student.temperature': expected a temperature > 0, found -1.0 "
+                             "among the choices"),
+    "temperature_nan": (CNN.replace(TEMPERATURE, "temperature = nan"),
+                        "key 'student.temperature': expected a finite number, found nan"),
+    "mlp_depth_0": (MLP.replace(DEPTH, "depth = 0"),
+                    "key 'student.depth': expected hidden layers from 1 to 32, found 0"),
+    "mlp_width_negative": (MLP.replace(WIDTH, "width = -4"),
+                           "key 'student.width': expected units per layer from 1 to 16,384, "
+                           "found -4"),
+    "mlp_width_huge": (MLP.replace(WIDTH, "width = { choices = [8, 100000] }"),
+                       "key 'student.width': expected units per layer from 1 to 16,384, found "
+                       "100,000 among the choices"),
+    "mlp_too_large_to_allocate": (MLP.replace(WIDTH, "width = 16384").replace(DEPTH, "depth = 8"),
+                                  "key 'student.max_params': expected a cap: this space reaches "
+                                  "1,880,276,995 params, past the 100,000,000 a network may have, "
+                                  "found none"),
+    "max_params_past_the_cap": (_student_key(CNN, "max_params = 1000000000"),
+                                "key 'student.max_params': expected less than or equal to "
+                                "100000000, found 1000000000"),
+    "impossible_max_params_cnn": (_student_key(CNN, "max_params = 200"),
+                                  "key 'student.max_params': expected at least 235, the smallest "
+                                  "student of this space on 8x8 inputs of 3 classes, found 200"),
+    "impossible_max_params_mlp": (_student_key(MLP, "max_params = 10"),
+                                  "key 'student.max_params': expected at least 275, the smallest "
+                                  "student of this space on 8x8 inputs of 3 classes, found 10"),
+    "empty_choices": (CNN.replace(WIDTH, "width = { choices = [] }"),
+                      "key 'student.width': expected a non-empty list of choices, found []"),
+    "empty_float_choices": (CNN.replace(ALPHA, "alpha = { choices = [] }"),
+                            "key 'student.alpha': expected a non-empty list of choices, found []"),
+    "float_among_int_choices": (CNN.replace(WIDTH, "width = { choices = [4, 8.5] }"),
+                                "key 'student.width': expected whole numbers as choices, found "
+                                "8.5 among them"),
+    "bool_as_width": (CNN.replace(WIDTH, "width = true"), "key 'student.width': expected a whole "
+                      "number, a range { low = .., high = .. } or { choices = [..] }, found True"),
+    "step_not_dividing": (CNN.replace(DEPTH, "depth = { low = 1, high = 2, step = 2 }"),
+                          "key 'student.depth': expected a step that divides high - low"),
+    "teacher_width_0": (CNN.replace(TEACHER, 'family = "mlp"\nhidden = [32, 0]'),
+                        "key 'teacher.hidden.1': expected greater than or equal to 1, found 0"),
+    "teacher_width_negative": (CNN.replace(TEACHER, 'family = "mlp"\nhidden = [-8]'),
+                               "key 'teacher.hidden.0': expected greater than or equal to 1"),
+    "teacher_too_large": (CNN.replace(TEACHER, 'family = "mlp"\nhidden = [16384, 16384, 16384]'),
+                          "key 'teacher': expected at most 100,000,000 params, found 538,017,795"),
+    "teacher_channels_0": (CNN.replace(TEACHER, CONV_TEACHER.replace("CH", "0")),
+                           "key 'teacher.convs.0.channels': expected greater than or equal to 1"),
+    "teacher_dense_0": (CNN.replace(TEACHER, CONV_TEACHER.replace("CH", "4") + "\ndense = [0]"),
+                        "key 'teacher.dense.0': expected greater than or equal to 1"),
+    "teacher_convs_collapse": (CNN.replace(TEACHER, CONV_TEACHER.replace("CH", "4")),
+                               "key 'teacher.convs': expected conv layers that fit a 8x8 input, "
+                               "found conv layer 2 (7x7, valid) leaves no pixels of a 8x8 input"),
+    "val_size_not_below_n_train": (CNN.replace("val_size = 100", "val_size = 400"),
+                                   "key 'data.val_size': expected fewer validation images than "
+                                   "synthetic.n_train (400), found 400"),
+    "synthetic_past_memory": (CNN.replace("n_train = 400", "n_train = 10000000"),
+                              "key 'data.synthetic.n_train': expected at most 268,435,456 pixel "
+                              "values"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_values_the_builders_cannot_take_are_refused_at_load(tmp_path, case):
+    text, fragment = REFUSED[case]
+    assert text not in (CNN, MLP), "the edit did not apply"
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    with pytest.raises(StudyFileError) as info:
+        load_study(str(path))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: key '")
+    assert fragment in message
+    assert "expected" in message and "found" in message
+
+
+def test_the_smallest_student_is_allowed_exactly(tmp_path):
+    spec = parse_study(_student_key(CNN, "max_params = 235"), tmp_path / "tight.toml")
+    assert spec.student.max_params == 235
+
+
+@pytest.mark.parametrize("case", ["teacher_width_0", "empty_choices", "float_among_int_choices",
+                                  "impossible_max_params_cnn"])
+def test_refusals_through_the_cli_are_one_line_exit_2(tmp_path, case):
+    text, fragment = REFUSED[case]
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    proc = kdsearch("run-study", str(path), "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                    "--cache-dir", str(tmp_path / "cache"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kdsearch: error: ")
+    assert fragment in proc.stderr and str(path) in proc.stderr
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "cache").exists()
+
+
+def test_named_inputs_agree_with_the_loader():
+    assert {name: (shape, classes) for name, (_, classes, shape) in NAMED.items()} == NAMED_INPUTS
+
+
+def test_an_image_folder_study_is_checked_once_its_shape_is_known(tmp_path):
+    text = _student_key(CNN, "max_params = 200").replace(
+        'dataset = "synthetic"', f'dataset = "imagefolder"\npath = "{tmp_path}"')
+    spec = parse_study(text, tmp_path / "folder.toml")  # the shape is not known yet
+    check_input(spec, (1, 5, 5), 3)  # smaller images, a smaller head: the smallest student fits
+    with pytest.raises(StudyFileError, match=r"folder.toml: key 'student.max_params': expected "
+                       r"at least 235, .* on 8x8 inputs of 3 classes, found 200"):
+        check_input(spec.with_overrides(seed=1), (1, 8, 8), 3)

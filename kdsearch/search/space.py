@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from kdsearch.architecture import CNNArch, ConvLayer, MLPArch
+from kdsearch.architecture import CNNArch, MLPArch, cnn_arch
 from kdsearch.spec import (
     CNNSpace,
     FloatChoices,
@@ -44,30 +44,6 @@ def suggest_float(trial: optuna.Trial, name: str, param: FloatParam) -> float:
     if isinstance(param, FloatChoices):
         return float(trial.suggest_categorical(name, param.choices))
     return float(trial.suggest_categorical(name, [float(param)]))
-
-
-def cnn_arch(depth: int, convs_per_block: int, width: int, growth: int, kernels: list[int],
-             dense: int, input_hw: int, conv_dropout: float = 0.0, dropout: float = 0.0) -> CNNArch:
-    """Blocks of `convs_per_block` convs, 'same' then a final 'valid' one, then a 2x2 pool.
-
-    With depth 2, 2 convs per block, width 8, kernel 3 and dense 128 this is the seed's
-    student (8-8-16-16, dense 128, 79,442 params on CIFAR-10). A 'valid' conv or a pool that
-    would shrink the feature map below 2 pixels is left out, so every sample can be built.
-    """
-    convs, size, k = [], input_hw, iter(kernels)
-    for block in range(depth):
-        channels = width * growth**block
-        for j in range(convs_per_block):
-            kernel = next(k)
-            last = j == convs_per_block - 1
-            valid = last and convs_per_block >= 2 and size - (kernel - 1) >= 2
-            size -= (kernel - 1) if valid else 0
-            pool = last and size >= 2
-            size = size // 2 if pool else size
-            convs.append(ConvLayer(channels=channels, kernel=kernel,
-                                   padding="valid" if valid else "same", pool=pool))
-    return CNNArch(convs=convs, dense=[dense] if dense else [], conv_dropout=conv_dropout,
-                   dropout=dropout)
 
 
 def suggest_student(trial: optuna.Trial, space: MLPSpace | CNNSpace,

@@ -21,7 +21,7 @@ from kdsearch.record import TrialRecord
 from kdsearch.search import baselines
 from kdsearch.search.early_stopping import make_stopper
 from kdsearch.search.objective import make_objective
-from kdsearch.spec import StudySpec
+from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
 from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, redact
@@ -133,7 +133,8 @@ def trial_line(trial: FrozenTrial) -> str:
 
 def load_logged(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Dataset:
     data = load_data(spec.data, opts.data_dir, opts.cache_dir, data_home=opts.data_home,
-                     offline=opts.offline)
+                     offline=opts.offline, study_file=spec.path)
+    check_input(spec, data.input_shape, data.num_classes)  # an ImageFolder's shape is news here
     log(f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / "
         f"{len(data.test):,} test images of shape {data.input_shape}, {data.num_classes} classes")
     return data

@@ -18,7 +18,7 @@ from tests.helpers import TINY_DATA, write_study
 SWEEP = TINY_DATA + """
 [student]
 family = "mlp"
-depth = { choices = [0, 1] }
+depth = { choices = [1, 2] }  # hidden layers: a depth of 0 is refused at load
 width = 8
 temperature = 4.0
 alpha = { choices = [0.0, 0.9] }
@@ -37,7 +37,7 @@ repeats = 2
 def test_grid_holds_swept_values_alpha_and_repeats(tmp_path):
     spec = load_study(str(write_study(tmp_path, "sw", SWEEP)))
     grid = sweep_grid(spec)
-    assert grid["depth"] == [0, 1] and grid["alpha"] == [0.0, 0.9] and grid["repeat"] == [0, 1]
+    assert grid["depth"] == [1, 2] and grid["alpha"] == [0.0, 0.9] and grid["repeat"] == [0, 1]
     assert grid["width"] == [8] and grid["temperature"] == [4.0]
     assert sweep_size(spec) == 8
     assert swept_params(spec) == ["depth"]
@@ -95,7 +95,7 @@ def test_sweep_plot_data_is_mean_over_seeds_per_setting(swept):
     assert data.statistic == "mean" and set(data.groups) == {DISTILLED, PLAIN}
     trials = swept.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     for line, points in data.groups.items():
-        assert [p.x for p in points] == [0, 1]
+        assert [p.x for p in points] == [1, 2]
         for p in points:
             expected = [t.user_attrs["val_accuracy"] for t in trials if t.params["depth"] == p.x
                         and (t.params["alpha"] == 0.0) == (line == PLAIN)]

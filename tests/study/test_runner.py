@@ -73,7 +73,8 @@ def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, mon
 
 
 def test_student_over_max_params_is_refused_before_training(tmp_path, monkeypatch):
-    text = tiny_study_text().replace("[student.train]", "max_params = 10\n\n[student.train]")
+    # 235: the space's smallest student, so the file loads; the one drawn is larger
+    text = tiny_study_text().replace("[student.train]", "max_params = 235\n\n[student.train]")
     spec = parse_study(text, tmp_path / "tiny.toml")
 
     def no_training(*a, **k):
