@@ -33,6 +33,17 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     return optuna.TrialPruned(reason)
 
 
+def report_epoch(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
+    """Store the epoch's validation accuracy as the trial's intermediate value at step `epoch`.
+
+    Why not `trial.report`: Optuna refuses it in multi-objective studies, yet its storage
+    accepts intermediate values for any running trial, and optuna-dashboard draws them as the
+    trial's learning curve. Written as the trial runs, so pruned and failed trials keep the
+    epochs they finished. Optuna's pruners never read them here (kdsearch stops trials itself).
+    """
+    trial.storage.set_trial_intermediate_value(trial._trial_id, epoch, float(val_acc))
+
+
 def make_objective(
     spec: StudySpec, data: Dataset, teacher: Teacher, device: torch.device,
     on_epoch: Callable[[optuna.Trial, int, float], None] | None = None,
@@ -65,6 +76,7 @@ def make_objective(
         def epoch_done(epoch: int, val_acc: float) -> None:
             curve.append(val_acc)
             set_trial(trial, val_curve=tuple(curve))
+            report_epoch(trial, epoch, val_acc)
             if on_epoch is not None:
                 on_epoch(trial, epoch, val_acc)
 

@@ -31,6 +31,8 @@ def test_study_runs_resumes_and_records_everything(tmp_path):
         for key in ("macs", "test_accuracy", "train_seconds", "architecture", "val_curve"):
             assert key in t.user_attrs
         assert len(t.user_attrs["val_curve"]) == spec.student.train.epochs
+        # the learning curve optuna-dashboard draws: epoch -> validation accuracy
+        assert t.intermediate_values == dict(enumerate(t.user_attrs["val_curve"], start=1))
     teacher = study_teacher(study)
     assert teacher.params > 0 and 0 <= teacher.val_accuracy <= 1
 
@@ -49,6 +51,21 @@ def test_study_runs_resumes_and_records_everything(tmp_path):
     # nothing more to do at the same target
     study = run_study(spec, _opts(tmp_path, 4), log=logs.append)
     assert len(study.trials) == 4
+
+
+def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
+    """Multi-objective studies refuse Trial.report; the curve is written through storage."""
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    assert spec.student.train.epochs >= 2
+
+    def prune_after_first(trial, epoch, val_acc):
+        raise optuna.TrialPruned("test")
+
+    study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None, on_epoch=prune_after_first)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    assert trial.intermediate_values[1] == trial.user_attrs["val_curve"][0]
 
 
 def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, monkeypatch):
