@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from kdsearch.errors import KdsearchError, one_line
@@ -194,12 +195,17 @@ def cmd_run_study(args) -> int:
     opts = _options(args, spec)
     _threads(opts)
     if opts.workers > 1:
+        from kdsearch.study.runner import closing_summary
         from kdsearch.study.storage import load_study
         from kdsearch.study.workers import run_workers
 
+        start = time.monotonic()
         code = run_workers(args.study, spec, opts, args.seed, os.environ,
                            log=lambda m: print(m, file=sys.stderr))
-        print(best_table(load_study(opts.storage, opts.study_name)))
+        study = load_study(opts.storage, opts.study_name)
+        for line in closing_summary(study, time.monotonic() - start):
+            print(line, file=sys.stderr)
+        print(best_table(study))
         return code
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
     print(best_table(study))

@@ -47,8 +47,13 @@ def report_epoch(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
 def make_objective(
     spec: StudySpec, data: Dataset, teacher: Teacher, device: torch.device,
     on_epoch: Callable[[optuna.Trial, int, float], None] | None = None,
+    on_batches: Callable[[int, int, int], None] | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, float]]:
-    """The Optuna objective: (validation accuracy, parameter count)."""
+    """The Optuna objective: (validation accuracy, parameter count).
+
+    `on_batches(epoch, batches_done, batches_per_epoch)` follows the running trial's training
+    (engine.train), for a progress display that moves within a trial.
+    """
     recipe = spec.student.train
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -83,7 +88,7 @@ def make_objective(
         try:
             result = distill(model, data, recipe, device, teacher, seed=seed,
                              temperature=choice.temperature, alpha=choice.alpha,
-                             on_epoch=epoch_done)
+                             on_epoch=epoch_done, on_batches=on_batches)
         except NonFiniteLossError as e:
             raise _prune(trial, f"non-finite loss: {e}") from None
         except (torch.OutOfMemoryError, MemoryError):

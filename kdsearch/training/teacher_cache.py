@@ -184,7 +184,7 @@ def train_teacher(spec: StudySpec, data: Dataset, device: torch.device, key: str
         bar.set_postfix_str(f"epoch {epoch}/{epochs}{last[0]}")  # refreshes the bar
 
     def progress(epoch: int, loss: float, val_acc: float) -> None:
-        last[0] = f", epoch {epoch}: loss {loss:.4f} val_acc {val_acc:.4f}"
+        last[0] = f", last epoch loss {loss:.4f} val_acc {val_acc:.4f}"
         bar.set_postfix_str(f"epoch {epoch}/{epochs}{last[0]}")
 
     saved = [state["epoch"] if state else 0]  # the epoch `partial` now holds

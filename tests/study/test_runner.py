@@ -16,10 +16,19 @@ def _opts(tmp_path, n_trials, name="tiny"):
                       timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 
-def test_study_runs_resumes_and_records_everything(tmp_path):
+def test_study_runs_resumes_and_records_everything(tmp_path, capsys):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     logs = []
     study = run_study(spec, _opts(tmp_path, 2), log=logs.append)
+    # progress on stderr: within the running trial, and for the run once a trial is complete
+    err = capsys.readouterr().err
+    assert f"trial 0: epoch {spec.student.train.epochs}/{spec.student.train.epochs} 100%" in err
+    assert "run ~" in err and "left" in err
+    # the closing summary: counts, wall time, the front
+    assert "2 complete, 0 pruned, 0 failed (2 trials in the study)" in logs[-len(study.best_trials) - 2]
+    assert logs[-len(study.best_trials) - 1].startswith("Pareto front: ")
+    assert {int(line.split()[1]) for line in logs[-len(study.best_trials):]} == \
+        {t.number for t in study.best_trials}
     trials = study.get_trials(states=[TrialState.COMPLETE])
     assert len(trials) == 2
     assert study.metric_names == ["val_accuracy", "params"]
@@ -61,7 +70,10 @@ def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
     def prune_after_first(trial, epoch, val_acc):
         raise optuna.TrialPruned("test")
 
-    study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None, on_epoch=prune_after_first)
+    logs = []
+    study = run_study(spec, _opts(tmp_path, 1), log=logs.append, on_epoch=prune_after_first)
+    assert "0 complete, 1 pruned, 0 failed" in logs[-2]
+    assert logs[-1] == "Pareto front: empty (no complete trial)"
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]
@@ -142,3 +154,18 @@ def test_optuna_storage_is_plain_sqlite(tmp_path):
     run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
     loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db")
     assert len(loaded.trials) == 1
+
+
+def test_run_estimate_averages_complete_and_pruned_trials_apart():
+    from kdsearch.study.runner import run_estimate
+
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    assert run_estimate({C: [], P: [0.4]}, 5) is None  # nothing complete: no honest guess
+    assert run_estimate({C: [10.0]}, 0) == 0.0
+    # 2 complete at 10 s, 2 pruned at 0.4 s: half the trials cost 10 s, half 0.4 s
+    seen = {C: [10.0, 10.0], P: [0.4, 0.4]}
+    assert run_estimate(seen, 4) == pytest.approx(4 * 5.2)
+    # the running trial, 30% done, is counted as a complete one: 7 s left of it
+    assert run_estimate(seen, 4, running_fraction=0.3) == pytest.approx(3 * 5.2 + 7.0)
+    # more pruned trials seen -> a shorter estimate, whatever order they came in
+    assert run_estimate({C: [10.0], P: [0.4] * 3}, 4) < run_estimate(seen, 4)
