@@ -295,8 +295,8 @@ def cmd_evaluate(args) -> int:
     r = evaluate(args.folder, opts)
     print(f"{r['description']} ({r['params']:,} params): test accuracy {r['test_accuracy']:.4f} "
           f"on {r['n_test']:,} images (card: {r['card_test_accuracy']:.4f})")
-    if "torchscript_test_accuracy" in r:
-        print(f"model.torchscript.pt: test accuracy {r['torchscript_test_accuracy']:.4f}")
+    for name, acc in r["exported"].items():
+        print(f"{name}: test accuracy {acc:.4f}")
     if not r["same_test_set"]:
         print("warning: this test set differs from the one the card was measured on",
               file=sys.stderr)
