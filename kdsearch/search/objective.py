@@ -13,6 +13,7 @@ import torch
 
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.record import set_trial
+from kdsearch.search.curves import report_epoch
 from kdsearch.search.space import suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
@@ -31,17 +32,6 @@ def _is_out_of_memory(e: BaseException) -> bool:
 def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     set_trial(trial, stopped_reason=reason)
     return optuna.TrialPruned(reason)
-
-
-def report_epoch(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
-    """Store the epoch's validation accuracy as the trial's intermediate value at step `epoch`.
-
-    Why not `trial.report`: Optuna refuses it in multi-objective studies, yet its storage
-    accepts intermediate values for any running trial, and optuna-dashboard draws them as the
-    trial's learning curve. Written as the trial runs, so pruned and failed trials keep the
-    epochs they finished. Optuna's pruners never read them here (kdsearch stops trials itself).
-    """
-    trial.storage.set_trial_intermediate_value(trial._trial_id, epoch, float(val_acc))
 
 
 def make_objective(

@@ -61,8 +61,11 @@ def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
 
         return _AskTellGridSampler(sweep_grid(spec), seed=seed)
     # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
-    # constant_liar keeps parallel workers from all sampling the same point.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+    # constant_liar keeps parallel workers from all sampling the same point. Curve-blind: the
+    # trials' stored learning curves would otherwise crash it (search/curves.py).
+    from kdsearch.search.curves import CurveBlindTPESampler
+
+    return CurveBlindTPESampler(seed=seed, multivariate=True, constant_liar=True,
                                       n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
 
 
