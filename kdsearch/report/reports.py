@@ -123,12 +123,17 @@ def best_table(study: optuna.Study) -> str:
         return _best_table(study)
 
 
+def _count(n: int) -> str:
+    """A teacher's size; 0 means a teacher file that does not say it."""
+    return f"{n:,}" if n else "unknown"
+
+
 def _best_table(study: optuna.Study) -> str:
     front = pareto_rows(study)
     teacher = teacher_info(study)
     lines = []
     if teacher:
-        lines.append(f"teacher: {teacher.description}  params {teacher.params:,}  "
+        lines.append(f"teacher: {teacher.description}  params {_count(teacher.params)}  "
                      f"val_acc {teacher.val_accuracy:.4f}  test_acc {teacher.test_accuracy:.4f}")
     if not front:
         lines.append("no complete trials yet")
@@ -288,14 +293,14 @@ def summary_markdown(study: optuna.Study, images: list[str] | None = None) -> st
                  f"stopped early or refused, {counts['FAIL']} failed.")
     lines.append("")
     if teacher:
-        lines.append(f"Teacher `{teacher.description}`: {teacher.params:,} params, "
+        lines.append(f"Teacher `{teacher.description}`: {_count(teacher.params)} params, "
                      f"val acc {teacher.val_accuracy:.4f}, test acc {teacher.test_accuracy:.4f}.")
         lines.append("")
     lines += ["## Pareto front (selected on validation accuracy)", "",
               "| trial | val acc | test acc | params | MACs | compression | T | alpha | architecture |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in pareto_rows(study):
-        ratio = f"{teacher.params / r.params:.1f}x" if teacher and r.params else ""
+        ratio = f"{teacher.params / r.params:.1f}x" if teacher and teacher.params and r.params else ""
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "
                      f"{r.macs:,} | {ratio} | {r.temperature or 0:.2f} | {r.alpha or 0:.2f} | "
                      f"`{r.arch}` |")
