@@ -346,8 +346,10 @@ def _file_params(teacher: FileTeacher) -> tuple[int, str]:
             graph = onnx.load(str(teacher.file.path), load_external_data=False).graph
         except Exception as e:  # no onnx package, or a graph it cannot read: say so, go on
             return 0, f"params unknown ({_why(e)}); MACs not counted for a teacher file"
-        count = sum(math.prod(init.dims) for init in graph.initializer)
-        return count, ("params counted as ONNX initializer values (norm statistics included); "
+        floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                  onnx.TensorProto.BFLOAT16}  # weights; integer initializers are shapes
+        count = sum(math.prod(init.dims) for init in graph.initializer if init.data_type in floats)
+        return count, ("params counted as ONNX float initializers (norm statistics included); "
                        "MACs not counted for a teacher file")
     module = teacher._forward
     if isinstance(module, nn.Module):  # TorchScript, torch.export's module, torchvision
