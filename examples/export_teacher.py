@@ -79,7 +79,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":
         torch.onnx.export(net, (example,), str(args.out), dynamic_shapes=({0: batch},),
-                          input_names=["images"], output_names=["logits"])
+                          input_names=["images"], output_names=["logits"],
+                          external_data=False)  # one file: the weights inside, not beside it
     elif args.format == "torchscript":
         torch.jit.save(torch.jit.trace(net, example), str(args.out))
     else:

@@ -649,8 +649,8 @@ def _input_problem(spec: StudySpec, input_shape: tuple[int, int, int],
         for name in ("mean", "std"):
             values = getattr(spec.teacher_file.input, name)
             if values is not None and len(values) not in (1, channels):
-                return (f"teacher.input.{name}", f"1 or {channels} values (one per channel)",
-                        f"{len(values)}")
+                wanted = "1 value" if channels == 1 else f"1 or {channels} values (one per channel)"
+                return f"teacher.input.{name}", wanted, f"{len(values)}"
 
     space, max_params = spec.student.space, spec.student.max_params
     if isinstance(space, CNNSpace) and _high(space.kernel) > min(input_shape[1:]):

@@ -45,7 +45,13 @@ from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
 from kdsearch.training.engine import ResumeError, check_resumable, predict_logits, train
 from kdsearch.training.models import build_model, count_macs, count_params
-from kdsearch.training.teacher_file import FileTeacher, TeacherFile, file_logits, load_teacher_file
+from kdsearch.training.teacher_file import (
+    FileTeacher,
+    TeacherFile,
+    file_digest,
+    file_logits,
+    load_teacher_file,
+)
 from kdsearch.training.views import ViewSet, ViewTable, make_views, view_logits, views_seed
 
 CACHE_FORMAT = 1
@@ -86,9 +92,10 @@ def load_file_teacher(spec: StudySpec, data: Dataset, device: torch.device) -> F
 def teacher_key(spec: StudySpec, data: Dataset) -> str:
     if spec.teacher_file is not None:
         # The file's content hash and input settings, not its path: a re-export under the
-        # same name gets new logits.
-        payload = {"format": CACHE_FORMAT, "data": data.identity,
-                   "file": teacher_file_of(spec).identity()}
+        # same name gets new logits. An ONNX file may keep its weights in files beside it.
+        tf = teacher_file_of(spec)
+        payload = {"format": CACHE_FORMAT, "data": data.identity, "file": tf.identity(),
+                   "external": _external_data(tf.path)}
     else:
         assert spec.teacher is not None
         payload = {
@@ -99,6 +106,24 @@ def teacher_key(spec: StudySpec, data: Dataset) -> str:
             "seed": spec.seed,
         }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _external_data(path: Path) -> dict[str, str]:
+    """sha256 of each file an ONNX model keeps its weights in (`*.onnx.data`), by name.
+
+    Re-exporting a network with new weights can leave the .onnx graph byte-identical and
+    change only these files; without them in the key, the old logits would be reused.
+    """
+    if path.suffix.lower() != ".onnx":
+        return {}
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # no onnx package, or not ONNX: loading the file will say what is wrong
+        return {}
+    names = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    return {n: file_digest(path.parent / n) for n in sorted(names)}
 
 
 def views_settings(spec: StudySpec) -> dict:
@@ -466,7 +491,8 @@ def _load_views(folder: Path, data: Dataset, k: int) -> dict[str, ViewSet]:
             r = raw[split]
             views[split] = ViewSet(ViewTable(r["flip"], r["dy"], r["dx"], int(r["pad"])), r["logits"])
             want = (k, len(data.split(split)), data.num_classes)
-            if tuple(views[split].logits.shape) != want or views[split].table.flip.shape != want[:2]:
+            if (tuple(views[split].logits.shape) != want
+                    or tuple(views[split].table.flip.shape) != (want[1], k)):
                 raise _Corrupt(f"{split} views have shape {tuple(views[split].logits.shape)}")
     except _Corrupt:
         raise
