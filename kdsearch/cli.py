@@ -228,9 +228,14 @@ def cmd_teacher(args) -> int:
     _threads(opts)
     teacher = prepare_teacher(spec, opts, log=lambda m: print(m, file=sys.stderr))
     m = teacher.record
-    print(f"teacher   {m.description}\nparams    {m.params:,}\nmacs      {m.macs:,}\n"
+    print(f"teacher   {m.description}\nparams    {f'{m.params:,}' if m.params else 'unknown'}\n"
+          f"macs      {f'{m.macs:,}' if m.macs else 'unknown'}\n"
           f"val_acc   {m.val_accuracy:.4f}\ntest_acc  {m.test_accuracy:.4f}\n"
           f"epochs    {m.epochs}\nseconds   {m.train_seconds}\ncache     {teacher.path}")
+    if m.kind == "file":
+        print(f"file      {m.file.get('path', '')} (sha256 {m.file.get('sha256', '')[:16]})")
+    if m.note:
+        print(f"note      {m.note}")
     return 0
 
 

@@ -43,6 +43,7 @@ from kdsearch.training.data import Dataset, Split, load_data
 from kdsearch.training.engine import EVAL_BATCH, accuracy, resolve_device
 from kdsearch.training.models import build_model, count_macs, count_params
 from kdsearch.training.student import distill, student_seed
+from kdsearch.training.views import ViewSet
 
 FORMAT = 1  # of architecture.json
 EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epochs times this
@@ -244,6 +245,9 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     # Retrain on train + validation: no selection is left to do, so no image is held back.
     merged = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     merged_logits = torch.cat([teacher.logits["train"], teacher.logits["val"]])
+    # With fixed views, the validation images bring their own views and the teacher's logits.
+    merged_views = (ViewSet.cat([teacher.views["train"], teacher.views["val"]])
+                    if recipe.views else None)
     seed = student_seed(spec.seed, trial.number)
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
@@ -260,7 +264,7 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     try:
         result = distill(model, data, recipe, device, teacher, seed=seed,
                          temperature=temperature, alpha=alpha, train_split=merged,
-                         teacher_logits=merged_logits, progress=progress)
+                         teacher_logits=merged_logits, views=merged_views, progress=progress)
     finally:
         bar.close()
 
@@ -320,23 +324,29 @@ def model_card(meta: dict, teacher: TeacherRecord, trial: FrozenTrial, latency: 
                ort_latency: dict | None = None) -> str:
     ratio = teacher.params / meta["params"]
     mac_ratio = teacher.macs / meta["macs"] if meta["macs"] else float("inf")
+
     if ort_latency is None:
         ort_row = ["", "ONNX Runtime: not measured (no model.onnx)."]
     elif "error" in ort_latency:
         ort_row = ["", f"ONNX Runtime: not measured ({ort_latency['error']})."]
     else:
         ort_row = [_latency_line("ONNX Runtime (`model.onnx`)", ort_latency)]
+    # A teacher file may not say its size (MACs 0, params 0 when its format hides them).
+    t_params = f"{teacher.params:,}" if teacher.params else "unknown"
+    t_macs = f"{teacher.macs:,}" if teacher.macs else "unknown"
+    sizes = (f"Compression: **{ratio:.1f}x fewer parameters**"
+             + (f", {mac_ratio:.1f}x fewer MACs" if teacher.macs else "") + " than the teacher; "
+             if teacher.params else "Compression: the teacher's size is unknown; ")
     lines = [
         f"# {meta['description']} ({meta['dataset']}, from study '{meta['study']}' trial "
         f"{meta['trial']})", "",
         "| | student | teacher |", "|---|---:|---:|",
         f"| test accuracy | {meta['test_accuracy']:.4f} | {teacher.test_accuracy:.4f} |",
-        f"| parameters | {meta['params']:,} | {teacher.params:,} |",
-        f"| MACs per image | {meta['macs']:,} | {teacher.macs:,} |",
+        f"| parameters | {meta['params']:,} | {t_params} |",
+        f"| MACs per image | {meta['macs']:,} | {t_macs} |",
         f"| architecture | `{meta['description']}` | `{teacher.description}` |", "",
-        f"Compression: **{ratio:.1f}x fewer parameters**, {mac_ratio:.1f}x fewer MACs than the "
-        f"teacher; test accuracy {100 * (meta['test_accuracy'] - teacher.test_accuracy):+.2f} "
-        "points.", "",
+        f"{sizes}test accuracy {100 * (meta['test_accuracy'] - teacher.test_accuracy):+.2f} "
+        "points." + (f" ({teacher.note}.)" if teacher.note else ""), "",
         "CPU latency per image, measured at export on this machine (one image at a time: "
         "median of 50 warm runs; batched: mean of 3 batches):", "",
         "| runtime | threads | one image | batched, per image |", "|---|---:|---:|---:|",

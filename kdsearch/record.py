@@ -93,6 +93,9 @@ class TeacherRecord:
     created: str  # UTC, ISO 8601
     curve: tuple[float, ...] = ()  # validation accuracy per epoch
     sha256: dict[str, str] = field(default_factory=dict)  # cache file -> checksum
+    kind: str = "trained"  # "trained" by kdsearch, or "file": one the user brought
+    file: dict = field(default_factory=dict)  # a file teacher: path, sha256, format, input settings
+    note: str = ""  # what a number means when it is not what it seems (params of a file, MACs 0)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -116,6 +119,7 @@ class TeacherRecord:
 # The study's own attributes (Study.user_attrs).
 STUDY_FILE = "study_file"  # the study file's text, as it was when the study was created
 STUDY_SPEC = "study_spec"  # the parsed spec as JSON, for reports that need no parsing
+STUDY_PATH = "study_path"  # where the study file was: its relative teacher file paths start there
 TEACHER = "teacher"  # TeacherRecord.summary() of the study's teacher
 TEACHER_ARTIFACTS = "teacher_artifacts"  # teacher key -> artifact id in the shared store
 TEACHER_TRAINED_BY = "teacher_trained_by"  # teacher key -> the worker that trained it
@@ -138,4 +142,4 @@ def stored_spec(study: optuna.Study) -> StudySpec:
     if not text:
         raise KdsearchError(f"study '{study.study_name}' carries no study file (was it made by "
                             "'kdsearch run-study'?)")
-    return parse_study(text, Path(f"{study.study_name}.toml"))
+    return parse_study(text, Path(study.user_attrs.get(STUDY_PATH) or f"{study.study_name}.toml"))

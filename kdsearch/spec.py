@@ -258,8 +258,31 @@ class TrainRecipe(_Frozen):
     weight_decay: float = Field(default=0.0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     jitter: int = Field(default=0, ge=0, le=8)  # random shift of up to this many pixels
-    hflip: bool = False  # random horizontal flips (not for digits)
+    hflip: bool = False  # random horizontal flips (not for digits); with views, flipped views
+    # Consistent teaching (Beyer et al. 2022): K fixed, seeded views of every training image
+    # (view 0 the image itself), the teacher's logits cached once per view; each epoch shows
+    # every image in one of its views with the logits of exactly that view. 0: no fixed views.
+    views: int = Field(default=0, ge=0, le=64)
+    translate: int = Field(default=0, ge=0, le=8)  # pixels: the views' shift (else like jitter)
     max_norm: float | None = Field(default=None, gt=0)  # Hinton-style cap on incoming weight norm
+
+    @model_validator(mode="after")
+    def _one_shift(self) -> TrainRecipe:
+        if self.jitter and self.translate:
+            raise _refuse("jitter or translate, not both (both shift the images)",
+                          f"jitter = {self.jitter}, translate = {self.translate}", "translate")
+        if self.views and self.jitter:
+            raise _refuse("jitter = 0 with views: a random shift would show pixels the cached "
+                          "logits were not computed on (translate sets the views' shift)",
+                          f"jitter = {self.jitter}", "jitter")
+        if self.views > 1 and not (self.hflip or self.translate):
+            raise _refuse("hflip = true or translate > 0 with views > 1 (else every view is "
+                          "the image itself)", f"views = {self.views}", "views")
+        return self
+
+    def augments(self) -> bool:
+        """Whether images are changed at random in every epoch (no fixed views)."""
+        return not self.views and bool(self.jitter or self.translate or self.hflip)
 
 
 class MLPSpace(_Frozen):
@@ -303,6 +326,60 @@ class CNNSpace(_Frozen):
                           f"channel_growth^(depth - 1))",
                           f"{width} x {self.channel_growth}^{depth - 1} = {channels:,}", "width")
         return self
+
+
+class TeacherInput(_Frozen):
+    """`[teacher.input]`: what a teacher file expects, from uint8 pixels (teacher_file.TeacherFile)."""
+
+    scale: float = Field(default=255.0, gt=0)  # pixels / scale: 255 gives [0, 1], 1 keeps 0..255
+    mean: list[float] | None = Field(default=None, min_length=1)  # per channel, after scaling
+    std: list[float] | None = Field(default=None, min_length=1)  # per channel, after scaling
+    layout: Literal["NCHW", "NHWC"] = "NCHW"  # Keras exports are NHWC
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and not all(s > 0 for s in std):
+            raise _refuse("positive numbers", repr(std))
+        return std
+
+
+class TeacherFileSpec(_Frozen):
+    """`[teacher] file = PATH` (TorchScript, torch.export .pt2, ONNX), or `torchvision = NAME`
+    with `weights = PATH` (a state dict): a teacher the user already has, run as it is.
+
+    Paths stay as written (relative to the study file): `StudySpec.teacher_path` resolves them,
+    so a stored study file still names the same file.
+    """
+
+    file: str | None = Field(default=None, min_length=1)
+    format: Literal["torchscript", "export", "onnx"] | None = None  # None: told by the suffix
+    torchvision: str | None = Field(default=None, min_length=1)  # a torchvision.models name
+    weights: str | None = Field(default=None, min_length=1)  # torchvision only: a state dict
+    input: TeacherInput = TeacherInput()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherFileSpec:
+        if self.file is not None and self.torchvision is not None:
+            raise _refuse("file or torchvision, not both", f"torchvision = {self.torchvision!r}",
+                          "torchvision")
+        if self.torchvision is not None and self.weights is None:
+            raise _refuse("weights = PATH (a state dict) with torchvision", "nothing", "weights")
+        if self.weights is not None and self.torchvision is None:
+            raise _refuse("weights only with torchvision = NAME (a model file goes in file)",
+                          repr(self.weights), "weights")
+        if self.format is not None and self.torchvision is not None:
+            raise _refuse("no format with torchvision (its weights are a state dict)",
+                          repr(self.format), "format")
+        return self
+
+    def describe(self) -> str:
+        """'onnx teacher.onnx', 'torchvision resnet18 w.pt': how reports name the teacher."""
+        if self.torchvision is not None:
+            return f"torchvision {self.torchvision} {Path(str(self.weights)).name}"
+        path = Path(str(self.file))
+        kind = self.format or {".onnx": "onnx", ".pt2": "export"}.get(path.suffix.lower(), "file")
+        return f"{kind} {path.name}"
 
 
 class StudentSpec(_Frozen):
@@ -364,17 +441,41 @@ class StudySpec(_Frozen):
     description: str = ""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     data: DataSpec
-    teacher: Annotated[MLPArch | CNNArch, Field(discriminator="family")]
+    # A network kdsearch trains, or (`teacher_file`) one the user brings: exactly one is set.
+    teacher: Annotated[MLPArch | CNNArch, Field(discriminator="family")] | None = None
+    teacher_file: TeacherFileSpec | None = None
     teacher_train: TrainRecipe = TrainRecipe()
     student: StudentSpec
     search: SearchSpec = SearchSpec()
     source: str = ""  # the study file's text, kept for the dashboard's note
     _path: str = PrivateAttr(default="")  # where it was read from, for messages; not its value
 
+    @model_validator(mode="after")
+    def _teacher(self) -> StudySpec:
+        if (self.teacher is None) == (self.teacher_file is None):
+            raise _refuse("a teacher: family = .. (trained here), file = PATH or torchvision = "
+                          "NAME", "both" if self.teacher else "none", "teacher")
+        if self.teacher_train.views:
+            raise _refuse("views only for students (they need a teacher's logits)",
+                          f"views = {self.teacher_train.views}", "teacher_train.views")
+        if self.teacher_file is not None and self.student.train.augments():
+            raise _refuse("views >= 1 to augment with a teacher from a file (it cannot run live "
+                          "beside the student; its logits are cached once per fixed view)",
+                          "random jitter, translate or hflip without views", "student.train.views")
+        return self
+
     @property
     def path(self) -> str:
         """The file it was read from ('' when built in code), for messages."""
         return self._path
+
+    def teacher_path(self, name: str) -> Path:
+        """A teacher file named in the study file, absolute: relative to the study file."""
+        path = Path(name).expanduser()
+        if path.is_absolute():
+            return path
+        base = Path(self._path).parent if self._path else Path()
+        return (base / path).resolve()
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
@@ -441,12 +542,14 @@ def _one_line(path: Path, err: ValidationError) -> str:
     # pydantic names union members by type ("int", "IntRange"); the user wrote none of them.
     loc = [p for p in raw_loc if p not in _UNION_MEMBERS and not p.startswith("function-")]
     key = ".".join(loc).replace("teacher_train", "teacher.train").replace("student.space", "student")
+    key = key.replace("teacher_file", "teacher")
     key = key or "(top level)"
     found = _describe_found(first.get("input"))
     kind = first["type"]
     if kind == "kdsearch":
         ctx = first["ctx"]
         key = f"{key}.{ctx['key']}" if ctx["key"] else key
+        key = key.replace("(top level).", "").replace("teacher_train", "teacher.train")
         return f"{path}: key '{key}': expected {ctx['expected']}, found {ctx['found']}"
     if kind == "missing":
         return f"{path}: key '{key}': expected a value, found nothing (the key is required)"
@@ -457,7 +560,8 @@ def _one_line(path: Path, err: ValidationError) -> str:
         return (f"{path}: key '{key}.family': expected one of {ctx.get('expected_tags')}, "
                 f"found {ctx.get('tag')!r}")
     if kind == "union_tag_not_found":
-        return f"{path}: key '{key}.family': expected 'mlp' or 'cnn', found nothing"
+        other = " (or file = PATH for a teacher you have)" if key == "teacher" else ""
+        return f"{path}: key '{key}.family': expected 'mlp' or 'cnn'{other}, found nothing"
     if not specific and in_union:
         return (f"{path}: key '{key}': expected a number, a range {{ low = .., high = .. }} "
                 f"or {{ choices = [..] }}, found {found}")
@@ -479,6 +583,11 @@ def parse_study(text: str, path: Path) -> StudySpec:
         teacher = dict(teacher)
         raw["teacher_train"] = teacher.pop("train")
         raw["teacher"] = teacher
+    if isinstance(teacher, dict) and ("file" in teacher or "torchvision" in teacher):
+        if "teacher_train" in raw:
+            raise StudyFileError(f"{path}: key 'teacher.train': expected no training recipe for "
+                                 "a teacher from a file (kdsearch runs it as it is), found one")
+        raw["teacher_file"] = raw.pop("teacher")
     student = raw.get("student")
     if isinstance(student, dict):
         student = dict(student)
@@ -528,12 +637,20 @@ def _input_problem(spec: StudySpec, input_shape: tuple[int, int, int],
     from kdsearch.training.models import ArchitectureError, arch_params  # torch: only once needed
 
     shape = f"{input_shape[1]}x{input_shape[2]}"
-    try:
-        teacher = arch_params(spec.teacher, input_shape, num_classes)
-    except ArchitectureError as e:
-        return "teacher.convs", f"conv layers that fit a {shape} input", str(e)
-    if teacher > MAX_PARAMS:
-        return "teacher", f"at most {MAX_PARAMS:,} params", f"{teacher:,}"
+    if spec.teacher is not None:
+        try:
+            teacher = arch_params(spec.teacher, input_shape, num_classes)
+        except ArchitectureError as e:
+            return "teacher.convs", f"conv layers that fit a {shape} input", str(e)
+        if teacher > MAX_PARAMS:
+            return "teacher", f"at most {MAX_PARAMS:,} params", f"{teacher:,}"
+    if spec.teacher_file is not None:  # whether the file loads is checked once the data is in
+        channels = input_shape[0]
+        for name in ("mean", "std"):
+            values = getattr(spec.teacher_file.input, name)
+            if values is not None and len(values) not in (1, channels):
+                wanted = "1 value" if channels == 1 else f"1 or {channels} values (one per channel)"
+                return f"teacher.input.{name}", wanted, f"{len(values)}"
 
     space, max_params = spec.student.space, spec.student.max_params
     if isinstance(space, CNNSpace) and _high(space.kernel) > min(input_shape[1:]):

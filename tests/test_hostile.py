@@ -166,11 +166,13 @@ def _builds_everywhere(spec: StudySpec) -> None:
     if known is None:
         return
     shape, classes = known
-    key = json.dumps([spec.teacher.model_dump(), spec.student.model_dump(), shape, classes],
+    teacher = spec.teacher or spec.teacher_file  # a teacher file is not built: it is loaded
+    key = json.dumps([teacher.model_dump(), spec.student.model_dump(), shape, classes],
                      sort_keys=True, default=str)
     if key in _BUILT:
         return
-    assert count_params(_meta_model(spec.teacher, shape, classes)) <= MAX_PARAMS
+    if spec.teacher is not None:
+        assert count_params(_meta_model(spec.teacher, shape, classes)) <= MAX_PARAMS
     space = spec.student.space
     for params in corners(space):
         choice = suggest_student(optuna.trial.FixedTrial(params), space, shape)

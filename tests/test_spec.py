@@ -274,3 +274,57 @@ def test_an_image_folder_study_is_checked_once_its_shape_is_known(tmp_path):
     with pytest.raises(StudyFileError, match=r"folder.toml: key 'student.max_params': expected "
                        r"at least 235, .* on 8x8 inputs of 3 classes, found 200"):
         check_input(spec.with_overrides(seed=1), (1, 8, 8), 3)
+
+
+# --- a teacher from a file, and fixed views -----------------------------------------------------
+
+FILE_TEACHER = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
+                                         '[teacher]\nfile = "t.onnx"\nINPUT')
+FILE_TEACHER = FILE_TEACHER.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
+
+
+def _file_study(input_lines: str = "", student_train: str = "") -> str:
+    text = FILE_TEACHER.replace("INPUT", input_lines)
+    return text.replace("[student.train]\n", f"[student.train]\n{student_train}\n")
+
+
+def test_a_teacher_file_resolves_against_the_study_file(tmp_path):
+    spec = parse_study(_file_study('[teacher.input]\nlayout = "NHWC"\nscale = 1.0'),
+                       tmp_path / "sub" / "s.toml")
+    assert spec.teacher is None and spec.teacher_file.input.layout == "NHWC"
+    assert spec.teacher_path(spec.teacher_file.file) == (tmp_path / "sub" / "t.onnx").resolve()
+    assert spec.teacher_path("/abs/t.onnx") == Path("/abs/t.onnx")
+    assert spec.teacher_file.describe() == "onnx t.onnx"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (_file_study('format = "keras"'), "key 'teacher.format': expected 'torchscript', 'export' or"),
+    (_file_study('[teacher.input]\nlayout = "NWHC"'), "key 'teacher.input.layout'"),
+    (_file_study("[teacher.input]\nstd = [0.5, 0.0]"),
+     "key 'teacher.input.std': expected positive numbers, found [0.5, 0.0]"),
+    (_file_study("[teacher.input]\nmean = [0.1, 0.2]"),
+     "key 'teacher.input.mean': expected 1 value, found 2"),
+    (_file_study("[teacher.input]\nscale = 0"), "key 'teacher.input.scale'"),
+    (_file_study('torchvision = "resnet18"'), "key 'teacher.torchvision': expected file or torchvision"),
+    (_file_study().replace('file = "t.onnx"', 'torchvision = "resnet18"'),
+     "key 'teacher.weights': expected weights = PATH"),
+    (_file_study().replace("[student.train]", "[teacher.train]\nepochs = 1\n[student.train]"),
+     "key 'teacher.train': expected no training recipe for a teacher from a file"),
+    (_file_study(student_train="hflip = true"), "key 'student.train.views': expected views >= 1"),
+    (_file_study(student_train="views = 3"), "key 'student.train.views': expected hflip = true or"),
+    (_file_study(student_train="views = 3\njitter = 2\nhflip = true"), "key 'student.train.jitter'"),
+    (_file_study(student_train="jitter = 2\ntranslate = 2"), "key 'student.train.translate'"),
+    (tiny_study_text().replace("lr = 0.003\n\n[student]", "lr = 0.003\nviews = 2\nhflip = true\n\n"
+                               "[student]", 1), "key 'teacher.train.views': expected views only"),
+])
+def test_teacher_file_and_views_mistakes_are_one_line(tmp_path, text, expected):
+    with pytest.raises(StudyFileError) as err:
+        parse_study(text, tmp_path / "s.toml")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_views_with_a_teacher_file_load(tmp_path):
+    spec = parse_study(_file_study(student_train="views = 4\nhflip = true\ntranslate = 2"),
+                       tmp_path / "s.toml")
+    r = spec.student.train
+    assert (r.views, r.hflip, r.translate) == (4, True, 2) and not r.augments()

@@ -47,7 +47,7 @@ def pareto_figure(data: ParetoData) -> go.Figure:
                                                    line=dict(width=1, color="black")),
             hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines], hoverinfo="text"))
     teacher = data.teacher
-    if teacher:
+    if teacher and teacher.params:  # a teacher file of unknown size has no place on a log axis
         fig.add_trace(go.Scatter(
             x=[teacher.params], y=[teacher.val_accuracy], mode="markers+text",
             name="teacher", marker=dict(symbol="star", size=16, color=TEACHER),

@@ -32,7 +32,8 @@ def best_table(snap: Snapshot) -> str:
     teacher = snap.teacher
     lines = []
     if teacher:
-        lines.append(f"teacher: {teacher.description}  params {teacher.params:,}  "
+        params = f"{teacher.params:,}" if teacher.params else "unknown"  # a file may not say
+        lines.append(f"teacher: {teacher.description}  params {params}  "
                      f"val_acc {teacher.val_accuracy:.4f}  test_acc {teacher.test_accuracy:.4f}")
     if not front:
         lines.append("no complete trials yet")

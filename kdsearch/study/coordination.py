@@ -38,6 +38,7 @@ from kdsearch.training.data import Dataset
 from kdsearch.training.teacher_cache import (
     StopSignal,
     Teacher,
+    attach_views,
     fetch_teacher,
     get_teacher,
     publish_teacher,
@@ -174,9 +175,18 @@ def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.
     local cache, trained there under a file lock if missing. `stop` (a `Shutdown`) makes a
     signal stop the teacher's training at an epoch boundary, checkpointed, so that the same
     command resumes it.
+
+    A teacher from a file is measured locally by each machine (every worker reads the file the
+    study names; running it once is no training worth sharing). With `[student.train] views`,
+    the teacher comes with its logits on each fixed view (`attach_views`).
     """
+    teacher = _obtain(spec, data, opts, device, log, study, storage, stop)
+    return attach_views(teacher, spec, data, opts.cache_dir, device, log)
+
+
+def _obtain(spec, data, opts, device, log, study, storage, stop) -> Teacher:
     cache_dir, artifact_dir = opts.cache_dir, opts.artifact_dir
-    if study is None or storage is None:
+    if study is None or storage is None or spec.teacher_file is not None:
         teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
         assert teacher is not None
         return teacher

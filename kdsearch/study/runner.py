@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,7 +28,7 @@ from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
-from kdsearch.training.teacher_cache import StopSignal, Teacher
+from kdsearch.training.teacher_cache import StopSignal, Teacher, load_file_teacher
 
 OBJECTIVES = ("val_accuracy", "params")
 DIRECTIONS = ("maximize", "minimize")
@@ -75,9 +76,11 @@ def finished_count(study: optuna.Study) -> int:
 
 def study_note(spec: StudySpec, teacher: Teacher) -> str:
     m = teacher.record
+    params = f"{m.params:,}" if m.params else "unknown"
+    macs = f"{m.macs:,}" if m.macs else "unknown"
     return (
         f"# {spec.name}\n\n{spec.description}\n\n"
-        f"**Teacher** `{m.description}`: {m.params:,} params, {m.macs:,} MACs, "
+        f"**Teacher** `{m.description}`: {params} params, {macs} MACs, "
         f"val acc {m.val_accuracy:.4f}, test acc {m.test_accuracy:.4f} "
         f"(cache key `{m.key}`).\n\n"
         f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
@@ -111,6 +114,7 @@ def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> No
         record.STUDY_FILE: spec.source,
         record.STUDY_SPEC: spec.model_dump(mode="json", exclude={"source"}),
         record.TEACHER: teacher.record.summary(),
+        record.STUDY_PATH: str(Path(spec.path).resolve()) if spec.path else "",
     }.items():
         study.set_user_attr(key, value)
     try:
@@ -166,6 +170,8 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     device = resolve_device(opts.device)
     data = load_logged(spec, opts, log)
     baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
+    if spec.teacher_file is not None:  # a file that does not fit the data: one line, no study
+        load_file_teacher(spec, data, device)
     storage = open_storage(opts.storage, opts.heartbeats)
     study = create_study(spec, opts, storage)
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,

@@ -2,9 +2,10 @@
 
 The whole split sits in memory (on the GPU when there is one) as uint8; each epoch draws a
 permutation and slices batches by index; augmentation runs on whole batches as tensor ops.
-A distilled student reads its teacher's logits from the cache, unless it augments its inputs,
-in which case the cached logits no longer describe what it sees and the teacher runs live
-under no-grad.
+A distilled student reads its teacher's logits from the cache. With fixed views
+(`recipe.views`, see views.py) it is shown each image in one of its views with the teacher's
+cached logits for exactly that view; under random augmentation the cached logits no longer
+describe what it sees, so the teacher runs live under no-grad.
 
 Speed choices, each measured on a 2-core CPU (docs/PERFORMANCE.md has the figures):
 channels_last weights for CNNs (+30-35% at 1 thread, no change at 2), fused Adam/SGD
@@ -33,6 +34,7 @@ from kdsearch.spec import TrainRecipe
 from kdsearch.training.data import Dataset, Split
 from kdsearch.training.distill import kd_loss
 from kdsearch.training.models import Normalize
+from kdsearch.training.views import ViewSet, render_views
 
 # Evaluation batch: 512 keeps the widest CNN students' activations small (peak RSS of a CIFAR-10
 # trial of a 32-32-64-64-128-128 student: 1,219 MiB at 512 against 1,881 MiB at 2,048), at the
@@ -94,11 +96,12 @@ def hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Te
 def augment(x: torch.Tensor, recipe: TrainRecipe) -> torch.Tensor:
     if recipe.hflip:
         x = hflip(x)
-    return jitter(x, recipe.jitter)
+    return jitter(x, recipe.jitter or recipe.translate)
 
 
 def augments(recipe: TrainRecipe) -> bool:
-    return recipe.jitter > 0 or recipe.hflip
+    """Random augmentation in every epoch: without fixed views, a shift or a flip."""
+    return recipe.augments()
 
 
 @torch.inference_mode()
@@ -309,11 +312,15 @@ def train(
     on_batches: Callable[[int, int, int], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    views: ViewSet | None = None,
 ) -> TrainResult:
     """Train `model` on `data.train` (or `train_split`), distilling when `alpha > 0`.
 
     `teacher_logits` must be aligned with the training split's images; with augmentation,
-    pass `teacher` instead. `on_epoch(epoch, val_accuracy)` may raise to stop (pruning).
+    pass `teacher` instead. With `views` (aligned with the split), each epoch shows every image
+    in one of its fixed views, drawn per image from the seeded generator, and distils from the
+    cached logits of that view: no teacher runs. `on_epoch(epoch, val_accuracy)` may raise to
+    stop (pruning).
     With `keep_best`, the weights of the best validation epoch are restored at the end.
     `on_batches(epoch, batches_done, batches_per_epoch)` hears within an epoch, at most every
     BATCH_PROGRESS_SECONDS and once when its last batch is queued, so a progress bar moves
@@ -330,13 +337,19 @@ def train(
     # Setup: the data on the device once, a seeded generator for the batch order.
     split = train_split or data.train
     x, y = split.x.to(device), split.y.to(device)
-    augmenting = augments(recipe)
+    augmenting = augments(recipe) and views is None
     distilling = alpha > 0
+    if views is not None and len(views) != len(split):
+        raise ValueError(f"views of {len(views)} images for a split of {len(split)}")
+    if views is not None:  # the table on the device too: no host sync per batch
+        views = ViewSet(views.table.to(device), views.logits)
+        view_logits = views.logits.to(device) if distilling else None
+        teacher, teacher_logits = None, None
     if distilling and augmenting and teacher is None:
         raise ValueError("augmented distillation needs the teacher model, not cached logits")
-    if distilling and teacher is None and teacher_logits is None:
+    if distilling and teacher is None and teacher_logits is None and views is None:
         raise ValueError("distillation needs teacher_logits or a teacher")
-    soft = teacher_logits.to(device) if (distilling and teacher is None) else None
+    soft = teacher_logits.to(device) if (distilling and teacher_logits is not None) else None
     if teacher is not None:
         teacher.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -347,7 +360,7 @@ def train(
         model.to(memory_format=torch.channels_last)
     # Inputs: normalised once when small and not augmented (augmentation pads in pixel space).
     net: nn.Module = model
-    pre = None if augmenting else _prenormalise(model, x)
+    pre = None if augmenting or views is not None else _prenormalise(model, x)
     if pre is not None:
         net, x = pre
     amp = _amp_dtype(device)
@@ -381,6 +394,8 @@ def train(
         # device and read once per epoch, so no batch waits for the host.
         model.train()
         order = torch.randperm(len(split), generator=gen).to(device)
+        if views is not None:  # each image's view this epoch, drawn from the same stream
+            shown = torch.randint(0, views.table.k, (len(split),), generator=gen).to(device)
         running = torch.zeros((), device=device)
         told = time.monotonic()
         for step, i in enumerate(range(0, len(split), recipe.batch_size), start=1):
@@ -388,6 +403,9 @@ def train(
             xb, yb = x[idx], y[idx]
             if augmenting:
                 xb = augment(xb, recipe)
+            if views is not None:  # the pixels of exactly the view whose logits are cached
+                vb = shown[idx]
+                xb = render_views(xb, views.table, idx, vb)
             with autocast():
                 logits = net(xb)
                 if not distilling:
@@ -396,6 +414,8 @@ def train(
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher(xb)
+                    elif views is not None:
+                        t_logits = view_logits[vb, idx]
                     else:
                         t_logits = soft[idx]
                     loss = kd_loss(logits, t_logits, yb, temperature, alpha)
