@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 
 from kdsearch.errors import StorageError
 from kdsearch.options import Heartbeats
-from kdsearch.record import KEEP_ON_RETRY
+from kdsearch.record import KEEP_ON_RETRY, is_kdsearch_study
 from kdsearch.study.locks import db_lock
 
 MAX_RETRY = 3  # a trial whose workers keep dying is retried at most this many times
@@ -89,11 +89,47 @@ def _sqlite_immediate_transactions(engine) -> None:
     engine.dispose()  # connections opened while Optuna created the tables lack the hooks
 
 
-def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBStorage:
-    """Open (creating tables if needed) the storage at `url`; one-line errors, no password.
+def _no_studies(url: str) -> StorageError:
+    return StorageError(f"no kdsearch studies in {redact(url)} (run 'kdsearch run-study' with "
+                        "this --storage first)")
 
-    Without `heartbeats` (read-only commands) no trial is ever failed as stale.
+
+def _sqlite_has_tables(url: str) -> bool:
+    """Whether the SQLite file at `url` exists and holds Optuna's tables; read without
+    creating, writing or locking anything (opening a missing file would create it)."""
+    import sqlite3
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return False
+    path = Path(database)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                "AND name = 'studies'").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:  # not a database at all: RDBStorage names the problem
+        return True
+
+
+def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats(),
+                 read_only: bool | None = None) -> RDBStorage:
+    """Open the storage at `url` (creating its tables if needed); one-line errors, no password.
+
+    Without `heartbeats` no trial is ever failed as stale. Read-only (by default: without
+    heartbeats, as `best`, `export` and `dashboard` open it) never writes to the storage: a
+    storage without Optuna's tables, or an SQLite file that does not exist, is refused with
+    one line instead of being created.
     """
+    if read_only is None:
+        read_only = heartbeats is None
     kwargs: dict = {}
     sqlite = url.startswith("sqlite")
     if sqlite:
@@ -106,19 +142,27 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBS
     if heartbeats is not None:
         hb = dict(heartbeat_interval=heartbeats.interval, grace_period=heartbeats.grace,
                   heartbeat_stale_trial_callback=retry_failed_trial)
+    if read_only and sqlite and not _sqlite_has_tables(url):
+        raise _no_studies(url)
     try:
-        # Workers starting together would all create the tables; Optuna's table creation is
-        # not safe against that ("UNIQUE constraint failed: alembic_version"), so take turns.
-        lock_engine = create_engine(url, **kwargs)
-        try:
-            with db_lock(lock_engine, url, "kdsearch:create-tables"):
-                storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
-        finally:
-            lock_engine.dispose()
-        if sqlite:
-            with storage.engine.connect() as conn:  # WAL persists in the file: readers never block
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            _sqlite_immediate_transactions(storage.engine)
+        if read_only:
+            storage = _open_read_only(url, kwargs, hb)
+        else:
+            # Workers starting together would all create the tables; Optuna's table creation
+            # is not safe against that ("UNIQUE constraint failed: alembic_version"), so take
+            # turns.
+            lock_engine = create_engine(url, **kwargs)
+            try:
+                with db_lock(lock_engine, url, "kdsearch:create-tables"):
+                    storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+            finally:
+                lock_engine.dispose()
+            if sqlite:
+                with storage.engine.connect() as conn:  # WAL persists: readers never block
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                _sqlite_immediate_transactions(storage.engine)
+    except StorageError:
+        raise
     except ImportError as e:
         raise StorageError(f"storage {redact(url)}: missing database driver ({e.name or e})") from None
     except Exception as e:  # sqlalchemy / driver errors: connection refused, bad password, bad URL
@@ -126,12 +170,32 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBS
     return storage
 
 
+def _open_read_only(url: str, kwargs: dict, hb: dict) -> RDBStorage:
+    """RDBStorage on existing tables only: checked first, never created."""
+    from sqlalchemy import inspect
+
+    engine = create_engine(url, **kwargs)
+    try:
+        has_tables = inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+    if not has_tables:
+        raise _no_studies(url)
+    return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True, **hb)
+
+
 def load_study(url: str, study_name: str) -> optuna.Study:
+    """A study that `kdsearch run-study` made, for reading (best, export, compress): one line,
+    and nothing written, for a storage without it or a study of that name made otherwise."""
     storage = open_storage(url, heartbeats=None)
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise StorageError(
             f"no study '{study_name}' in {redact(url)} (studies there: {', '.join(names) or 'none'})"
         ) from None
+    if not is_kdsearch_study(study) or len(study.directions) < 2:
+        raise StorageError(f"study '{study_name}' in {redact(url)} was not made by 'kdsearch "
+                           "run-study' (it carries no study file, or has other objectives)")
+    return study
