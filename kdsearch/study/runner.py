@@ -139,14 +139,16 @@ def spec_changes(study: optuna.Study, spec: StudySpec) -> list[str]:
     return changed_keys(before, definition(spec))
 
 
-def refuse_changed(spec: StudySpec, opts: Options, changes: list[str]) -> StudyFileError:
+def refuse_changed(spec: StudySpec, opts: Options, changes: list[str],
+                   stored_seed: int | None) -> StudyFileError:
     shown = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
     file = spec.path or f"{spec.name}.toml"
+    seed = f" with --seed {stored_seed}" if "seed" in changes and stored_seed is not None else ""
     return StudyFileError(
         f"{file}: study '{opts.study_name}' in {redact(opts.storage)} was created from a "
         f"different version of this study (differs in {shown}); to search the changed one, "
         f"give it a new --study-name NAME; to go on with the stored study, run the file it "
-        f"was made from (its note in 'kdsearch dashboard' shows it) with the same --seed")
+        f"was made from{seed} (its note in 'kdsearch dashboard' shows it)")
 
 
 def check_stored(spec: StudySpec, opts: Options, storage) -> None:
@@ -168,7 +170,8 @@ def _check_joinable(study: optuna.Study, spec: StudySpec, opts: Options) -> None
                            "choose another --study-name")
     changes = spec_changes(study, spec) if record.is_kdsearch_study(study) else []
     if changes:
-        raise refuse_changed(spec, opts, changes)
+        stored_seed = (record.study_attr(study, record.STUDY_DEFINITION) or {}).get("seed")
+        raise refuse_changed(spec, opts, changes, stored_seed)
 
 
 def create_study(spec: StudySpec, opts: Options, storage) -> tuple[optuna.Study, int]:
