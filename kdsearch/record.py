@@ -157,8 +157,9 @@ def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
 
 
 def is_kdsearch_study(study: optuna.Study) -> bool:
-    """Whether `kdsearch run-study` made this study (it stores the study file at creation)."""
-    return bool(study_attr(study, STUDY_FILE))
+    """Whether kdsearch made this study: `run-study` stores the study file when it creates
+    one, and the teacher once trained (all that studies built by hand for reports carry)."""
+    return bool(study_attr(study, STUDY_FILE) or study_attr(study, TEACHER))
 
 
 def study_teacher(study: optuna.Study) -> TeacherRecord | None:

@@ -26,7 +26,7 @@ from kdsearch.search.objective import make_objective
 from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
 from kdsearch.study.shutdown import Shutdown, ShutdownRequested
-from kdsearch.study.storage import open_storage, redact
+from kdsearch.study.storage import open_storage, probe_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
 from kdsearch.training.teacher_cache import StopSignal, Teacher
@@ -265,15 +265,17 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     """The one route to a study's teacher: storage, data, study, then the teacher, trained by
     exactly one worker and shared with the rest (coordination.obtain_teacher).
 
-    The storage comes first: an unreachable database, a study that kdsearch did not make or
-    a changed study file end the run before the data set is loaded, and before anything is
-    written.
+    The storage is checked first, read-only: an unreachable database, a study that kdsearch
+    did not make or a changed study file end the run before the data set is loaded, and
+    nothing is written to the storage until the data has loaded.
     """
     device = resolve_device(opts.device)
-    storage = open_storage(opts.storage, opts.heartbeats)
-    check_stored(spec, opts, storage)
+    stored = probe_storage(opts.storage)  # reachable? the study joinable? nothing written
+    if stored is not None:
+        check_stored(spec, opts, stored)
     data = load_logged(spec, opts, log)
     baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
+    storage = open_storage(opts.storage, opts.heartbeats)
     study, stream = create_study(spec, opts, storage)
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)

@@ -89,9 +89,13 @@ def _sqlite_immediate_transactions(engine) -> None:
     engine.dispose()  # connections opened while Optuna created the tables lack the hooks
 
 
-def _no_studies(url: str) -> StorageError:
-    return StorageError(f"no kdsearch studies in {redact(url)} (run 'kdsearch run-study' with "
-                        "this --storage first)")
+class NoStudiesError(StorageError):
+    """A storage, opened read-only, that holds no Optuna tables (or no SQLite file) yet."""
+
+
+def _no_studies(url: str) -> NoStudiesError:
+    return NoStudiesError(f"no kdsearch studies in {redact(url)} (run 'kdsearch run-study' "
+                          "with this --storage first)")
 
 
 def _sqlite_has_tables(url: str) -> bool:
@@ -182,6 +186,29 @@ def _open_read_only(url: str, kwargs: dict, hb: dict) -> RDBStorage:
     if not has_tables:
         raise _no_studies(url)
     return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True, **hb)
+
+
+def probe_storage(url: str) -> RDBStorage | None:
+    """The storage at `url`, read-only, or None if it is reachable but holds nothing yet.
+
+    `run-study` asks this before it loads any data, so that an unreachable database, or a
+    stored study it may not join, ends the run at once; and it writes nothing, so that a run
+    refused later (bad data) leaves no database behind.
+    """
+    try:
+        return open_storage(url, heartbeats=None, read_only=True)
+    except NoStudiesError:
+        pass
+    if url.startswith("sqlite"):
+        from pathlib import Path
+
+        from sqlalchemy.engine import make_url
+
+        folder = Path(make_url(url).database or ".").parent
+        if not folder.is_dir():
+            raise StorageError(f"cannot open storage {redact(url)}: folder {folder} does not "
+                               "exist") from None
+    return None
 
 
 def load_study(url: str, study_name: str) -> optuna.Study:
