@@ -249,3 +249,38 @@ def teacher_summary(**changes) -> dict:
                   input_shape=(1, 8, 8), num_classes=2, recipe={}, seed=0,
                   created="2026-01-01T00:00:00Z")
     return TeacherRecord(**{**values, **changes}).summary()
+
+
+def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",
+               storage: str | None = None, name: str = "hand", teacher: dict | None = None,
+               sampler: str = "tpe"):
+    """A study built by hand, no training, as run-study stores it: for reports and plots.
+
+    Each trial is (val acc, params, kernel, alpha): a two-layer CNN, test accuracy 0.01 lower,
+    MACs ten times the params. The teacher defaults to `teacher_summary` at val acc 0.97.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from kdsearch.record import STUDY_SPEC, TEACHER
+
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name=name,
+                                storage=storage)
+    study.set_metric_names(["val_accuracy", "params"])
+    study.set_user_attr(TEACHER, teacher or teacher_summary(
+        description="cnn teacher", val_accuracy=0.97, test_accuracy=0.96))
+    study.set_user_attr(STUDY_SPEC, {"student": {"space": {"family": family}},
+                                     "search": {"sampler": sampler}})
+    for acc, params, kernel, alpha in trials:
+        arch = {"family": "cnn", "convs": [{"channels": 4, "kernel": kernel}] * 2, "dense": []}
+        study.add_trial(create_trial(
+            values=[acc, params],
+            params={"kernel": kernel, "alpha": alpha, "temperature": 2.0},
+            distributions={"kernel": CategoricalDistribution([3, 5]),
+                           "alpha": FloatDistribution(0.0, 1.0),
+                           "temperature": FloatDistribution(1.0, 20.0)},
+            user_attrs={"val_accuracy": acc, "test_accuracy": acc - 0.01, "params": params,
+                        "macs": params * 10, "arch_summary": f"cnn k{kernel} {params}",
+                        "architecture": arch, "n_layers": 2, "epochs": 1}))
+    return study
