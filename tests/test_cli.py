@@ -113,17 +113,6 @@ def test_read_only_commands_never_write_to_a_storage(tmp_path):
     assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
 
 
-def test_best_and_export_on_a_study_kdsearch_did_not_make_are_one_line(tmp_path):
-    import optuna
-
-    storage = f"sqlite:///{tmp_path}/s.db"
-    study = optuna.create_study(storage=storage, study_name="smoke")  # one objective, no file
-    study.add_trial(optuna.trial.create_trial(value=1.0))
-    for args in (["best", "smoke"], ["export", "smoke", "--out", str(tmp_path / "o")]):
-        line = _one_line_error(kdsearch(*args, "--storage", storage))
-        assert "study 'smoke'" in line and "not made by 'kdsearch run-study'" in line
-
-
 def test_run_study_refuses_a_changed_study_file_in_one_line(tmp_path):
     from kdsearch.options import Options
     from kdsearch.spec import load_study

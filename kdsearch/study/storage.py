@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 
 from kdsearch.errors import StorageError
 from kdsearch.options import Heartbeats
-from kdsearch.record import KEEP_ON_RETRY, is_kdsearch_study
+from kdsearch.record import KEEP_ON_RETRY
 from kdsearch.study.locks import db_lock
 
 MAX_RETRY = 3  # a trial whose workers keep dying is retried at most this many times
@@ -212,8 +212,8 @@ def probe_storage(url: str) -> RDBStorage | None:
 
 
 def load_study(url: str, study_name: str) -> optuna.Study:
-    """A study that `kdsearch run-study` made, for reading (best, export, compress): one line,
-    and nothing written, for a storage without it or a study of that name made otherwise."""
+    """A stored study, for reading (best, export, compress): one line, and nothing written,
+    for a storage without it. (report.rows refuses a study that kdsearch did not make.)"""
     storage = open_storage(url, heartbeats=None)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -222,7 +222,4 @@ def load_study(url: str, study_name: str) -> optuna.Study:
         raise StorageError(
             f"no study '{study_name}' in {redact(url)} (studies there: {', '.join(names) or 'none'})"
         ) from None
-    if not is_kdsearch_study(study) or len(study.directions) < 2:
-        raise StorageError(f"study '{study_name}' in {redact(url)} was not made by 'kdsearch "
-                           "run-study' (it carries no study file, or has other objectives)")
     return study

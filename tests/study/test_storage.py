@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import optuna
 import pytest
 
 from kdsearch.errors import StorageError
@@ -134,14 +133,3 @@ def test_read_only_opening_never_creates_postgresql_tables():
         engine = create_engine(url)
         assert inspect(engine).get_table_names() == []
         engine.dispose()
-
-
-@pytest.mark.parametrize("directions", [["minimize"], ["maximize", "minimize"]])
-def test_a_study_kdsearch_did_not_make_is_named_not_crashed_on(directions, tmp_path):
-    from kdsearch.study.storage import load_study
-
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    plain = optuna.create_study(storage=url, study_name="tiny", directions=directions)
-    plain.add_trial(optuna.trial.create_trial(values=[1.0] * len(directions)))
-    with pytest.raises(StorageError, match="study 'tiny' in .* was not made by 'kdsearch run-study'"):
-        load_study(url, "tiny")
