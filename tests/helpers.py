@@ -263,15 +263,15 @@ def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import create_trial
 
-    from kdsearch.record import STUDY_SPEC, TEACHER
+    from kdsearch.record import STUDY_DEFINITION, TEACHER, set_study_attr
 
     study = optuna.create_study(directions=["maximize", "minimize"], study_name=name,
                                 storage=storage)
     study.set_metric_names(["val_accuracy", "params"])
-    study.set_user_attr(TEACHER, teacher or teacher_summary(
+    set_study_attr(study, TEACHER, teacher or teacher_summary(
         description="cnn teacher", val_accuracy=0.97, test_accuracy=0.96))
-    study.set_user_attr(STUDY_SPEC, {"student": {"space": {"family": family}},
-                                     "search": {"sampler": sampler}})
+    set_study_attr(study, STUDY_DEFINITION, {"student": {"space": {"family": family}},
+                                             "search": {"sampler": sampler}})
     for acc, params, kernel, alpha in trials:
         arch = {"family": "cnn", "convs": [{"channels": 4, "kernel": kernel}] * 2, "dense": []}
         study.add_trial(create_trial(

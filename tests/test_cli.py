@@ -221,3 +221,31 @@ def test_a_teacher_file_with_the_wrong_classes_is_one_line_before_any_study(tmp_
     assert line.startswith("kdsearch: error:") and all(ln.startswith("data ") for ln in logged)
     assert "five.onnx" in line and "expected 3, found 5" in line
     assert not (tmp_path / "s.db").exists()  # refused before the storage was touched
+
+
+def test_read_only_commands_never_write_to_a_storage(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for args in (["best", "smoke"], ["export", "smoke", "--out", str(tmp_path / "o")]):
+        line = _one_line_error(kdsearch(*args, "--storage", f"sqlite:///{empty}"))
+        assert f"no kdsearch studies in sqlite:///{empty}" in line
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_run_study_refuses_a_changed_study_file_in_one_line(tmp_path):
+    from kdsearch.options import Options
+    from kdsearch.spec import load_study
+    from kdsearch.study.runner import run_study
+
+    path = helpers.tiny_study(tmp_path, epochs=1, n_trials=1)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_study(load_study(str(path)), Options(storage=storage, study_name="tiny", n_trials=1,
+                                             cache_dir=tmp_path / "c", device="cpu"),
+              log=lambda m: None)
+    path.write_text(path.read_text().replace("[4, 8, 16]", "[4, 8, 32]"))
+    line = _one_line_error(kdsearch("run-study", str(path), "--storage", storage,
+                                    "--cache-dir", str(tmp_path / "c"), "--n-trials", "3"))
+    assert str(path) in line and "student.width" in line and "--study-name" in line
+    import optuna
+
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 1

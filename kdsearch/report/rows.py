@@ -21,7 +21,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.errors import KdsearchError
-from kdsearch.record import STUDY_SPEC, TeacherRecord, TrialRecord, study_teacher
+from kdsearch.record import STUDY_DEFINITION, TeacherRecord, TrialRecord, study_attr, study_teacher
 
 # Below this weight the teacher's term is effectively absent. The KD loss is
 # alpha * T^2 * KL + (1 - alpha) * CE, and the T^2 factor keeps the soft term's gradient on the
@@ -159,7 +159,7 @@ def read_rows(study: optuna.Study) -> Snapshot:
             temperature=t.params.get("temperature"), alpha=t.params.get("alpha"),
             pareto=t.number in front, trial=t, baseline=a.baseline, record=a,
         ))
-    spec = study.user_attrs.get(STUDY_SPEC)
+    spec = study_attr(study, STUDY_DEFINITION)
     return Snapshot(study.study_name, tuple(rows), study_teacher(study),
                     spec if isinstance(spec, dict) else {})
 

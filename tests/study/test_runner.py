@@ -192,3 +192,93 @@ def test_tpe_samples_after_pruned_trials_that_carry_learning_curves():
     assert 0.0 <= trial.suggest_float("x", 0.0, 1.0) <= 1.0
     pruned = study.get_trials(states=[TrialState.PRUNED])
     assert all(t.intermediate_values for t in pruned)  # storage keeps them: only TPE is blind
+
+
+def test_a_changed_study_file_is_refused_naming_the_keys_and_nothing_is_written(tmp_path):
+    from kdsearch import record
+    from kdsearch.errors import StudyFileError
+    from tests.helpers import TINY_MLP_STUDY
+
+    text = TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1")
+    spec = parse_study(text, tmp_path / "tiny.toml")
+    run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
+    url = f"sqlite:///{tmp_path}/s.db"
+
+    def attempt(new_text, n_trials=1, seed=None):
+        changed = parse_study(new_text, tmp_path / "tiny.toml").with_overrides(seed=seed)
+        return run_study(changed, _opts(tmp_path, n_trials), log=lambda m: None)
+
+    edits = {"student.width": text.replace("[4, 8, 16]", "[4, 8]"),
+             "student.train.epochs": text.replace("epochs = 1\nbatch_size = 32",
+                                                  "epochs = 2\nbatch_size = 32")}
+    for key, new_text in edits.items():
+        with pytest.raises(StudyFileError, match=r"differs in " + key.replace(".", r"\.")) as e:
+            attempt(new_text, n_trials=3)
+        assert "--study-name" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(StudyFileError, match=r"differs in seed\)"):
+        attempt(text, n_trials=3, seed=5)  # another seed draws other students: another study
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # no FAIL, no new trial
+    assert record.study_attr(study, record.STUDY_FILE) == text  # the stored copy kept
+
+    # Comments, blank lines, the description, the stored seed given again and the target
+    # (n_trials) are not the study's definition: the run goes on.
+    same = ("# edited\n" + text.replace('description = "tests: a few-second study"',
+                                        'description = "renamed"') + "\n\n")
+    assert len(attempt(same, n_trials=2, seed=0).trials) == 2
+
+
+def test_study_attributes_are_short_and_the_study_file_reads_back(tmp_path):
+    """`optuna studies` prints every user attribute of every study on one row."""
+    import json
+
+    from kdsearch.record import stored_spec
+
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml").with_overrides(seed=3)
+    study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
+    assert len(json.dumps(study.user_attrs)) < 150, study.user_attrs
+    back = stored_spec(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db"))
+    assert back.source == spec.source and back.seed == 3
+    assert back.student == spec.student
+
+
+def test_storage_is_checked_before_the_data_loads(tmp_path, monkeypatch):
+    import kdsearch.study.runner as runner
+    from kdsearch.errors import StorageError
+
+    def no_data(*a, **k):
+        raise AssertionError("data loaded before the storage was checked")
+
+    monkeypatch.setattr(runner, "load_data", no_data)
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    opts = Options(storage="postgresql+psycopg://nobody@127.0.0.1:1/none", study_name="tiny",
+                   cache_dir=tmp_path / "c", device="cpu")
+    with pytest.raises(StorageError, match="cannot open storage"):
+        runner.prepare(spec, opts, log=lambda m: None)
+
+
+def test_a_trial_taken_over_by_another_worker_is_dropped_with_a_warning(tmp_path):
+    """This worker was silent past the grace period; another failed its trial and queued the
+    retry. Its next write finds the trial finished: it warns, drops it and goes on."""
+    from kdsearch.study.storage import open_storage, retry_failed_trial
+
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")  # 2 epochs per trial
+    url = f"sqlite:///{tmp_path}/s.db"
+    taken: list[int] = []
+
+    def other_worker_takes_over(trial, epoch, val_acc):
+        if not taken:
+            taken.append(trial.number)
+            storage = open_storage(url, heartbeats=None, read_only=False)
+            other = optuna.load_study(study_name="tiny", storage=storage)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            retry_failed_trial(other, storage.get_trial(trial._trial_id))
+
+    logs: list[str] = []
+    study = run_study(spec, _opts(tmp_path, 2), log=logs.append, on_epoch=other_worker_takes_over)
+    warned = [m for m in logs if "taken over" in m]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: trial {taken[0]} ")
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 2
+    failed = next(t for t in study.trials if t.state == TrialState.FAIL)
+    assert any(t.params == failed.params and t.state == TrialState.COMPLETE for t in study.trials)
