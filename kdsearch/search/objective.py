@@ -13,7 +13,7 @@ import torch
 
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.record import set_trial
-from kdsearch.search.space import suggest_student
+from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
@@ -38,11 +38,11 @@ def make_objective(
     on_epoch: Callable[[optuna.Trial, int, float], None] | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, float]]:
     """The Optuna objective: (validation accuracy, parameter count)."""
-    recipe = spec.student.train
-
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        # Suggest: the student's shape and the distillation settings.
+        # Suggest: the student's shape, the distillation settings and, where searched, the
+        # learning rate and batch size (a per-trial copy of the study's recipe).
         choice = suggest_student(trial, spec.student.space, data.input_shape)
+        recipe = suggest_recipe(trial, spec.student.train)
         repeat = suggest_repeat(trial, spec)
         try:
             params = arch_params(choice.arch, data.input_shape, data.num_classes)
