@@ -397,8 +397,9 @@ def train(
     if recipe.lr_schedule != "constant" or warmup_steps:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
             lr_factor, total=total_steps, warmup=warmup_steps, schedule=recipe.lr_schedule))
-    # Batch norm in training mode cannot normalise a batch of one image: such a last batch
-    # is skipped (its image is seen in the other epochs' permutations).
+    # Batch norm in training mode cannot normalise a batch of one image on a 1x1 map (and on
+    # larger maps gets one image's statistics): such a last batch is skipped; its image is in
+    # other batches in the other epochs' permutations.
     skip_single = _has_batch_norm(model)
 
     start = time.perf_counter()
