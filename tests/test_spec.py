@@ -56,7 +56,8 @@ BAD = {
                                               "epochs = 0\nbatch_size = 64\nlr = 0.003\n\n[student]"),
                     "key 'teacher.train.epochs'"),
     "family": (tiny_study_text().replace('family = "cnn"', 'family = "rnn"'),
-               "key 'student.family': expected one of 'mlp', 'cnn', 'resnet', 'mobilenet' or { choices = [..] } of 'resnet' and 'mobilenet', found 'rnn'"),
+               "key 'student.family': expected one of 'mlp', 'cnn', 'resnet', 'mobilenet' or "
+               "{ choices = [..] } of 'resnet' and 'mobilenet', found 'rnn'"),
     "log_zero": (tiny_study_text().replace("low = 1.0, high = 10.0", "low = 0.0, high = 10.0"),
                  "key 'student.temperature': expected low > 0 for a log range"),
     "negative_seed": (tiny_study_text().replace("seed = 0", "seed = -1"), "key 'seed'"),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-
-import math
 
 from kdsearch.architecture import CNNArch, ConvLayer, MLPArch, ResNetArch
 from kdsearch.errors import NonFiniteLossError
