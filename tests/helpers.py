@@ -304,3 +304,38 @@ def tiny_staged_study_text(student: str = STAGED_RESNET, n_trials: int = 2) -> s
     """A tiny study of the residual families: a resnet teacher, resnet (or, with STAGED_CHOICE,
     resnet-or-mobilenet) students trained with SGD, onecycle, label smoothing and a searched lr."""
     return TINY_STAGED.format(student=student, n_trials=n_trials)
+
+
+def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",
+               storage: str | None = None, name: str = "hand", teacher: dict | None = None,
+               sampler: str = "tpe"):
+    """A study built by hand, no training, as run-study stores it: for reports and plots.
+
+    Each trial is (val acc, params, kernel, alpha): a two-layer CNN, test accuracy 0.01 lower,
+    MACs ten times the params. The teacher defaults to `teacher_summary` at val acc 0.97.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from kdsearch.record import STUDY_SPEC, TEACHER
+
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name=name,
+                                storage=storage)
+    study.set_metric_names(["val_accuracy", "params"])
+    study.set_user_attr(TEACHER, teacher or teacher_summary(
+        description="cnn teacher", val_accuracy=0.97, test_accuracy=0.96))
+    study.set_user_attr(STUDY_SPEC, {"student": {"space": {"family": family}},
+                                     "search": {"sampler": sampler}})
+    for acc, params, kernel, alpha in trials:
+        arch = {"family": "cnn", "convs": [{"channels": 4, "kernel": kernel}] * 2, "dense": []}
+        study.add_trial(create_trial(
+            values=[acc, params],
+            params={"kernel": kernel, "alpha": alpha, "temperature": 2.0},
+            distributions={"kernel": CategoricalDistribution([3, 5]),
+                           "alpha": FloatDistribution(0.0, 1.0),
+                           "temperature": FloatDistribution(1.0, 20.0)},
+            user_attrs={"val_accuracy": acc, "test_accuracy": acc - 0.01, "params": params,
+                        "macs": params * 10, "arch_summary": f"cnn k{kernel} {params}",
+                        "architecture": arch, "n_layers": 2, "epochs": 1}))
+    return study

@@ -27,6 +27,17 @@ def test_shipped_studies_load():
         assert spec.search.n_trials >= 1
 
 
+def test_mnist_distill_returns_no_student_larger_than_its_teacher():
+    """Its space reaches 3 x 128 (134,794 params), above the 118,282-param teacher."""
+    from kdsearch.architecture import MLPArch
+    from kdsearch.training.models import arch_params
+
+    spec = load_study("mnist_distill")
+    teacher = arch_params(spec.teacher, NAMED["mnist"][2], 10)
+    largest = arch_params(MLPArch(hidden=[128] * 3), NAMED["mnist"][2], 10)
+    assert spec.student.max_params is not None and spec.student.max_params <= teacher < largest
+
+
 def test_cifar_compress_space_contains_the_seed_student():
     spec = load_study("cifar_compress")
     space = spec.student.space

@@ -61,8 +61,11 @@ def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
 
         return _AskTellGridSampler(sweep_grid(spec), seed=seed)
     # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
-    # constant_liar keeps parallel workers from all sampling the same point.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+    # constant_liar keeps parallel workers from all sampling the same point. Curve-blind: the
+    # trials' stored learning curves would otherwise crash it (search/curves.py).
+    from kdsearch.search.curves import CurveBlindTPESampler
+
+    return CurveBlindTPESampler(seed=seed, multivariate=True, constant_liar=True,
                                       n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
 
 
@@ -180,8 +183,77 @@ def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print
     resumes), and `ShutdownRequested` is raised (exit code 130 / 143).
     """
     shutdown = Shutdown()
+    start = time.monotonic()
     with shutdown.installed():
-        return _run(spec, opts, log, on_epoch, shutdown)
+        study = _run(spec, opts, log, on_epoch, shutdown)
+    for line in closing_summary(study, time.monotonic() - start):
+        log(line)
+    return study
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _value(v: float) -> str:
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 10 else f"{v:.4f}"
+
+
+def closing_summary(study: optuna.Study, seconds: float, front_lines: int = 5) -> list[str]:
+    """What a run leaves behind, in a few lines: the study's trials by state, this run's wall
+    time, and the head of the Pareto front (the counts say how much early stopping cut).
+    """
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    lines = [f"run-study '{study.study_name}' done in {_duration(seconds)}: "
+             f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
+             f"{count[TrialState.FAIL]} failed ({len(trials)} trials in the study)"]
+    front = [t for t in study.best_trials if t.values is not None]
+    if not front:
+        return [*lines, "Pareto front: empty (no complete trial)"]
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    front.sort(key=lambda t: t.values[0], reverse=study.directions[0].name == "MAXIMIZE")
+    lines.append(f"Pareto front: {len(front)} trial{'s' * (len(front) > 1)}, best "
+                 f"{names[0]} first")
+    for t in front[:front_lines]:
+        values = "  ".join(f"{n} {_value(v)}" for n, v in zip(names, t.values, strict=False))
+        lines.append(f"  trial {t.number:>3}  {values}  {TrialRecord.of(t).arch_summary}")
+    if len(front) > front_lines:
+        lines.append(f"  ... and {len(front) - front_lines} more ('kdsearch best' lists all)")
+    return lines
+
+
+def run_estimate(durations: dict[TrialState, list[float]], remaining: int,
+                 running_fraction: float | None = None) -> float | None:
+    """Seconds until `remaining` more trials finish (one of them running, `running_fraction`
+    done), or None before any trial has completed.
+
+    Complete and pruned trials are averaged apart and mixed in the proportion seen so far: a
+    trial pruned before training takes 0.4 s against minutes for a complete one, so one mean
+    rate (or tqdm's moving average) swings with every streak of pruned trials. The running
+    trial is counted as a complete one: it may yet be pruned, so the estimate leans long.
+    """
+    complete, pruned = durations.get(TrialState.COMPLETE, []), durations.get(TrialState.PRUNED, [])
+    if not complete or remaining <= 0:
+        return None if not complete else 0.0
+    mean_complete = sum(complete) / len(complete)
+    mean_pruned = sum(pruned) / len(pruned) if pruned else 0.0
+    share = len(pruned) / (len(pruned) + len(complete))
+    per_trial = (1 - share) * mean_complete + share * mean_pruned
+    if running_fraction is None:
+        return remaining * per_trial
+    return (remaining - 1) * per_trial + (1 - running_fraction) * mean_complete
+
+
+def _durations(trials: list[FrozenTrial]) -> dict[TrialState, list[float]]:
+    out: dict[TrialState, list[float]] = {state: [] for state in FINISHED}
+    for t in trials:
+        if t.state in out and t.datetime_start and t.datetime_complete:
+            out[t.state].append((t.datetime_complete - t.datetime_start).total_seconds())
+    return out
 
 
 def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
@@ -218,9 +290,34 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         if stopper is not None and not TrialRecord.of(trial).baseline:
             stopper(trial, epoch, val_acc)
 
-    objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)
+    # The bar's own ETA is off: its moving average swings with every pruned trial. The postfix
+    # carries the running trial's epoch and share done, and `run_estimate` for the whole run.
     bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                              "[{elapsed}{postfix}]")
+    epochs = spec.student.train.epochs
+    durations = _durations(study.get_trials(deepcopy=False, states=FINISHED))
+    current: dict = {"number": None, "fraction": 0.0, "epoch": 1}
+
+    def show() -> None:
+        left = target - bar.n
+        parts = []
+        if current["number"] is not None:
+            parts.append(f"trial {current['number']}: epoch {current['epoch']}/{epochs} "
+                         f"{current['fraction']:.0%}")
+        eta = run_estimate(durations, left, current["fraction"]
+                           if current["number"] is not None else None)
+        if eta is not None and left > 0:
+            parts.append(f"run ~{_duration(eta)} left")
+        bar.set_postfix_str(", ".join(parts))
+
+    def batches(epoch: int, done_batches: int, per_epoch: int) -> None:
+        current["epoch"] = epoch
+        current["fraction"] = ((epoch - 1) * per_epoch + done_batches) / (epochs * per_epoch)
+        show()
+
+    objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook,
+                               on_batches=batches)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.monotonic()
     waiting_said = False
@@ -229,11 +326,16 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
             with shutdown.deferring():
                 claim = coordination.claim_trial(study, storage, opts.storage, target)
                 if isinstance(claim, optuna.Trial):
+                    current.update(number=claim.number, fraction=0.0, epoch=1)
+                    show()
                     frozen = _run_trial(study, storage, opts, claim, objective, shutdown)
+                    current["number"] = None
                     bar.write(trial_line(frozen), file=sys.stderr)
                     waiting_said = False
-            bar.n = min(finished_count(study), target)
-            bar.refresh()
+            finished = study.get_trials(deepcopy=False, states=FINISHED)
+            durations = _durations(finished)
+            bar.n = min(len(finished), target)
+            show()
             shutdown.check()
             if claim == coordination.DONE:
                 break

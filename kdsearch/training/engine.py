@@ -45,6 +45,7 @@ PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most thi
 # 2 cores: 784-400-400 (61M per batch of 128) 0.84-0.97x as fast on two threads as on one,
 # 784-800-800 (163M) 1.06-1.42x faster on two.
 ONE_THREAD_MAX_MACS = 100_000_000
+BATCH_PROGRESS_SECONDS = 0.25  # how often `on_batches` hears, at most: a clock read per batch
 STATE_FORMAT = 1  # of the state `train` hands to `checkpoint`; bump when its keys change
 
 
@@ -343,6 +344,7 @@ def train(
     keep_best: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     progress: Callable[[int, float, float], None] | None = None,
+    on_batches: Callable[[int, int, int], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
 ) -> TrainResult:
@@ -351,6 +353,10 @@ def train(
     `teacher_logits` must be aligned with the training split's images; with augmentation,
     pass `teacher` instead. `on_epoch(epoch, val_accuracy)` may raise to stop (pruning).
     With `keep_best`, the weights of the best validation epoch are restored at the end.
+    `on_batches(epoch, batches_done, batches_per_epoch)` hears within an epoch, at most every
+    BATCH_PROGRESS_SECONDS and once when its last batch is queued, so a progress bar moves
+    during long epochs (one CIFAR-10 teacher epoch: 87 s on 2 cores) at the cost of a clock
+    read per batch; on CUDA it counts batches queued, not finished (no host sync is added).
     Small MLPs train on one thread (see `train_threads`).
 
     `checkpoint(state)`, if given, receives after each epoch (before `on_epoch`, so a stop
@@ -419,7 +425,8 @@ def train(
         model.train()
         order = torch.randperm(len(split), generator=gen).to(device)
         running = torch.zeros((), device=device)
-        for i in range(0, len(split), recipe.batch_size):
+        told = time.monotonic()
+        for step, i in enumerate(range(0, len(split), recipe.batch_size), start=1):
             idx = order[i : i + recipe.batch_size]
             if skip_single and len(idx) == 1:
                 continue
@@ -451,6 +458,10 @@ def train(
             if recipe.max_norm is not None:
                 _apply_max_norm(model, recipe.max_norm)
             running += loss.detach().float() * len(idx)
+            if on_batches is not None and (step == steps_per_epoch or
+                                           time.monotonic() - told >= BATCH_PROGRESS_SECONDS):
+                on_batches(epoch, step, steps_per_epoch)
+                told = time.monotonic()
         epoch_loss = float(running) / max(len(split), 1)
         if not math.isfinite(epoch_loss):
             _restore_layout(model, cnn)

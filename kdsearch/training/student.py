@@ -32,7 +32,8 @@ def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.
             teacher: Teacher, *, seed: int, temperature: float, alpha: float,
             train_split: Split | None = None, teacher_logits: torch.Tensor | None = None,
             on_epoch: Callable[[int, float], None] | None = None,
-            progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
+            progress: Callable[[int, float, float], None] | None = None,
+            on_batches: Callable[[int, int, int], None] | None = None) -> TrainResult:
     """Train `model` from the teacher: cached logits, or the teacher run live.
 
     Cached logits belong to un-augmented images; under random augmentation a distilled student
@@ -45,4 +46,4 @@ def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.
     return train(model, data, recipe, device, seed=seed, train_split=train_split,
                  teacher_logits=None if live or alpha == 0 else cached,
                  teacher=teacher.model if live else None, temperature=temperature, alpha=alpha,
-                 on_epoch=on_epoch, progress=progress)
+                 on_epoch=on_epoch, progress=progress, on_batches=on_batches)

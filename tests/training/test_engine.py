@@ -282,3 +282,31 @@ def test_a_batch_norm_model_skips_a_final_batch_of_one(data):
                          lr_schedule="onecycle", label_smoothing=0.1)
     result = train(model, data, recipe, CPU, seed=0)
     assert result.epochs_run == 2 and 0.0 <= result.val_accuracy <= 1.0
+
+
+def test_batch_progress_reports_within_each_epoch_and_leaves_training_unchanged(data,
+                                                                                monkeypatch):
+    """Progress bars move inside an epoch; listening must not change what is learned."""
+    import kdsearch.training.engine as engine
+
+    recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.01)
+    quiet = train(_model(data, CNN), data, recipe, CPU, seed=3)
+    monkeypatch.setattr(engine, "BATCH_PROGRESS_SECONDS", 0.0)  # hear every batch
+    heard = []
+    loud = train(_model(data, CNN), data, recipe, CPU, seed=3,
+                 on_batches=lambda *a: heard.append(a))
+    steps = -(-len(data.train) // recipe.batch_size)
+    assert steps > 1
+    assert heard == [(e, s, steps) for e in (1, 2) for s in range(1, steps + 1)]
+    assert loud.curve == quiet.curve
+
+
+def test_batch_progress_always_hears_the_end_of_each_epoch(data, monkeypatch):
+    import kdsearch.training.engine as engine
+
+    monkeypatch.setattr(engine, "BATCH_PROGRESS_SECONDS", 1e9)  # never by time
+    heard = []
+    recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.01)
+    train(_model(data, MLPArch(hidden=[8])), data, recipe, CPU, on_batches=lambda *a: heard.append(a))
+    steps = -(-len(data.train) // recipe.batch_size)
+    assert heard == [(1, steps, steps), (2, steps, steps)]
