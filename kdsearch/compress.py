@@ -37,6 +37,7 @@ from kdsearch.architecture import Arch, parse_arch
 from kdsearch.errors import KdsearchError
 from kdsearch.options import Options
 from kdsearch.record import TeacherRecord, TrialRecord, stored_spec
+from kdsearch.search.space import suggest_recipe
 from kdsearch.spec import DataSpec
 from kdsearch.study.coordination import obtain_teacher
 from kdsearch.training.data import Dataset, Split, load_data
@@ -229,9 +230,11 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     alpha = float(trial.params.get("alpha", 0.0))
     # The study's recipe at a longer budget; a decaying schedule may be asked for, since a
     # constant rate that suited the search's short budget can overfit a longer one.
-    recipe = spec.student.train.model_copy(
-        update={"epochs": epochs or spec.student.train.epochs * EPOCH_FACTOR,
-                "lr_schedule": lr_schedule or spec.student.train.lr_schedule})
+    # The learning rate and batch size are the trial's own where the study searched them.
+    trial_recipe = suggest_recipe(optuna.trial.FixedTrial(trial.params), spec.student.train)
+    recipe = trial_recipe.model_copy(
+        update={"epochs": epochs or trial_recipe.epochs * EPOCH_FACTOR,
+                "lr_schedule": lr_schedule or trial_recipe.lr_schedule})
     log(f"trial {trial.number} of '{study.study_name}': {arch.describe()}, "
         f"{searched.params:,} params, val acc {searched.val_accuracy:.4f} "
         f"in the search; T={temperature:.2f} alpha={alpha:.2f}")

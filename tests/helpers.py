@@ -251,6 +251,61 @@ def teacher_summary(**changes) -> dict:
     return TeacherRecord(**{**values, **changes}).summary()
 
 
+TINY_STAGED = TINY_DATA.replace('''family = "cnn"
+convs = [{ channels = 8, kernel = 3, padding = "same", pool = true }]
+dense = [32]''', '''family = "resnet"
+blocks = [1, 1]
+base_width = 8''') + """
+[student]
+temperature = {{ low = 1.0, high = 10.0, log = true }}
+alpha = {{ low = 0.0, high = 1.0 }}
+{student}
+
+[student.train]
+epochs = 1
+batch_size = 64
+optimizer = "sgd"
+lr = {{ low = 0.02, high = 0.2, log = true }}
+lr_schedule = "onecycle"
+label_smoothing = 0.1
+weight_decay = 5e-4
+decay_norms_and_biases = false
+
+[search]
+n_trials = {n_trials}
+sampler = "random"
+"""
+STAGED_RESNET = """family = "resnet"
+stages = { low = 1, high = 2 }
+blocks = 1
+base_width = { choices = [4, 6] }
+width_growth = 2.0
+kernel = 3
+shortcut = { choices = ["A", "B"] }"""
+STAGED_CHOICE = """family = { choices = ["resnet", "mobilenet"] }
+
+[student.resnet]
+stages = 2
+blocks = { low = 1, high = 2 }
+base_width = 4
+width_growth = 1.5
+kernel = 3
+
+[student.mobilenet]
+stages = 2
+blocks = 1
+base_width = { choices = [4, 8] }
+width_growth = 2.0
+kernel = { choices = [3, 5] }
+expansion = { choices = [2, 4] }"""
+
+
+def tiny_staged_study_text(student: str = STAGED_RESNET, n_trials: int = 2) -> str:
+    """A tiny study of the residual families: a resnet teacher, resnet (or, with STAGED_CHOICE,
+    resnet-or-mobilenet) students trained with SGD, onecycle, label smoothing and a searched lr."""
+    return TINY_STAGED.format(student=student, n_trials=n_trials)
+
+
 def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",
                storage: str | None = None, name: str = "hand", teacher: dict | None = None,
                sampler: str = "tpe"):

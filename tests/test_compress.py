@@ -16,7 +16,7 @@ from kdsearch.errors import KdsearchError
 from kdsearch.options import Options
 from kdsearch.spec import load_study
 from kdsearch.study.runner import run_study
-from tests.helpers import kdsearch
+from tests.helpers import kdsearch, tiny_staged_study_text
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,25 @@ def test_evaluate_a_non_model_folder_is_one_line(tmp_path):
     proc = kdsearch("evaluate", str(tmp_path), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("kdsearch: error:") and "Traceback" not in proc.stderr
+
+
+def test_a_resnet_study_runs_compresses_and_evaluates_through_the_cli(tmp_path):
+    """Batch norm and residual blocks survive every step: a resnet teacher and students
+    (searched lr, onecycle, label smoothing), the model folder and every export format."""
+    path = tmp_path / "tiny_resnet.toml"
+    path.write_text('description = "tiny resnet"\nseed = 0\n' + tiny_staged_study_text())
+    common = ("--storage", f"sqlite:///{tmp_path / 's.db'}", "--cache-dir", str(tmp_path / "c"),
+              "--device", "cpu")
+    kdsearch("run-study", str(path), *common)
+    out = tmp_path / "model"
+    proc = kdsearch("compress", "tiny_resnet", *common, "--max-params", "100000", "--epochs", "1",
+                    "--out", str(out))
+    meta = json.loads((out / "architecture.json").read_text())
+    assert meta["architecture"]["family"] == "resnet" and "not written" not in proc.stdout
+    assert (out / "model.pt2").is_file() and (out / "model.onnx").is_file()
+    model, _ = load_model(out)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) >= 3
+    card_acc = meta["test_accuracy"]
+    ev = kdsearch("evaluate", str(out), "--device", "cpu")
+    for name in ("", "model.pt2: ", "model.onnx: "):
+        assert f"{name}test accuracy {card_acc:.4f}" in ev.stdout, ev.stdout

@@ -14,7 +14,7 @@ import torch
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.record import set_trial
 from kdsearch.search.curves import report_epoch
-from kdsearch.search.space import suggest_student
+from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
@@ -44,11 +44,12 @@ def make_objective(
     `on_batches(epoch, batches_done, batches_per_epoch)` follows the running trial's training
     (engine.train), for a progress display that moves within a trial.
     """
-    recipe = spec.student.train
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        # Suggest: the student's shape and the distillation settings.
+        # Suggest: the student's shape, the distillation settings and, where searched, the
+        # learning rate and batch size (a per-trial copy of the study's recipe).
         choice = suggest_student(trial, spec.student.space, data.input_shape)
+        recipe = suggest_recipe(trial, spec.student.train)
         repeat = suggest_repeat(trial, spec)
         try:
             params = arch_params(choice.arch, data.input_shape, data.num_classes)

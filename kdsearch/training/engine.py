@@ -123,19 +123,57 @@ def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
     return correct / max(len(split), 1)
 
 
+def param_groups(model: nn.Module, recipe: TrainRecipe) -> list[dict]:
+    """The optimizer's parameter groups: one, or with `decay_norms_and_biases = false`, the
+    conv and linear weights (decayed) apart from biases and batch-norm scales and shifts (not).
+
+    Decay pulls a weight towards 0 to keep the function simple; a batch-norm scale or a bias
+    sets no complexity, and the layer after a batch norm does not see its weights' scale, so
+    decaying them only fights the fit (He et al. 2019, "Bag of tricks", section 3.1).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.decay_norms_and_biases or recipe.weight_decay == 0:
+        return [{"params": params, "weight_decay": recipe.weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def _make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     """Fused implementations (one kernel for all parameters) where this torch has them."""
+    groups = param_groups(model, recipe)
     for fused in (True, False):
         try:
             if recipe.optimizer == "sgd":
-                return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                       weight_decay=recipe.weight_decay, nesterov=True,
+                # Nesterov needs momentum: torch refuses it with none.
+                return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+                                       nesterov=recipe.nesterov and recipe.momentum > 0,
                                        fused=fused or None)
-            return torch.optim.Adam(model.parameters(), lr=recipe.lr,
-                                    weight_decay=recipe.weight_decay, fused=fused or None)
+            return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
         except (RuntimeError, TypeError, ValueError):  # fused unsupported for this device/torch
             continue
     raise AssertionError("unreachable")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate at optimizer step `step` of `total`, as a fraction of the recipe's.
+
+    A linear warm-up over the first `warmup` steps (large early steps on freshly initialised
+    weights, with batch norm's statistics still settling, can throw a short run off for good),
+    then: constant; cosine down to 0; or onecycle, linearly down to 0 (Smith & Topin 2019:
+    within a few epochs, the triangle reaches more than any fixed rate).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(step - warmup, total - warmup) / max(total - warmup, 1)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _is_cnn(model: nn.Module) -> bool:
@@ -373,10 +411,15 @@ def train(
     optimizer = _make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(split) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
+    warmup_steps = min(round(recipe.warmup() * steps_per_epoch), total_steps)
     schedule = None
-    if recipe.lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    if recipe.lr_schedule != "constant" or warmup_steps:
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            lr_factor, total=total_steps, warmup=warmup_steps, schedule=recipe.lr_schedule))
+    # Batch norm in training mode cannot normalise a batch of one image on a 1x1 map (and on
+    # larger maps gets one image's statistics): such a last batch is skipped; its image is in
+    # other batches in the other epochs' permutations.
+    skip_single = _has_batch_norm(model)
 
     start = time.perf_counter()
     curve: list[float] = []
@@ -400,6 +443,8 @@ def train(
         told = time.monotonic()
         for step, i in enumerate(range(0, len(split), recipe.batch_size), start=1):
             idx = order[i : i + recipe.batch_size]
+            if skip_single and len(idx) == 1:
+                continue
             xb, yb = x[idx], y[idx]
             if augmenting:
                 xb = augment(xb, recipe)
@@ -409,7 +454,7 @@ def train(
             with autocast():
                 logits = net(xb)
                 if not distilling:
-                    loss = F.cross_entropy(logits, yb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 else:
                     if teacher is not None:
                         with torch.no_grad():
@@ -418,7 +463,8 @@ def train(
                         t_logits = view_logits[vb, idx]
                     else:
                         t_logits = soft[idx]
-                    loss = kd_loss(logits, t_logits, yb, temperature, alpha)
+                    loss = kd_loss(logits, t_logits, yb, temperature, alpha,
+                                   label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
