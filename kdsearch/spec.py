@@ -341,6 +341,24 @@ class TrainRecipe(_Frozen):
                           f"{self.warmup_epochs:g}", "warmup_epochs")
         return self
 
+    @model_validator(mode="after")
+    def _one_shift(self) -> TrainRecipe:
+        if self.jitter and self.translate:
+            raise _refuse("jitter or translate, not both (both shift the images)",
+                          f"jitter = {self.jitter}, translate = {self.translate}", "translate")
+        if self.views and self.jitter:
+            raise _refuse("jitter = 0 with views: a random shift would show pixels the cached "
+                          "logits were not computed on (translate sets the views' shift)",
+                          f"jitter = {self.jitter}", "jitter")
+        if self.views > 1 and not (self.hflip or self.translate):
+            raise _refuse("hflip = true or translate > 0 with views > 1 (else every view is "
+                          "the image itself)", f"views = {self.views}", "views")
+        return self
+
+    def augments(self) -> bool:
+        """Whether images are changed at random in every epoch (no fixed views)."""
+        return not self.views and bool(self.jitter or self.translate or self.hflip)
+
     def warmup(self) -> float:
         """Warm-up epochs: as written, else 30% of the budget for onecycle and none otherwise."""
         if self.warmup_epochs is not None:
@@ -383,24 +401,6 @@ class StudentRecipe(TrainRecipe):
         if not (_is_number(values["lr"]) and _is_int(values["batch_size"])):
             raise ValueError("a searched lr or batch_size needs the trial's value")
         return TrainRecipe.model_validate(values)
-
-    @model_validator(mode="after")
-    def _one_shift(self) -> TrainRecipe:
-        if self.jitter and self.translate:
-            raise _refuse("jitter or translate, not both (both shift the images)",
-                          f"jitter = {self.jitter}, translate = {self.translate}", "translate")
-        if self.views and self.jitter:
-            raise _refuse("jitter = 0 with views: a random shift would show pixels the cached "
-                          "logits were not computed on (translate sets the views' shift)",
-                          f"jitter = {self.jitter}", "jitter")
-        if self.views > 1 and not (self.hflip or self.translate):
-            raise _refuse("hflip = true or translate > 0 with views > 1 (else every view is "
-                          "the image itself)", f"views = {self.views}", "views")
-        return self
-
-    def augments(self) -> bool:
-        """Whether images are changed at random in every epoch (no fixed views)."""
-        return not self.views and bool(self.jitter or self.translate or self.hflip)
 
 
 class MLPSpace(_Frozen):
