@@ -73,9 +73,9 @@ def test_loss_gets_the_teachers_logits_for_exactly_the_pixels_the_student_sees(m
     seen, received = [], []
     real_kd = engine.kd_loss
 
-    def spy(student_logits, teacher_logits, labels, temperature, alpha):
+    def spy(student_logits, teacher_logits, labels, temperature, alpha, **kwargs):
         received.append(teacher_logits.detach().clone())
-        return real_kd(student_logits, teacher_logits, labels, temperature, alpha)
+        return real_kd(student_logits, teacher_logits, labels, temperature, alpha, **kwargs)
 
     monkeypatch.setattr(engine, "kd_loss", spy)
     student = nn.Sequential(Recorder(seen), nn.Flatten(), nn.Linear(3 * 36, classes))
