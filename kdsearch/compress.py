@@ -32,6 +32,7 @@ from torch import nn
 
 from kdsearch.architecture import Arch, parse_arch
 from kdsearch.errors import KdsearchError
+from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TeacherRecord, TrialRecord, stored_spec
 from kdsearch.spec import DataSpec
@@ -46,8 +47,10 @@ EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epo
 
 
 def pick_trial(study: optuna.Study, number: int | None = None,
-               max_params: int | None = None) -> FrozenTrial:
-    """Trial `number`, or the best val accuracy within `max_params` (fewer params wins a tie)."""
+               max_params: int | None = None, max_macs: int | None = None,
+               max_latency_ms: float | None = None) -> FrozenTrial:
+    """Trial `number`, or the best val accuracy within every limit given (params, MACs, the
+    latency measured in the search); a tie goes to the fewer params, then the earlier trial."""
     done = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
             if TrialRecord.of(t).architecture is not None]
     if number is not None:
@@ -60,12 +63,27 @@ def pick_trial(study: optuna.Study, number: int | None = None,
                 return t
         raise KdsearchError(f"study '{study.study_name}' has no trial {number} "
                             f"(it has {len(study.trials)})")
-    fits = [t for t in done if max_params is None or TrialRecord.of(t).params <= max_params]
+    limits = {k: v for k, v in (("params", max_params), ("macs", max_macs),
+                                ("latency_ms", max_latency_ms)) if v is not None}
+    if "latency_ms" in limits and done and all(TrialRecord.of(t).latency_ms is None for t in done):
+        raise KdsearchError(f"--max-latency-ms: study '{study.study_name}' measured no latency "
+                            "(its trials are timed only with latency_ms among [search] objectives "
+                            "or a max_latency_ms): use --max-params or --max-macs")
+
+    def within(t: FrozenTrial) -> bool:
+        r = TrialRecord.of(t)
+        return all(getattr(r, k) is not None and getattr(r, k) <= v for k, v in limits.items())
+
+    fits = [t for t in done if within(t)]
     if not fits:
-        smallest = min((TrialRecord.of(t).params for t in done), default=None)
+        said = " and ".join(f"<= {COST[k].format(v)}" for k, v in limits.items())
+        cheapest = {k: min((getattr(TrialRecord.of(t), k) for t in done
+                            if getattr(TrialRecord.of(t), k) is not None), default=None)
+                    for k in limits}
+        known = ", ".join(COST[k].format(v) for k, v in cheapest.items() if v is not None)
         raise KdsearchError(
-            f"no complete trial of '{study.study_name}' has <= {max_params:,} params"
-            + (f" (the smallest has {smallest:,})" if smallest is not None else " (none complete)"))
+            f"no complete trial of '{study.study_name}' has {said}"
+            + (f" (the least of each: {known})" if known else " (none complete)"))
     return max(fits, key=lambda t: (TrialRecord.of(t).val_accuracy, -TrialRecord.of(t).params,
                                     -t.number))
 
@@ -146,14 +164,15 @@ class CompressResult:
 
 
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
-             max_params: int | None = None, epochs: int | None = None,
+             max_params: int | None = None, max_macs: int | None = None,
+             max_latency_ms: float | None = None, epochs: int | None = None,
              lr_schedule: str | None = None, opts: Options = Options(),
              command: str = "", log: Callable[[str], None] = print) -> CompressResult:
     """Retrain the chosen trial's student on train + validation and write the model folder."""
     from tqdm import tqdm
 
     # Pick: the trial, its architecture and distillation settings, the study's recipe.
-    trial = pick_trial(study, number, max_params)
+    trial = pick_trial(study, number, max_params, max_macs, max_latency_ms)
     spec = stored_spec(study)
     arch = trial_arch(trial)
     searched = TrialRecord.of(trial)

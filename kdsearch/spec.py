@@ -310,6 +310,9 @@ class StudentSpec(_Frozen):
     train: TrainRecipe = TrainRecipe()
     # refuse larger students before training
     max_params: int | None = Field(default=None, ge=1, le=MAX_PARAMS, strict=True)
+    # refuse costlier students before training (MACs are counted, latency measured untrained)
+    max_macs: int | None = Field(default=None, ge=1, strict=True)
+    max_latency_ms: float | None = Field(default=None, gt=0)
 
 
 class EarlyStoppingSpec(_Frozen):
@@ -338,13 +341,26 @@ class Baseline(_Frozen):
     params: dict[str, int | float] = Field(default_factory=dict)  # search-space values
 
 
+Objective = Literal["params", "macs", "latency_ms"]  # objectives.COSTS
+
+
 class SearchSpec(_Frozen):
     n_trials: int = Field(default=20, ge=1, le=1_000_000)  # a grid's default: the grid's size
+    # the cost(s) minimized beside validation accuracy (see objectives.py); part of the study's
+    # definition: its Optuna directions and metric names follow them
+    objectives: list[Objective] = Field(default_factory=lambda: ["params"], min_length=1)
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
     baselines: list[Baseline] = Field(default_factory=list, max_length=100)
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, objectives: list[str]) -> list[str]:
+        if len(set(objectives)) != len(objectives):
+            raise ValueError("each objective once")
+        return objectives
 
     @model_validator(mode="after")
     def _repeats_need_grid(self) -> SearchSpec:
@@ -482,7 +498,8 @@ def parse_study(text: str, path: Path) -> StudySpec:
     student = raw.get("student")
     if isinstance(student, dict):
         student = dict(student)
-        nested = {k: student.pop(k) for k in ("train", "max_params") if k in student}
+        nested = {k: student.pop(k) for k in ("train", "max_params", "max_macs", "max_latency_ms")
+                  if k in student}
         raw["student"] = {"space": student, **nested}
     if "source" in raw:
         raise StudyFileError(f"{path}: key 'source': expected no such key, found {raw['source']!r}")

@@ -18,6 +18,7 @@ from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
 from kdsearch.training.engine import accuracy
+from kdsearch.training.latency import measure_latency
 from kdsearch.training.models import ArchitectureError, arch_params, build_model, count_macs
 from kdsearch.training.student import distill, student_seed
 from kdsearch.training.teacher_cache import Teacher
@@ -33,14 +34,22 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     return optuna.TrialPruned(reason)
 
 
+def measures_latency(spec: StudySpec) -> bool:
+    """Whether trials time their student: only when latency is an objective or a limit, since
+    the measurement costs up to a second a trial."""
+    return "latency_ms" in spec.search.objectives or spec.student.max_latency_ms is not None
+
+
 def make_objective(
     spec: StudySpec, data: Dataset, teacher: Teacher, device: torch.device,
     on_epoch: Callable[[optuna.Trial, int, float], None] | None = None,
-) -> Callable[[optuna.Trial], tuple[float, float]]:
-    """The Optuna objective: (validation accuracy, parameter count)."""
+) -> Callable[[optuna.Trial], tuple[float, ...]]:
+    """The Optuna objective: (validation accuracy, each cost of `[search] objectives`)."""
     recipe = spec.student.train
+    costs = spec.search.objectives
+    max_macs, max_latency = spec.student.max_macs, spec.student.max_latency_ms
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         # Suggest: the student's shape and the distillation settings.
         choice = suggest_student(trial, spec.student.space, data.input_shape)
         repeat = suggest_repeat(trial, spec)
@@ -55,11 +64,23 @@ def make_objective(
         max_params = spec.student.max_params
         if max_params is not None and params > max_params:
             raise _prune(trial, f"over budget: {params:,} params > max_params {max_params:,}")
+        if max_macs is not None and macs > max_macs:
+            raise _prune(trial, f"over budget: {macs:,} MACs > max_macs {max_macs:,}")
 
-        # Build and distill, recording the validation curve as it grows.
+        # Build; time it untrained when latency counts (same shapes, same latency as trained).
         seed = student_seed(spec.seed, repeat if spec.search.sampler == "grid" else trial.number)
         torch.manual_seed(seed)
         model = build_model(choice.arch, data.input_shape, data.num_classes, data.mean, data.std)
+        known: dict[str, float] = {"params": params, "macs": macs}
+        if measures_latency(spec):
+            timed = measure_latency(model, data.input_shape, device)
+            set_trial(trial, latency_ms=timed.median_ms, latency_method=timed.method)
+            known["latency_ms"] = timed.median_ms
+            if max_latency is not None and timed.median_ms > max_latency:
+                raise _prune(trial, f"over budget: {timed.median_ms:.4g} ms latency > "
+                             f"max_latency_ms {max_latency:g}")
+
+        # Distill, recording the validation curve as it grows.
         curve: list[float] = []
 
         def epoch_done(epoch: int, val_acc: float) -> None:
@@ -85,6 +106,6 @@ def make_objective(
         test_acc = accuracy(model, data.test, device)
         set_trial(trial, val_accuracy=result.val_accuracy, test_accuracy=test_acc,
                   train_seconds=round(result.seconds, 3), epochs=result.epochs_run)
-        return result.val_accuracy, float(params)
+        return (result.val_accuracy, *(float(known[c]) for c in costs))
 
     return objective

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsearch import record
+from kdsearch import objectives, record
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord
 from kdsearch.search import baselines
 from kdsearch.search.early_stopping import make_stopper
-from kdsearch.search.objective import make_objective
+from kdsearch.search.objective import make_objective, measures_latency
 from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
 from kdsearch.study.shutdown import Shutdown, ShutdownRequested
@@ -29,7 +29,7 @@ from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
 from kdsearch.training.teacher_cache import StopSignal, Teacher
 
-OBJECTIVES = ("val_accuracy", "params")
+OBJECTIVES = ("val_accuracy", "params")  # a study file without `[search] objectives`
 DIRECTIONS = ("maximize", "minimize")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -77,7 +77,8 @@ def study_note(spec: StudySpec, teacher: Teacher) -> str:
         f"**Teacher** `{m.description}`: {m.params:,} params, {m.macs:,} MACs, "
         f"val acc {m.val_accuracy:.4f}, test acc {m.test_accuracy:.4f} "
         f"(cache key `{m.key}`).\n\n"
-        f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
+        f"Objectives: **val_accuracy** (maximize) and "
+        f"{' and '.join(f'**{c}**' for c in spec.search.objectives)} (minimize).\n\n"
         f"## Study file\n\n```toml\n{spec.source.strip()}\n```\n"
     )
 
@@ -89,17 +90,22 @@ def create_study(spec: StudySpec, opts: Options, storage) -> optuna.Study:
         existing = len(optuna.load_study(study_name=opts.study_name, storage=storage).trials)
     except KeyError:
         pass
+    costs = spec.search.objectives
+    directions = objectives.directions(costs)
     study = optuna.create_study(
-        storage=storage, study_name=opts.study_name, directions=list(DIRECTIONS),
+        storage=storage, study_name=opts.study_name, directions=directions,
         sampler=make_sampler(spec, existing + 7919 * opts.worker), load_if_exists=True)
-    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
-                                  optuna.study.StudyDirection.MINIMIZE]:
+    names = objectives.metric_names(costs)
+    if [d.name.lower() for d in study.directions] != directions or (
+            study.metric_names and list(study.metric_names) != names):
         from kdsearch.errors import StorageError
 
+        found = ", ".join(study.metric_names or [d.name.lower() for d in study.directions])
         raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} has other "
-                           "objectives; choose another --study-name")
+                           f"objectives ({found}) than the study file's ({', '.join(names)}); "
+                           "choose another --study-name")
     if not study.metric_names:
-        study.set_metric_names(list(OBJECTIVES))
+        study.set_metric_names(names)
     return study
 
 
@@ -118,6 +124,21 @@ def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> No
         pass
 
 
+def time_teacher(study: optuna.Study, spec: StudySpec, teacher: Teacher, device) -> None:
+    """Time the teacher as trials time students, once per study, where latency counts: the
+    reference point of the hypervolume and the star of the Pareto plot."""
+    import copy
+
+    from kdsearch.training.latency import measure_latency
+
+    if not measures_latency(spec) or record.TEACHER_LATENCY in study.user_attrs:
+        return
+    shape = tuple(teacher.record.input_shape)
+    timed = measure_latency(copy.deepcopy(teacher.model), shape, device)
+    study.set_user_attr(record.TEACHER_LATENCY, {"latency_ms": timed.median_ms,
+                                                 "method": timed.method})
+
+
 def trial_line(trial: FrozenTrial) -> str:
     a = TrialRecord.of(trial)
     head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
@@ -126,7 +147,9 @@ def trial_line(trial: FrozenTrial) -> str:
     knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
     if trial.state == TrialState.COMPLETE:
         return (f"{head} val_acc {a.val_accuracy:.4f}  test_acc {a.test_accuracy:.4f}  "
-                f"params {a.params:>9,}  macs {a.macs:>11,}  {arch}  {knobs}  "
+                f"params {a.params:>9,}  macs {a.macs:>11,}  "
+                + (f"latency {a.latency_ms:.4g} ms  " if a.latency_ms is not None else "")
+                + f"{arch}  {knobs}  "
                 f"{a.train_seconds:.1f}s")
     return f"{head} {a.stopped_reason}  params {a.params or 0:,}  {arch}  {knobs}"
 
@@ -168,6 +191,7 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)
     annotate_study(study, spec, teacher)
+    time_teacher(study, spec, teacher, device)
     return Prepared(data, storage, study, teacher)
 
 
@@ -210,7 +234,8 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         # plot half-trained students beside trained ones.
         log("early stopping is off for grid sweeps: every point trains for its full budget")
     elif on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
-        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs)
+        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs,
+                                tuple(spec.search.objectives))
     stopper = on_epoch
 
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:

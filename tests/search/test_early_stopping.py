@@ -82,10 +82,10 @@ def _study_with_peers() -> optuna.Study:
         # Curves reach rung 3; the rung-1 value is 0.1 lower than at rung 3.
         study.add_trial(
             optuna.trial.create_trial(
-                values=[p.accuracy, p.params],
+                values=[p.accuracy, p.costs],
                 state=TrialState.COMPLETE,
                 user_attrs={
-                    "params": p.params,
+                    "params": p.costs,
                     "val_curve": [p.accuracy - 0.1, p.accuracy - 0.05, p.accuracy],
                 },
             )
@@ -100,8 +100,8 @@ def _study_with_peers() -> optuna.Study:
 
 def test_peers_are_read_from_stored_curves():
     peers = rung_peers(_study_with_peers(), 3, exclude=-1)
-    assert sorted((p.params, round(p.accuracy, 6)) for p in peers) == sorted(
-        (p.params, p.accuracy) for p in PEERS
+    assert sorted((p.costs, round(p.accuracy, 6)) for p in peers) == sorted(
+        ((p.costs,), p.accuracy) for p in PEERS
     )
 
 
