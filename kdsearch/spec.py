@@ -348,7 +348,7 @@ class SearchSpec(_Frozen):
     n_trials: int = Field(default=20, ge=1, le=1_000_000)  # a grid's default: the grid's size
     # the cost(s) minimized beside validation accuracy (see objectives.py); part of the study's
     # definition: its Optuna directions and metric names follow them
-    objectives: list[Objective] = Field(default_factory=lambda: ["params"], min_length=1)
+    objectives: list[Objective] = Field(default_factory=lambda: ["params"])
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
@@ -358,6 +358,8 @@ class SearchSpec(_Frozen):
     @field_validator("objectives")
     @classmethod
     def _distinct(cls, objectives: list[str]) -> list[str]:
+        if not objectives:
+            raise ValueError("one or more of 'params', 'macs', 'latency_ms'")
         if len(set(objectives)) != len(objectives):
             raise ValueError("each objective once")
         return objectives
