@@ -77,3 +77,28 @@ def test_evaluate_a_non_model_folder_is_one_line(tmp_path):
     proc = kdsearch("evaluate", str(tmp_path), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("kdsearch: error:") and "Traceback" not in proc.stderr
+
+
+def test_pick_within_several_limits_on_a_hand_study():
+    from tests.helpers import hand_study
+
+    # (val acc, params): MACs are 10x the params
+    study = hand_study([(0.5, 10, 3, 0.5), (0.8, 100, 3, 0.5), (0.7, 50, 3, 0.5),
+                        (0.9, 400, 3, 0.5)])
+    assert pick_trial(study, max_macs=1_000).number == 1  # 0.8 at 1,000 MACs
+    assert pick_trial(study, max_macs=999).number == 2  # 0.7 at 500
+    assert pick_trial(study, max_params=100, max_macs=600).number == 2  # both limits hold
+    with pytest.raises(KdsearchError, match=r"has <= 99 MACs \(the least of each: 100 MACs\)"):
+        pick_trial(study, max_macs=99)
+    # no trial of this study was timed: a latency limit cannot be judged, and says so
+    with pytest.raises(KdsearchError, match="--max-latency-ms: study 'hand' measured no latency"):
+        pick_trial(study, max_latency_ms=1.0)
+
+
+@pytest.mark.parametrize("args, found", [([], "neither"), (["--trial", "0", "--max-macs", "5"], "both")])
+def test_compress_needs_a_trial_or_limits_not_both(tmp_path, args, found):
+    proc = kdsearch("compress", "hand", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--out",
+                    str(tmp_path / "o"), *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "kdsearch: error: compress: expected --trial N or limits (--max-params, --max-macs, "
+        f"--max-latency-ms), found {found}"]
