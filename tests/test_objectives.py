@@ -207,3 +207,19 @@ def test_max_macs_and_max_latency_refuse_students_before_training(tmp_path):
         assert t.user_attrs["latency_ms"] > 0 and "val_curve" not in t.user_attrs
     # a limit alone times students but leaves the objectives as they were
     assert study.metric_names == ["val_accuracy", "params"]
+
+
+def test_the_same_student_is_timed_once_and_ties_on_latency(tmp_path):
+    """Identical students have identical latency: the second reuses the first's measurement
+    (and says so) rather than differing by timing noise."""
+    text = (helpers.TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "2")
+            .replace("depth = { low = 1, high = 2 }", "depth = 1")
+            .replace("width = { choices = [4, 8, 16] }", "width = 4")
+            + 'objectives = ["latency_ms"]\n')
+    study = run_study(parse_study(text, tmp_path / "one.toml"), _opts(tmp_path, 2),
+                      log=lambda m: None)
+    first, second = (t.user_attrs for t in study.trials)
+    assert first["architecture"] == second["architecture"]
+    assert second["latency_ms"] == first["latency_ms"]
+    assert "reused_from_trial" not in first["latency_method"]
+    assert second["latency_method"] == {**first["latency_method"], "reused_from_trial": 0}
