@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from kdsearch.errors import KdsearchError, one_line
@@ -204,12 +205,17 @@ def cmd_run_study(args) -> int:
     opts = _options(args, spec)
     _threads(opts)
     if opts.workers > 1:
+        from kdsearch.study.runner import closing_summary
         from kdsearch.study.storage import load_study
         from kdsearch.study.workers import run_workers
 
+        start = time.monotonic()
         code = run_workers(args.study, spec, opts, args.seed, os.environ,
                            log=lambda m: print(m, file=sys.stderr))
-        print(best_table(read_rows(load_study(opts.storage, opts.study_name))))
+        study = load_study(opts.storage, opts.study_name)
+        for line in closing_summary(study, time.monotonic() - start):
+            print(line, file=sys.stderr)
+        print(best_table(read_rows(study)))
         return code
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
     snap = read_rows(study)  # the table and the sweep from one read
@@ -227,9 +233,14 @@ def cmd_teacher(args) -> int:
     _threads(opts)
     teacher = prepare_teacher(spec, opts, log=lambda m: print(m, file=sys.stderr))
     m = teacher.record
-    print(f"teacher   {m.description}\nparams    {m.params:,}\nmacs      {m.macs:,}\n"
+    print(f"teacher   {m.description}\nparams    {f'{m.params:,}' if m.params else 'unknown'}\n"
+          f"macs      {f'{m.macs:,}' if m.macs else 'unknown'}\n"
           f"val_acc   {m.val_accuracy:.4f}\ntest_acc  {m.test_accuracy:.4f}\n"
           f"epochs    {m.epochs}\nseconds   {m.train_seconds}\ncache     {teacher.path}")
+    if m.kind == "file":
+        print(f"file      {m.file.get('path', '')} (sha256 {m.file.get('sha256', '')[:16]})")
+    if m.note:
+        print(f"note      {m.note}")
     return 0
 
 
@@ -306,8 +317,8 @@ def cmd_evaluate(args) -> int:
     r = evaluate(args.folder, opts)
     print(f"{r['description']} ({r['params']:,} params): test accuracy {r['test_accuracy']:.4f} "
           f"on {r['n_test']:,} images (card: {r['card_test_accuracy']:.4f})")
-    if "torchscript_test_accuracy" in r:
-        print(f"model.torchscript.pt: test accuracy {r['torchscript_test_accuracy']:.4f}")
+    for name, acc in r["exported"].items():
+        print(f"{name}: test accuracy {acc:.4f}")
     if not r["same_test_set"]:
         print("warning: this test set differs from the one the card was measured on",
               file=sys.stderr)

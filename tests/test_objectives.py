@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from kdsearch import objectives
 from kdsearch.errors import StudyFileError
 from kdsearch.options import Options
+from kdsearch.record import TEACHER_LATENCY, study_attr
 from kdsearch.spec import parse_study
 from kdsearch.study.runner import run_study
 from kdsearch.training.latency import MIN_REPEATS
@@ -125,12 +126,30 @@ def test_macs_study_runs_reports_exports_and_compresses_on_macs(tmp_path):
     picked = next(t for t in done if t.number == meta["trial"])
     assert meta["macs"] <= limit and picked.user_attrs["val_accuracy"] == best, comp.stderr
 
-    # a study's objectives are part of it: the same name with other objectives is refused
+    # a study's objectives are part of its definition: the same name with other objectives is
+    # refused as any changed study file is, naming the key
     (tmp_path / "other").mkdir()
     other = helpers.tiny_study(tmp_path / "other", epochs=1, n_trials=4, name="m",
                                objectives=["params"])
     line = _error_line(kdsearch("run-study", str(other), *common, "--device", "cpu"))
-    assert "other objectives (val_accuracy, macs)" in line and "(val_accuracy, params)" in line
+    assert "was created from a different version of this study (differs in " \
+           "search.objectives)" in line
+
+
+def test_an_empty_study_of_other_objectives_is_refused_before_anything_is_written(tmp_path):
+    # No study file stored, so no definition to compare: the objectives themselves are checked.
+    from kdsearch.errors import StorageError
+    from kdsearch.study.runner import check_stored
+
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    made = optuna.create_study(study_name="e", storage=url, directions=["maximize", "minimize"])
+    made.set_metric_names(["val_accuracy", "params"])
+    path = helpers.tiny_study(tmp_path, name="e", objectives=["macs"])
+    spec = parse_study(path.read_text(), path)
+    with pytest.raises(StorageError, match=r"other objectives \(val_accuracy, params\) than "
+                                           r"the study file's \(val_accuracy, macs\)"):
+        check_stored(spec, Options(storage=url, study_name="e"), made._storage)
+    assert set(made._storage.get_study_system_attrs(made._study_id)) == {"study:metric_names"}
 
 
 def test_params_and_latency_study_records_the_method_and_draws_both_costs(tmp_path):
@@ -153,7 +172,7 @@ def test_params_and_latency_study_records_the_method_and_draws_both_costs(tmp_pa
         assert method["repeats"] >= MIN_REPEATS and method["torch"]
         low, high = method["ci95_ms"]
         assert low <= a["latency_ms"] <= high  # the median lies in its own interval
-    teacher = study.user_attrs["teacher_latency"]  # the teacher timed as the students were
+    teacher = study_attr(study, TEACHER_LATENCY)  # the teacher timed as the students were
     assert teacher["latency_ms"] > 0 and teacher["method"]["repeats"] >= MIN_REPEATS
 
     rows = json.loads(_ok(kdsearch("best", "lat", "--storage", url, "--format", "json")).stdout)

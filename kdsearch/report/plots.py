@@ -69,9 +69,10 @@ def pareto_figure(data: ParetoData) -> go.Figure:
                 hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines],
                 hoverinfo="text"), row=1, col=col)
         teacher = data.teacher
-        teacher_cost = data.teacher_costs.get(cost, teacher.params if teacher and cost == "params"
-                                              else None)
-        if teacher and teacher_cost is not None:
+        teacher_cost = data.teacher_costs.get(
+            cost, (teacher.params or None) if teacher and cost == "params" else None)
+        # A teacher file of unknown size (params or MACs 0) has no place on a log axis.
+        if teacher and teacher_cost:
             # Labelled beside the star on one plot; in panels the label would cross into the
             # neighbour panel, and the legend names the star.
             fig.add_trace(go.Scatter(

@@ -23,10 +23,11 @@ from optuna.trial import FrozenTrial, TrialState
 from kdsearch import objectives
 from kdsearch.errors import KdsearchError
 from kdsearch.record import (
-    STUDY_SPEC,
+    STUDY_DEFINITION,
     TEACHER_LATENCY,
     TeacherRecord,
     TrialRecord,
+    study_attr,
     study_teacher,
 )
 
@@ -101,10 +102,12 @@ class Snapshot:
                       key=lambda r: (r.cost(first) or 0, r.number))
 
     def teacher_cost(self, name: str) -> float | None:
-        """The teacher's value of a cost objective, None when unknown."""
+        """The teacher's value of a cost objective, None when unknown (a teacher from a file
+        may not say its params or MACs: 0 there)."""
         if name == "latency_ms":
             return self.teacher_latency_ms
-        return getattr(self.teacher, name) if self.teacher is not None else None
+        value = getattr(self.teacher, name, None) if self.teacher is not None else None
+        return value or None
 
     @property
     def baselines(self) -> list[Row]:
@@ -199,8 +202,8 @@ def read_rows(study: optuna.Study) -> Snapshot:
             pareto=t.number in front, trial=t, baseline=a.baseline, record=a,
             latency_ms=a.latency_ms,
         ))
-    spec = study.user_attrs.get(STUDY_SPEC)
-    timed = study.user_attrs.get(TEACHER_LATENCY)
+    spec = study_attr(study, STUDY_DEFINITION)
+    timed = study_attr(study, TEACHER_LATENCY)
     teacher_ms = timed.get("latency_ms") if isinstance(timed, dict) else None
     return Snapshot(study.study_name, tuple(rows), study_teacher(study),
                     spec if isinstance(spec, dict) else {}, costs,

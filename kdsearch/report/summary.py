@@ -19,7 +19,8 @@ def summary_markdown(snap: Snapshot, images: list[str] | None = None,
                  f"stopped early or refused, {counts['FAIL']} failed.")
     lines.append("")
     if teacher:
-        lines.append(f"Teacher `{teacher.description}`: {teacher.params:,} params, "
+        params = f"{teacher.params:,}" if teacher.params else "unknown"  # a file may not say
+        lines.append(f"Teacher `{teacher.description}`: {params} params, "
                      f"val acc {teacher.val_accuracy:.4f}, test acc {teacher.test_accuracy:.4f}.")
         lines.append("")
     front = snap.front
@@ -32,7 +33,7 @@ def summary_markdown(snap: Snapshot, images: list[str] | None = None,
               + "compression | T | alpha | architecture |",
               "|---:|---:|---:|---:|---:|" + ("---:|" if timed else "") + "---:|---:|---:|---|"]
     for r in front:
-        ratio = f"{teacher.params / r.params:.1f}x" if teacher and r.params else ""
+        ratio = f"{teacher.params / r.params:.1f}x" if teacher and teacher.params and r.params else ""
         latency = f"{r.latency_ms:.4g} | " if timed and r.latency_ms is not None else (
             "| " if timed else "")
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "

@@ -35,7 +35,8 @@ def best_table(snap: Snapshot) -> str:
     timed = "latency_ms" in snap.objectives
     lines = []
     if teacher:
-        lines.append(f"teacher: {teacher.description}  params {teacher.params:,}  "
+        params = f"{teacher.params:,}" if teacher.params else "unknown"  # a file may not say
+        lines.append(f"teacher: {teacher.description}  params {params}  "
                      + (f"latency {snap.teacher_latency_ms:.4g} ms  "
                         if timed and snap.teacher_latency_ms is not None else "")
                      + f"val_acc {teacher.val_accuracy:.4f}  test_acc {teacher.test_accuracy:.4f}")
