@@ -106,10 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="retrain a chosen trial on train+val; write a model folder")
     p.add_argument("study")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=_nonneg_int, metavar="N", help="the trial number")
-    which.add_argument("--max-params", type=_positive_int, metavar="P",
-                       help="the best validation accuracy among trials of at most P params")
+    p.add_argument("--trial", type=_nonneg_int, metavar="N", help="the trial number")
+    # Limits combine (all must hold); --trial stands alone. cmd_compress checks which was given.
+    p.add_argument("--max-params", type=_positive_int, metavar="P",
+                   help="the best validation accuracy among trials of at most P params")
+    p.add_argument("--max-macs", type=_positive_int, metavar="M",
+                   help="... and of at most M multiply-accumulates per image")
+    p.add_argument("--max-latency-ms", type=_positive_float, metavar="MS",
+                   help="... and of at most MS ms per image at batch 1, as measured in the "
+                   "search (studies with a latency objective or limit)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--epochs", type=_positive_int, metavar="E",
                    help="retraining epochs (default: twice the study's student epochs)")
@@ -285,10 +290,16 @@ def _command_line(argv: list[str]) -> str:
 def cmd_compress(args) -> int:
     from kdsearch.compress import compress
 
+    limits = [args.max_params, args.max_macs, args.max_latency_ms]
+    if (args.trial is None) == all(v is None for v in limits):
+        raise KdsearchError("compress: expected --trial N or limits (--max-params, --max-macs, "
+                            "--max-latency-ms), found " + ("both" if args.trial is not None
+                                                            else "neither"))
     study = _load(args)
     opts = _options(args)
     _threads(opts)
     r = compress(study, args.out, number=args.trial, max_params=args.max_params,
+                 max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
                  epochs=args.epochs, lr_schedule=args.lr_schedule, opts=opts,
                  command=_command_line(args.argv),
                  log=lambda m: print(m, file=sys.stderr))

@@ -33,8 +33,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from kdsearch import objectives
 from kdsearch.architecture import Arch, parse_arch
 from kdsearch.errors import KdsearchError
+from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TeacherRecord, TrialRecord, stored_spec
 from kdsearch.search.space import suggest_recipe
@@ -51,8 +53,10 @@ EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epo
 
 
 def pick_trial(study: optuna.Study, number: int | None = None,
-               max_params: int | None = None) -> FrozenTrial:
-    """Trial `number`, or the best val accuracy within `max_params` (fewer params wins a tie)."""
+               max_params: int | None = None, max_macs: int | None = None,
+               max_latency_ms: float | None = None) -> FrozenTrial:
+    """Trial `number`, or the best val accuracy within every limit given (params, MACs, the
+    latency measured in the search); a tie goes to the fewer params, then the earlier trial."""
     done = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
             if TrialRecord.of(t).architecture is not None]
     if number is not None:
@@ -65,29 +69,62 @@ def pick_trial(study: optuna.Study, number: int | None = None,
                 return t
         raise KdsearchError(f"study '{study.study_name}' has no trial {number} "
                             f"(it has {len(study.trials)})")
-    fits = [t for t in done if max_params is None or TrialRecord.of(t).params <= max_params]
+    limits = {k: v for k, v in (("params", max_params), ("macs", max_macs),
+                                ("latency_ms", max_latency_ms)) if v is not None}
+    if "latency_ms" in limits and done and all(TrialRecord.of(t).latency_ms is None for t in done):
+        raise KdsearchError(f"--max-latency-ms: study '{study.study_name}' measured no latency "
+                            "(its trials are timed only with latency_ms among [search] objectives "
+                            "or a max_latency_ms): use --max-params or --max-macs")
+
+    def within(t: FrozenTrial) -> bool:
+        r = TrialRecord.of(t)
+        return all(getattr(r, k) is not None and getattr(r, k) <= v for k, v in limits.items())
+
+    fits = [t for t in done if within(t)]
     if not fits:
-        smallest = min((TrialRecord.of(t).params for t in done), default=None)
+        said = " and ".join(f"<= {COST[k].format(v)}" for k, v in limits.items())
+        cheapest = {k: min((getattr(TrialRecord.of(t), k) for t in done
+                            if getattr(TrialRecord.of(t), k) is not None), default=None)
+                    for k in limits}
+        known = ", ".join(COST[k].format(v) for k, v in cheapest.items() if v is not None)
         raise KdsearchError(
-            f"no complete trial of '{study.study_name}' has <= {max_params:,} params"
-            + (f" (the smallest has {smallest:,})" if smallest is not None else " (none complete)"))
+            f"no complete trial of '{study.study_name}' has {said}"
+            + (f" (the least of each: {known})" if known else " (none complete)"))
     return max(fits, key=lambda t: (TrialRecord.of(t).val_accuracy, -TrialRecord.of(t).params,
                                     -t.number))
 
 
+def study_costs(study: optuna.Study) -> tuple[str, ...]:
+    """The study's cost objectives, from its metric names (params for a study made by hand)."""
+    return (objectives.from_metric_names(study.metric_names, len(study.directions))
+            or objectives.DEFAULT)
+
+
 def dominating_trial(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
-    """The complete trial that dominates `trial` (fewer-or-equal params, higher val accuracy),
-    the most accurate of them if several do, else None: compressing a dominated student
-    gives away accuracy for nothing, which a user picking by trial number may not see.
+    """The complete trial that dominates `trial` (no worse on every cost objective of the
+    study, higher val accuracy), the most accurate of them if several do, else None:
+    compressing a dominated student gives away accuracy for nothing, which a user picking by
+    trial number may not see. A trial missing a cost (latency not measured) is not compared.
     """
+    costs = study_costs(study)
     mine = TrialRecord.of(trial)
+    own = objectives.costs_of(mine, costs)
+    if own is None or mine.val_accuracy is None:
+        return None
+
+    def dominates(t: FrozenTrial) -> bool:
+        r = TrialRecord.of(t)
+        theirs = objectives.costs_of(r, costs)
+        return (t.number != trial.number and r.architecture is not None and theirs is not None
+                and r.val_accuracy is not None and r.val_accuracy > mine.val_accuracy
+                and all(c <= m for c, m in zip(theirs, own, strict=True)))
+
     better = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-              if t.number != trial.number and TrialRecord.of(t).architecture is not None
-              and TrialRecord.of(t).params <= mine.params
-              and TrialRecord.of(t).val_accuracy > mine.val_accuracy]
+              if dominates(t)]
     if not better:
         return None
-    return max(better, key=lambda t: (TrialRecord.of(t).val_accuracy, -TrialRecord.of(t).params,
+    return max(better, key=lambda t: (TrialRecord.of(t).val_accuracy,
+                                      -objectives.costs_of(TrialRecord.of(t), costs)[0],
                                       -t.number))
 
 
@@ -209,19 +246,22 @@ class CompressResult:
 
 
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
-             max_params: int | None = None, epochs: int | None = None,
+             max_params: int | None = None, max_macs: int | None = None,
+             max_latency_ms: float | None = None, epochs: int | None = None,
              lr_schedule: str | None = None, opts: Options = Options(),
              command: str = "", log: Callable[[str], None] = print) -> CompressResult:
     """Retrain the chosen trial's student on train + validation and write the model folder."""
     from tqdm import tqdm
 
     # Pick: the trial, its architecture and distillation settings, the study's recipe.
-    trial = pick_trial(study, number, max_params)
+    trial = pick_trial(study, number, max_params, max_macs, max_latency_ms)
     better = dominating_trial(study, trial)
     if better is not None:
         b, t = TrialRecord.of(better), TrialRecord.of(trial)
-        log(f"warning: trial {trial.number} is dominated by trial {better.number} ({b.params:,} "
-            f"<= {t.params:,} params, val acc {b.val_accuracy:.4f} > {t.val_accuracy:.4f}); "
+        costs = " and ".join(f"{COST[c].format(getattr(b, c))} <= {COST[c].format(getattr(t, c))}"
+                             for c in study_costs(study))
+        log(f"warning: trial {trial.number} is dominated by trial {better.number} ({costs}, "
+            f"val acc {b.val_accuracy:.4f} > {t.val_accuracy:.4f}); "
             f"compressing trial {trial.number} as asked")
     spec = stored_spec(study)
     arch = trial_arch(trial)

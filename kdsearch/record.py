@@ -30,6 +30,10 @@ class TrialRecord:
     n_layers: int | None = None  # hidden layers (MLP) or conv layers (CNN)
     params: int | None = None  # parameter count: known before training
     macs: int | None = None  # multiply-accumulates per image
+    # median ms per image at batch 1 on the worker's device (measured before training, only in
+    # studies with a latency objective or limit), and how: device, threads, repeats, torch
+    latency_ms: float | None = None
+    latency_method: dict | None = None
     val_curve: tuple[float, ...] = ()  # validation accuracy after each epoch, as it grows
     val_accuracy: float | None = None  # the score the search selects on
     test_accuracy: float | None = None  # recorded for reports, never selected on
@@ -127,9 +131,13 @@ STUDY_PATH = "study_path"  # where the study file was: its relative teacher file
 TEACHER = "teacher"  # TeacherRecord.summary() of the study's teacher
 TEACHER_ARTIFACTS = "teacher_artifacts"  # teacher key -> artifact id in the shared store
 TEACHER_TRAINED_BY = "teacher_trained_by"  # teacher key -> the worker that trained it
+# {"latency_ms": .., "method": {..}}: the teacher timed as students are, in studies that
+# measure latency; the reference point of their hypervolume and the star of their plots
+TEACHER_LATENCY = "teacher_latency"
 SAMPLER_STREAMS = "sampler_streams"  # sampler streams handed out so far (a counter)
 STUDY_KEYS = frozenset({STUDY_FILE, STUDY_DEFINITION, STUDY_PATH, TEACHER, TEACHER_ARTIFACTS,
-                        TEACHER_TRAINED_BY, SAMPLER_STREAMS})
+                        TEACHER_TRAINED_BY, TEACHER_LATENCY, SAMPLER_STREAMS})
+
 
 def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
     """One of the study's kdsearch attributes (STUDY_KEYS), read from storage now.

@@ -365,6 +365,24 @@ class TrainRecipe(_Frozen):
             return self.warmup_epochs
         return 0.3 * self.epochs if self.lr_schedule == "onecycle" else 0.0
 
+    @model_validator(mode="after")
+    def _one_shift(self) -> TrainRecipe:
+        if self.jitter and self.translate:
+            raise _refuse("jitter or translate, not both (both shift the images)",
+                          f"jitter = {self.jitter}, translate = {self.translate}", "translate")
+        if self.views and self.jitter:
+            raise _refuse("jitter = 0 with views: a random shift would show pixels the cached "
+                          "logits were not computed on (translate sets the views' shift)",
+                          f"jitter = {self.jitter}", "jitter")
+        if self.views > 1 and not (self.hflip or self.translate):
+            raise _refuse("hflip = true or translate > 0 with views > 1 (else every view is "
+                          "the image itself)", f"views = {self.views}", "views")
+        return self
+
+    def augments(self) -> bool:
+        """Whether images are changed at random in every epoch (no fixed views)."""
+        return not self.views and bool(self.jitter or self.translate or self.hflip)
+
     @model_serializer(mode="wrap")
     def _without_new_defaults(self, handler: Callable[[Any], dict]) -> dict:
         # The teacher's cache key hashes its recipe's JSON: keys added after caches existed are
@@ -612,6 +630,9 @@ class StudentSpec(_Frozen):
     train: StudentRecipe = StudentRecipe()
     # refuse larger students before training
     max_params: int | None = Field(default=None, ge=1, le=MAX_PARAMS, strict=True)
+    # refuse costlier students before training (MACs are counted, latency measured untrained)
+    max_macs: int | None = Field(default=None, ge=1, strict=True)
+    max_latency_ms: float | None = Field(default=None, gt=0)
 
 
 class EarlyStoppingSpec(_Frozen):
@@ -641,13 +662,28 @@ class Baseline(_Frozen):
     params: dict[str, int | float | str] = Field(default_factory=dict)
 
 
+Objective = Literal["params", "macs", "latency_ms"]  # objectives.COSTS
+
+
 class SearchSpec(_Frozen):
     n_trials: int = Field(default=20, ge=1, le=1_000_000)  # a grid's default: the grid's size
+    # the cost(s) minimized beside validation accuracy (see objectives.py); part of the study's
+    # definition: its Optuna directions and metric names follow them
+    objectives: list[Objective] = Field(default_factory=lambda: ["params"])
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
     baselines: list[Baseline] = Field(default_factory=list, max_length=100)
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, objectives: list[str]) -> list[str]:
+        if not objectives:
+            raise ValueError("one or more of 'params', 'macs', 'latency_ms'")
+        if len(set(objectives)) != len(objectives):
+            raise ValueError("each objective once")
+        return objectives
 
     @model_validator(mode="after")
     def _repeats_need_grid(self) -> SearchSpec:
@@ -825,7 +861,8 @@ def parse_study(text: str, path: Path) -> StudySpec:
     student = raw.get("student")
     if isinstance(student, dict):
         student = dict(student)
-        nested = {k: student.pop(k) for k in ("train", "max_params") if k in student}
+        nested = {k: student.pop(k) for k in ("train", "max_params", "max_macs", "max_latency_ms")
+                  if k in student}
         raw["student"] = {"space": student, **nested}
     if "source" in raw:
         raise StudyFileError(f"{path}: key 'source': expected no such key, found {raw['source']!r}")

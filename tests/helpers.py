@@ -134,9 +134,14 @@ sampler = "random"
 """
 
 
-def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int = 3) -> Path:
+def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int = 3,
+               objectives: list[str] | None = None) -> Path:
+    """TINY_MLP_STUDY as a file; `objectives` sets `[search] objectives` (default: left out)."""
     path = folder / f"{name}.toml"
-    path.write_text(TINY_MLP_STUDY.replace("EPOCHS", str(epochs)).replace("N_TRIALS", str(n_trials)))
+    text = TINY_MLP_STUDY.replace("EPOCHS", str(epochs)).replace("N_TRIALS", str(n_trials))
+    if objectives is not None:  # [search] is the file's last table
+        text += "objectives = [" + ", ".join(f'"{o}"' for o in objectives) + "]\n"
+    path.write_text(text)
     return path
 
 

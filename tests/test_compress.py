@@ -64,6 +64,23 @@ def test_dominating_trial_has_fewer_or_equal_params_and_higher_val_acc():
     assert dominating_trial(study, t[1]) is None  # a tie in both is no domination
 
 
+def test_dominating_trial_follows_the_study_objectives():
+    # A MACs and latency study: fewer params is no domination; every chosen cost must be no worse.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_metric_names(["val_accuracy", "macs", "latency_ms"])
+    for params, macs, ms, acc in [(100, 1_000, 2.0, 0.80), (50, 2_000, 1.0, 0.90),
+                                  (200, 1_000, 2.0, 0.85), (300, 900, 1.5, 0.95)]:
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, macs, ms],
+            user_attrs={"architecture": {"family": "mlp"}, "params": params, "macs": macs,
+                        "latency_ms": ms, "val_accuracy": acc}))
+    t = study.get_trials()
+    assert dominating_trial(study, t[1]) is None  # more MACs elsewhere are no help to it
+    assert dominating_trial(study, t[0]).number == 3  # no worse on MACs and latency, more accurate
+    assert dominating_trial(study, t[2]).number == 3  # trial 2's params do not count here
+    assert dominating_trial(study, t[3]) is None
+
+
 def test_compress_then_evaluate_in_a_fresh_process(smoke):
     study, url, tmp = smoke
     out = tmp / "model"
@@ -137,6 +154,31 @@ def test_evaluate_a_non_model_folder_is_one_line(tmp_path):
     proc = kdsearch("evaluate", str(tmp_path), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("kdsearch: error:") and "Traceback" not in proc.stderr
+
+
+def test_pick_within_several_limits_on_a_hand_study():
+    from tests.helpers import hand_study
+
+    # (val acc, params): MACs are 10x the params
+    study = hand_study([(0.5, 10, 3, 0.5), (0.8, 100, 3, 0.5), (0.7, 50, 3, 0.5),
+                        (0.9, 400, 3, 0.5)])
+    assert pick_trial(study, max_macs=1_000).number == 1  # 0.8 at 1,000 MACs
+    assert pick_trial(study, max_macs=999).number == 2  # 0.7 at 500
+    assert pick_trial(study, max_params=100, max_macs=600).number == 2  # both limits hold
+    with pytest.raises(KdsearchError, match=r"has <= 99 MACs \(the least of each: 100 MACs\)"):
+        pick_trial(study, max_macs=99)
+    # no trial of this study was timed: a latency limit cannot be judged, and says so
+    with pytest.raises(KdsearchError, match="--max-latency-ms: study 'hand' measured no latency"):
+        pick_trial(study, max_latency_ms=1.0)
+
+
+@pytest.mark.parametrize("args, found", [([], "neither"), (["--trial", "0", "--max-macs", "5"], "both")])
+def test_compress_needs_a_trial_or_limits_not_both(tmp_path, args, found):
+    proc = kdsearch("compress", "hand", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--out",
+                    str(tmp_path / "o"), *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "kdsearch: error: compress: expected --trial N or limits (--max-params, --max-macs, "
+        f"--max-latency-ms), found {found}"]
 
 
 def test_a_resnet_study_runs_compresses_and_evaluates_through_the_cli(tmp_path):

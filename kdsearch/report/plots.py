@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from kdsearch.objectives import COST
 from kdsearch.report.accuracy import AccuracyBy, Point
 from kdsearch.report.hypervolume import HypervolumeHistory
 from kdsearch.report.rows import PLAIN, ParetoData, Row
@@ -21,45 +22,78 @@ LAYOUT = dict(template="plotly_white", width=900, height=560)
 
 
 def _hover(r: Row) -> str:
+    latency = f" · {r.latency_ms:.4g} ms" if r.latency_ms is not None else ""
     return (f"trial {r.number}<br>{r.arch}<br>val acc {r.val_accuracy:.4f} · "
-            f"test acc {r.test_accuracy:.4f}<br>{r.params:,} params · {r.macs:,} MACs<br>"
+            f"test acc {r.test_accuracy:.4f}<br>{r.params:,} params · {r.macs:,} MACs{latency}<br>"
             f"T={r.temperature or 0:.2f} alpha={r.alpha or 0:.2f}")
 
 
 def pareto_figure(data: ParetoData) -> go.Figure:
-    """All trials faint, the front highlighted and joined, hand-picked students as labelled
-    diamonds and the teacher as a star: the references a user compares the front with."""
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=[r.params for r in data.done], y=[r.val_accuracy for r in data.done], mode="markers",
-        name="all trials", marker=dict(color=FAINT, size=8),
-        hovertext=[_hover(r) for r in data.done], hoverinfo="text"))
-    fig.add_trace(go.Scatter(
-        x=[r.params for r in data.front], y=[r.val_accuracy for r in data.front],
-        mode="lines+markers", name="Pareto front", line=dict(color=FRONT, width=2, shape="hv"),
-        marker=dict(color=FRONT, size=10), hovertext=[_hover(r) for r in data.front],
-        hoverinfo="text"))
-    if data.baselines:
+    """All trials faint, the front highlighted, hand-picked students as labelled diamonds and
+    the teacher as a star: the references a user compares the front with.
+
+    With one cost objective, accuracy against that cost (log axis) and the front joined as a
+    staircase. With several, one panel per cost, accuracy shared: each panel is a projection
+    of the same front, so its points are not joined (a student on the front may look beaten in
+    one panel because it is cheaper on another cost).
+    """
+    from plotly.subplots import make_subplots
+
+    costs = data.objectives
+    joined = len(costs) == 1
+    fig = make_subplots(rows=1, cols=len(costs), shared_yaxes=True, horizontal_spacing=0.06)
+    for col, cost in enumerate(costs, start=1):
+        first = col == 1  # one legend entry per kind of marker, not one per panel
+
+        def x(rows: list[Row], cost: str = cost) -> list:
+            return [r.cost(cost) for r in rows]
+
         fig.add_trace(go.Scatter(
-            x=[r.params for r in data.baselines], y=[r.val_accuracy for r in data.baselines],
-            mode="markers+text", name="hand-picked", text=[r.baseline for r in data.baselines],
-            textposition="top center", marker=dict(symbol="diamond", size=13, color=BASELINE,
-                                                   line=dict(width=1, color="black")),
-            hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines], hoverinfo="text"))
-    teacher = data.teacher
-    if teacher and teacher.params:  # a teacher file of unknown size has no place on a log axis
+            x=x(data.done), y=[r.val_accuracy for r in data.done], mode="markers",
+            name="all trials", marker=dict(color=FAINT, size=8), showlegend=first,
+            legendgroup="all", hovertext=[_hover(r) for r in data.done], hoverinfo="text"),
+            row=1, col=col)
         fig.add_trace(go.Scatter(
-            x=[teacher.params], y=[teacher.val_accuracy], mode="markers+text",
-            name="teacher", marker=dict(symbol="star", size=16, color=TEACHER),
-            text=["teacher"], textposition="bottom left",
-            hovertext=[f"teacher<br>{teacher.description}<br>"
-                       f"{teacher.params:,} params<br>val acc {teacher.val_accuracy:.4f}"],
-            hoverinfo="text"))
+            x=x(data.front), y=[r.val_accuracy for r in data.front],
+            mode="lines+markers" if joined else "markers", name="Pareto front",
+            line=dict(color=FRONT, width=2, shape="hv"), showlegend=first, legendgroup="front",
+            marker=dict(color=FRONT, size=10), hovertext=[_hover(r) for r in data.front],
+            hoverinfo="text"), row=1, col=col)
+        if data.baselines:
+            fig.add_trace(go.Scatter(
+                x=x(data.baselines), y=[r.val_accuracy for r in data.baselines],
+                mode="markers+text", name="hand-picked", text=[r.baseline for r in data.baselines],
+                textposition="top center", marker=dict(symbol="diamond", size=13, color=BASELINE,
+                                                       line=dict(width=1, color="black")),
+                showlegend=first, legendgroup="baseline",
+                hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines],
+                hoverinfo="text"), row=1, col=col)
+        teacher = data.teacher
+        teacher_cost = data.teacher_costs.get(
+            cost, (teacher.params or None) if teacher and cost == "params" else None)
+        # A teacher file of unknown size (params or MACs 0) has no place on a log axis.
+        if teacher and teacher_cost:
+            # Labelled beside the star on one plot; in panels the label would cross into the
+            # neighbour panel, and the legend names the star.
+            fig.add_trace(go.Scatter(
+                x=[teacher_cost], y=[teacher.val_accuracy],
+                mode="markers+text" if joined else "markers",
+                name="teacher", marker=dict(symbol="star", size=16, color=TEACHER),
+                text=["teacher"], textposition="bottom left", showlegend=first,
+                legendgroup="teacher",
+                hovertext=[f"teacher<br>{teacher.description}<br>"
+                           f"{COST[cost].format(teacher_cost)}<br>"
+                           f"val acc {teacher.val_accuracy:.4f}"],
+                hoverinfo="text"), row=1, col=col)
+        fig.update_xaxes(title_text=f"{COST[cost].label} (log scale)", type="log", row=1, col=col)
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    against = " and ".join(COST[c].label for c in costs)
     fig.update_layout(
-        title=f"{data.study_name}: validation accuracy vs parameters",
-        xaxis=dict(title="parameters (log scale)", type="log"),
-        yaxis=dict(title="validation accuracy"),
-        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"), **LAYOUT)  # below: never on the data
+        title=f"{data.study_name}: validation accuracy vs {against}"
+              + ("" if joined else "<br><sup>one panel per cost objective; red: the "
+                 "students on the front of all objectives</sup>"),
+        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"),  # below: never on the data
+        **{**LAYOUT, "width": LAYOUT["width"] if joined else 520 * len(costs)})
     return fig
 
 
@@ -72,7 +106,8 @@ def hypervolume_figure(data: HypervolumeHistory) -> go.Figure:
         hovertemplate="after trial %{x}<br>hypervolume %{y:.4f}<extra></extra>"))
     fig.update_layout(
         title=dict(text=f"{data.study_name}: hypervolume of the Pareto front<br>"
-                        f"<sup>{data.reference}; area in log10(params) x accuracy</sup>"),
+                        f"<sup>{data.reference}; {'area' if len(data.objectives) == 1 else 'volume'}"
+                        f" in {data.units}</sup>"),
         xaxis=dict(title="trial number", tickmode="linear", tick0=0,
                    dtick=trial_tick_step(data.numbers)),
         yaxis=dict(title="hypervolume", rangemode="tozero"),

@@ -20,8 +20,16 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from kdsearch import objectives
 from kdsearch.errors import KdsearchError
-from kdsearch.record import STUDY_DEFINITION, TeacherRecord, TrialRecord, study_attr, study_teacher
+from kdsearch.record import (
+    STUDY_DEFINITION,
+    TEACHER_LATENCY,
+    TeacherRecord,
+    TrialRecord,
+    study_attr,
+    study_teacher,
+)
 
 # Below this weight the teacher's term is effectively absent. The KD loss is
 # alpha * T^2 * KL + (1 - alpha) * CE, and the T^2 factor keeps the soft term's gradient on the
@@ -59,10 +67,15 @@ class Row:
     trial: FrozenTrial
     baseline: str = ""  # the label of a hand-picked student ([[search.baselines]])
     record: TrialRecord = field(default_factory=TrialRecord)
+    latency_ms: float | None = None  # measured only in studies where latency counts
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE"
+
+    def cost(self, name: str) -> float | None:
+        """Its value of one cost objective (`params`, `macs` or `latency_ms`)."""
+        return getattr(self, name)
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,8 @@ class Snapshot:
     rows: tuple[Row, ...]  # every trial, by number
     teacher: TeacherRecord | None  # None for a study kdsearch has not annotated (yet)
     spec: dict[str, Any]  # the stored study spec as JSON; {} when absent
+    objectives: tuple[str, ...] = objectives.DEFAULT  # the cost objective(s), from storage
+    teacher_latency_ms: float | None = None  # the teacher timed as the students were
 
     @property
     def done(self) -> list[Row]:
@@ -81,8 +96,18 @@ class Snapshot:
 
     @property
     def front(self) -> list[Row]:
-        """Pareto-optimal trials, smallest first."""
-        return sorted((r for r in self.rows if r.pareto), key=lambda r: (r.params or 0, r.number))
+        """Pareto-optimal trials, cheapest first on the first cost objective."""
+        first = self.objectives[0]
+        return sorted((r for r in self.rows if r.pareto),
+                      key=lambda r: (r.cost(first) or 0, r.number))
+
+    def teacher_cost(self, name: str) -> float | None:
+        """The teacher's value of a cost objective, None when unknown (a teacher from a file
+        may not say its params or MACs: 0 there)."""
+        if name == "latency_ms":
+            return self.teacher_latency_ms
+        value = getattr(self.teacher, name, None) if self.teacher is not None else None
+        return value or None
 
     @property
     def baselines(self) -> list[Row]:
@@ -102,13 +127,15 @@ class Snapshot:
 
 
 def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of the complete trials no other beats on (accuracy up, params down).
+    """Numbers of the complete trials no other beats on (accuracy up, every cost down).
 
-    The same set as `study.best_trials` for this study's two objectives, without the deep copy
-    of every trial that it makes.
+    The same set as `study.best_trials`, without the deep copy of every trial that it makes.
     """
-    points = sorted((t.values[1], -t.values[0], t.number) for t in trials
-                    if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if complete and len(complete[0].values) > 2:
+        return _pareto_numbers_nd(complete)
+    points = sorted((t.values[1], -t.values[0], t.number) for t in complete
+                    if len(t.values) == 2)
     front: set[int] = set()
     best_acc, best_params = float("-inf"), None
     for params, neg_acc, number in points:
@@ -121,33 +148,48 @@ def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
     return front
 
 
-_DIRECTIONS = (StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE)
+def _pareto_numbers_nd(complete: list[FrozenTrial]) -> set[int]:
+    """The front with several costs: each trial against every other, O(n^2) on a few hundred
+    complete trials. An exact tie is not dominated, as in the two-objective sweep above."""
+    pts = [((-t.values[0], *t.values[1:]), t.number) for t in complete]
+
+    def dominates(a: tuple, b: tuple) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return {n for p, n in pts if not any(dominates(q, p) for q, _ in pts)}
 
 
-def _check_kdsearch_study(study: optuna.Study, trials: list[FrozenTrial]) -> None:
-    """Refuse, in one line naming the study, a study whose contents kdsearch did not write."""
+def _check_kdsearch_study(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[str, ...]:
+    """The study's cost objectives; refuses, in one line naming the study, a study whose
+    contents kdsearch did not write."""
     directions = tuple(study.directions)
-    if directions != _DIRECTIONS:
-        found = ", ".join(d.name.lower() for d in directions)
+    costs = objectives.from_metric_names(study.metric_names, len(directions))
+    if costs is None or directions != (StudyDirection.MAXIMIZE,
+                                       *[StudyDirection.MINIMIZE] * len(costs)):
+        names = study.metric_names or [""] * len(directions)
+        found = ", ".join(f"{d.name.lower()} {n}".strip()
+                          for d, n in zip(directions, names, strict=False))
         raise KdsearchError(
             f"study '{study.study_name}' was not created by kdsearch: its objectives are "
-            f"({found}), expected (maximize val_accuracy, minimize params); "
-            "choose another --study-name")
+            f"({found}), expected (maximize val_accuracy, minimize one or more of "
+            f"{', '.join(objectives.COSTS)}); choose another --study-name")
+    needed = ("val_accuracy", "test_accuracy", *dict.fromkeys(("params", *costs)))
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
         a = TrialRecord.of(t)
-        if a.val_accuracy is None or a.params is None or a.test_accuracy is None:
+        if any(getattr(a, k) is None for k in needed):
             raise KdsearchError(
                 f"study '{study.study_name}' was not created by kdsearch: complete trial "
-                f"{t.number} carries no val_accuracy, test_accuracy and params attributes; "
+                f"{t.number} carries no {', '.join(needed[:-1])} and {needed[-1]} attributes; "
                 "choose another --study-name")
+    return costs
 
 
 def read_rows(study: optuna.Study) -> Snapshot:
     """Read the study's trials and attributes once; the snapshot every report is built from."""
     trials = study.get_trials(deepcopy=False)
-    _check_kdsearch_study(study, trials)
+    costs = _check_kdsearch_study(study, trials)
     front = pareto_numbers(trials)
     rows = []
     for t in trials:
@@ -158,10 +200,14 @@ def read_rows(study: optuna.Study) -> Snapshot:
             params=a.params, macs=a.macs, arch=a.arch_summary,
             temperature=t.params.get("temperature"), alpha=t.params.get("alpha"),
             pareto=t.number in front, trial=t, baseline=a.baseline, record=a,
+            latency_ms=a.latency_ms,
         ))
     spec = study_attr(study, STUDY_DEFINITION)
+    timed = study_attr(study, TEACHER_LATENCY)
+    teacher_ms = timed.get("latency_ms") if isinstance(timed, dict) else None
     return Snapshot(study.study_name, tuple(rows), study_teacher(study),
-                    spec if isinstance(spec, dict) else {})
+                    spec if isinstance(spec, dict) else {}, costs,
+                    float(teacher_ms) if isinstance(teacher_ms, (int, float)) else None)
 
 
 # --- the Pareto plot's data step -----------------------------------------------------------
@@ -170,14 +216,18 @@ def read_rows(study: optuna.Study) -> Snapshot:
 class ParetoData(NamedTuple):
     study_name: str
     done: list[Row]  # complete trials
-    front: list[Row]  # Pareto-optimal trials, smallest first
+    front: list[Row]  # Pareto-optimal trials, cheapest first
     teacher: TeacherRecord | None  # None when unknown
     baselines: list[Row] = []  # complete hand-picked students
+    objectives: tuple[str, ...] = objectives.DEFAULT  # the cost axis (or axes) to draw
+    teacher_costs: dict[str, float] = {}  # the teacher's known costs, by name
 
 
 def pareto_data(snap: Snapshot) -> ParetoData:
     """The data step of the Pareto plot: complete trials, the front, the teacher."""
-    return ParetoData(snap.study_name, snap.done, snap.front, snap.teacher, snap.baselines)
+    known = {c: v for c in snap.objectives if (v := snap.teacher_cost(c)) is not None}
+    return ParetoData(snap.study_name, snap.done, snap.front, snap.teacher, snap.baselines,
+                      snap.objectives, known)
 
 
 def smallest_match(target: Row, front: list[Row]) -> Row | None:

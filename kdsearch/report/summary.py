@@ -24,14 +24,21 @@ def summary_markdown(snap: Snapshot, images: list[str] | None = None,
                      f"val acc {teacher.val_accuracy:.4f}, test acc {teacher.test_accuracy:.4f}.")
         lines.append("")
     front = snap.front
+    timed = "latency_ms" in snap.objectives
+    if snap.objectives != ("params",):
+        lines += [f"Objectives: validation accuracy (maximized) and "
+                  f"{' and '.join(snap.objectives)} (minimized).", ""]
     lines += ["## Pareto front (selected on validation accuracy)", "",
-              "| trial | val acc | test acc | params | MACs | compression | T | alpha | architecture |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| trial | val acc | test acc | params | MACs | " + ("latency (ms) | " if timed else "")
+              + "compression | T | alpha | architecture |",
+              "|---:|---:|---:|---:|---:|" + ("---:|" if timed else "") + "---:|---:|---:|---|"]
     for r in front:
         ratio = f"{teacher.params / r.params:.1f}x" if teacher and teacher.params and r.params else ""
+        latency = f"{r.latency_ms:.4g} | " if timed and r.latency_ms is not None else (
+            "| " if timed else "")
         lines.append(f"| {r.number} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.params:,} | "
-                     f"{r.macs or 0:,} | {ratio} | {r.temperature or 0:.2f} | {r.alpha or 0:.2f} | "
-                     f"`{r.arch}` |")
+                     f"{r.macs or 0:,} | {latency}{ratio} | {r.temperature or 0:.2f} | "
+                     f"{r.alpha or 0:.2f} | `{r.arch}` |")
     picked = snap.baselines
     if picked:
         lines += ["", "## Hand-picked baselines", "",
@@ -46,8 +53,10 @@ def summary_markdown(snap: Snapshot, images: list[str] | None = None,
                          f"{r.test_accuracy:.4f} | {r.params:,} | {found} |")
     history = history if history is not None else hypervolume_history(snap)
     if history.numbers:
+        units = ("decades of parameters x accuracy" if snap.objectives == ("params",)
+                 else history.units)
         lines += ["", f"Hypervolume of the front after the last trial: {history.values[-1]:.4f} "
-                  f"(decades of parameters x accuracy; {history.reference})."]
+                  f"({units}; {history.reference})."]
     if snap.is_sweep:
         lines += ["", "## Sweep", "", "```", sweep_table(snap), "```"]
     if images:

@@ -18,34 +18,42 @@ from kdsearch.report.rows import Row, Snapshot, kd_label
 
 BEST_FORMATS = ("table", "json", "csv")
 
-# One front row for programs, in this order (JSON keys, CSV columns): the trial's number and
-# Optuna objective values, the parameter count and MACs, both accuracies, the architecture (one
-# line), the KD temperature and alpha, how reports label it ("plain ..." or "distilled ..."),
-# and the hand-picked baseline's label ("" when it is not one).
-FRONT_KEYS = ("number", "values", "params", "macs", "val_accuracy", "test_accuracy",
-              "architecture", "temperature", "alpha", "kd", "baseline")
+# One front row for programs, in this order (JSON keys, CSV columns): the trial's number, its
+# Optuna objective values and their names (val_accuracy, then the study's cost objectives), the
+# parameter count, MACs and measured latency in ms (null / empty where the study does not time
+# students), both accuracies, the architecture (one line), the KD temperature and alpha, how
+# reports label it ("plain ..." or "distilled ..."), and the hand-picked baseline's label ("" when
+# it is not one).
+FRONT_KEYS = ("number", "values", "objectives", "params", "macs", "latency_ms", "val_accuracy",
+              "test_accuracy", "architecture", "temperature", "alpha", "kd", "baseline")
 
 
 def best_table(snap: Snapshot) -> str:
-    """The Pareto-optimal trials as an aligned text table, smallest first."""
+    """The Pareto-optimal trials as an aligned text table, cheapest first (first cost)."""
     front = snap.front
     teacher = snap.teacher
+    timed = "latency_ms" in snap.objectives
     lines = []
     if teacher:
         params = f"{teacher.params:,}" if teacher.params else "unknown"  # a file may not say
         lines.append(f"teacher: {teacher.description}  params {params}  "
-                     f"val_acc {teacher.val_accuracy:.4f}  test_acc {teacher.test_accuracy:.4f}")
+                     + (f"latency {snap.teacher_latency_ms:.4g} ms  "
+                        if timed and snap.teacher_latency_ms is not None else "")
+                     + f"val_acc {teacher.val_accuracy:.4f}  test_acc {teacher.test_accuracy:.4f}")
     if not front:
         lines.append("no complete trials yet")
         return "\n".join(lines)
     header = f"{'trial':>5}  {'val_acc':>7}  {'test_acc':>8}  {'params':>10}  {'macs':>12}  " \
-             f"{'T':>6}  {'alpha':>5}  architecture"
-    lines += [f"Pareto front of '{snap.study_name}' ({len(front)} of "
+             + (f"{'latency_ms':>10}  " if timed else "") + f"{'T':>6}  {'alpha':>5}  architecture"
+    # A study on other costs says which; a params study reads as it always did.
+    costs = "" if snap.objectives == ("params",) else f" on {' and '.join(snap.objectives)}"
+    lines += [f"Pareto front of '{snap.study_name}'{costs} ({len(front)} of "
               f"{snap.count('COMPLETE')} complete trials):", header]
 
     def line(r: Row) -> str:
+        latency = f"{r.latency_ms or 0:>10.4f}  " if timed else ""
         return (f"{r.number:>5}  {r.val_accuracy:>7.4f}  {r.test_accuracy:>8.4f}  "
-                f"{r.params:>10,}  {r.macs or 0:>12,}  {r.temperature or 0:>6.2f}  "
+                f"{r.params:>10,}  {r.macs or 0:>12,}  {latency}{r.temperature or 0:>6.2f}  "
                 f"{r.alpha or 0:>5.2f}  {r.arch}" + (f"  [{r.baseline}]" if r.baseline else ""))
 
     lines += [line(r) for r in front]
@@ -58,8 +66,10 @@ def best_table(snap: Snapshot) -> str:
 
 def front_records(snap: Snapshot) -> list[dict[str, Any]]:
     """The front, smallest first, as plain dicts with the keys `FRONT_KEYS`."""
-    return [{"number": r.number, "values": list(r.trial.values), "params": r.params,
-             "macs": r.macs, "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
+    names = ["val_accuracy", *snap.objectives]
+    return [{"number": r.number, "values": list(r.trial.values), "objectives": names,
+             "params": r.params, "macs": r.macs, "latency_ms": r.latency_ms,
+             "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
              "architecture": r.arch, "temperature": r.temperature, "alpha": r.alpha,
              "kd": kd_label(r.alpha), "baseline": r.baseline}
             for r in snap.front]
@@ -71,12 +81,14 @@ def best_json(snap: Snapshot) -> str:
 
 
 def best_csv(snap: Snapshot) -> str:
-    """The front as CSV with a header row; `values` as `val_accuracy;params`."""
+    """The front as CSV with a header row; `values` and `objectives` joined by ';'
+    (`0.8;100` and `val_accuracy;params`)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(FRONT_KEYS)
     for rec in front_records(snap):
         rec["values"] = ";".join(map(str, rec["values"]))
+        rec["objectives"] = ";".join(rec["objectives"])
         w.writerow([rec[k] for k in FRONT_KEYS])
     return out.getvalue().rstrip("\n")
 
@@ -92,12 +104,12 @@ def write_trials_csv(snap: Snapshot, path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "state", "pareto", "baseline", "val_accuracy", "test_accuracy", "params",
-                    "macs", "architecture", "epochs", "train_seconds", "stopped_reason",
+                    "macs", "latency_ms", "architecture", "epochs", "train_seconds", "stopped_reason",
                     *[f"param_{p}" for p in param_names]])
         for r in snap.rows:
             a = r.record
             w.writerow([r.number, r.state, int(r.pareto), r.baseline, r.val_accuracy, r.test_accuracy,
-                        r.params, r.macs, r.arch, a.epochs, a.train_seconds, a.stopped_reason,
+                        r.params, r.macs, r.latency_ms, r.arch, a.epochs, a.train_seconds, a.stopped_reason,
                         *[r.trial.params.get(p) for p in param_names]])
 
 

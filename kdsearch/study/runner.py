@@ -10,20 +10,21 @@ from __future__ import annotations
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsearch import record
+from kdsearch import objectives, record
 from kdsearch.errors import KdsearchError, StorageError, StudyFileError
+from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord
 from kdsearch.search import baselines
 from kdsearch.search.early_stopping import make_stopper
-from kdsearch.search.objective import make_objective
+from kdsearch.search.objective import make_objective, measures_latency
 from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
 from kdsearch.study.shutdown import Shutdown, ShutdownRequested
@@ -32,7 +33,7 @@ from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
 from kdsearch.training.teacher_cache import StopSignal, Teacher, load_file_teacher
 
-OBJECTIVES = ("val_accuracy", "params")
+OBJECTIVES = ("val_accuracy", "params")  # a study file without `[search] objectives`
 DIRECTIONS = ("maximize", "minimize")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STREAM_STRIDE = 7919  # a prime: stream k seeds the sampler with seed + 7919 k
@@ -98,7 +99,8 @@ def study_note(spec: StudySpec, teacher: Teacher | None) -> str:
     seed = f" (run with --seed {spec.seed})" if file_seed != spec.seed else ""
     return (
         f"# {spec.name}\n\n{spec.description}\n\n{about}"
-        f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
+        f"Objectives: **val_accuracy** (maximize) and "
+        f"{' and '.join(f'**{c}**' for c in spec.search.objectives)} (minimize).\n\n"
         f"## Study file{seed}\n\n```toml\n{spec.source.strip()}\n```\n"
     )
 
@@ -167,17 +169,36 @@ def check_stored(spec: StudySpec, opts: Options, storage) -> None:
     _check_joinable(study, spec, opts)
 
 
+def _kdsearch_shaped(study: optuna.Study) -> bool:
+    """Whether the study's objectives are kdsearch's: accuracy up, then one or more costs down
+    (metric names, once set, naming them)."""
+    dirs = list(study.directions)
+    return (len(dirs) >= 2 and dirs[0] == optuna.study.StudyDirection.MAXIMIZE
+            and all(d == optuna.study.StudyDirection.MINIMIZE for d in dirs[1:])
+            and (not study.metric_names
+                 or objectives.from_metric_names(study.metric_names, len(dirs)) is not None))
+
+
 def _check_joinable(study: optuna.Study, spec: StudySpec, opts: Options) -> None:
-    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
-                                  optuna.study.StudyDirection.MINIMIZE] or (
+    if not _kdsearch_shaped(study) or (
             not record.is_kdsearch_study(study) and study.get_trials(deepcopy=False)):
         raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} was not made "
                            "by kdsearch (other objectives, or trials but no study file); "
                            "choose another --study-name")
     changes = spec_changes(study, spec) if record.is_kdsearch_study(study) else []
-    if changes:
+    if changes:  # `[search] objectives` is part of the definition: a changed list lands here
         stored_seed = (record.study_attr(study, record.STUDY_DEFINITION) or {}).get("seed")
         raise refuse_changed(spec, opts, changes, stored_seed)
+    # A second guard: the stored objectives themselves (directions and metric names), for a
+    # study whose stored definition does not say them (made empty elsewhere, or by hand).
+    costs = spec.search.objectives
+    names = objectives.metric_names(costs)
+    if [d.name.lower() for d in study.directions] != objectives.directions(costs) or (
+            study.metric_names and list(study.metric_names) != names):
+        found = ", ".join(study.metric_names or [d.name.lower() for d in study.directions])
+        raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} has other "
+                           f"objectives ({found}) than the study file's ({', '.join(names)}); "
+                           "choose another --study-name")
 
 
 def create_study(spec: StudySpec, opts: Options, storage) -> tuple[optuna.Study, int]:
@@ -189,15 +210,17 @@ def create_study(spec: StudySpec, opts: Options, storage) -> tuple[optuna.Study,
     Returns the study, sampling from that stream, and the stream's number.
     """
     with coordination.claim_lock(storage, opts.storage, opts.study_name):
+        costs = spec.search.objectives
         study = optuna.create_study(storage=storage, study_name=opts.study_name,
-                                    directions=list(DIRECTIONS), load_if_exists=True)
+                                    directions=objectives.directions(costs),
+                                    load_if_exists=True)
         _check_joinable(study, spec, opts)
         if not record.is_kdsearch_study(study):
             record.set_study_attr(study, record.STUDY_DEFINITION, definition_json(spec))
             record.set_study_attr(study, record.STUDY_FILE, spec.source)
             record.set_study_attr(study, record.STUDY_PATH,
                                   str(Path(spec.path).resolve()) if spec.path else "")
-            study.set_metric_names(list(OBJECTIVES))
+            study.set_metric_names(objectives.metric_names(costs))
             _save_note(study, study_note(spec, None))
         stream = record.study_attr(study, record.SAMPLER_STREAMS, 0)
         record.set_study_attr(study, record.SAMPLER_STREAMS, stream + 1)
@@ -228,7 +251,27 @@ def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> No
         _save_note(study, study_note(spec, teacher))
 
 
-def trial_line(trial: FrozenTrial) -> str:
+def time_teacher(study: optuna.Study, spec: StudySpec, teacher: Teacher, device) -> None:
+    """Time the teacher as trials time students, once per study, where latency counts: the
+    reference point of the hypervolume and the star of the Pareto plot. A teacher file is not
+    timed (trials never run it); its latency stays unknown, and reports fall back as for any
+    unknown teacher cost."""
+    import copy
+
+    from kdsearch.training.latency import measure_latency
+
+    if (not measures_latency(spec) or teacher.model is None
+            or record.study_attr(study, record.TEACHER_LATENCY) is not None):
+        return
+    shape = tuple(teacher.record.input_shape)
+    timed = measure_latency(copy.deepcopy(teacher.model), shape, device)
+    record.set_study_attr(study, record.TEACHER_LATENCY, {"latency_ms": timed.median_ms,
+                                                          "method": timed.method})
+
+
+def trial_line(trial: FrozenTrial, costs: Sequence[str] = objectives.DEFAULT) -> str:
+    """One finished trial in a line: a complete one with its scores and every cost it has; a
+    stopped one with why and its value of each cost objective (`costs`)."""
     a = TrialRecord.of(trial)
     head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
     arch = (a.arch_summary or "?") + (f" [{a.baseline}]" if a.baseline else "")
@@ -236,9 +279,13 @@ def trial_line(trial: FrozenTrial) -> str:
     knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
     if trial.state == TrialState.COMPLETE:
         return (f"{head} val_acc {a.val_accuracy:.4f}  test_acc {a.test_accuracy:.4f}  "
-                f"params {a.params:>9,}  macs {a.macs:>11,}  {arch}  {knobs}  "
+                f"params {a.params:>9,}  macs {a.macs:>11,}  "
+                + (f"latency {a.latency_ms:.4g} ms  " if a.latency_ms is not None else "")
+                + f"{arch}  {knobs}  "
                 f"{a.train_seconds:.1f}s")
-    return f"{head} {a.stopped_reason}  params {a.params or 0:,}  {arch}  {knobs}"
+    known = "  ".join(f"{c} {COST[c].format(getattr(a, c)).split(' ')[0]}" for c in costs
+                      if getattr(a, c) is not None)
+    return f"{head} {a.stopped_reason}  {known or 'params 0'}  {arch}  {knobs}"
 
 
 def load_logged(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Dataset:
@@ -289,6 +336,7 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)
     annotate_study(study, spec, teacher)
+    time_teacher(study, spec, teacher, device)
     return Prepared(data, storage, study, stream, teacher)
 
 
@@ -334,8 +382,9 @@ def closing_summary(study: optuna.Study, seconds: float, front_lines: int = 5) -
         return [*lines, "Pareto front: empty (no complete trial)"]
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
     front.sort(key=lambda t: t.values[0], reverse=study.directions[0].name == "MAXIMIZE")
-    lines.append(f"Pareto front: {len(front)} trial{'s' * (len(front) > 1)}, best "
-                 f"{names[0]} first")
+    # Names the study's objectives: accuracy and the chosen cost(s), read from storage.
+    lines.append(f"Pareto front: {len(front)} trial{'s' * (len(front) > 1)} "
+                 f"({names[0]} up; {', '.join(names[1:])} down), best {names[0]} first")
     for t in front[:front_lines]:
         values = "  ".join(f"{n} {_value(v)}" for n, v in zip(names, t.values, strict=False))
         lines.append(f"  trial {t.number:>3}  {values}  {TrialRecord.of(t).arch_summary}")
@@ -401,7 +450,8 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         # plot half-trained students beside trained ones.
         log("early stopping is off for grid sweeps: every point trains for its full budget")
     elif on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
-        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs)
+        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs,
+                                tuple(spec.search.objectives))
     stopper = on_epoch
 
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
@@ -451,7 +501,8 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
                     frozen = _run_trial(study, storage, opts, claim, objective, shutdown, say)
                     current["number"] = None
                     if frozen is not None:
-                        bar.write(trial_line(frozen), file=sys.stderr)
+                        bar.write(trial_line(frozen, spec.search.objectives),
+                                  file=sys.stderr)
                     waiting_said = False
             finished = study.get_trials(deepcopy=False, states=FINISHED)
             durations = _durations(finished)

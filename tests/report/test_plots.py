@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from kdsearch.report.accuracy import accuracy_axes, accuracy_by
 from kdsearch.report.hypervolume import hypervolume_history
-from kdsearch.report.plots import accuracy_figure, hypervolume_figure, trial_tick_step
-from kdsearch.report.rows import DISTILLED, PLAIN, read_rows
+from kdsearch.report.plots import (
+    accuracy_figure,
+    hypervolume_figure,
+    pareto_figure,
+    trial_tick_step,
+)
+from kdsearch.report.rows import DISTILLED, PLAIN, pareto_data, read_rows
 from tests.helpers import hand_study
 
 
@@ -50,3 +55,29 @@ def test_hypervolume_ticks_are_whole_trial_numbers():
     assert (axis.tickmode, axis.tick0, axis.dtick) == ("linear", 0, 1)
     assert [trial_tick_step(list(range(n))) for n in (1, 13, 14, 30, 101, 1000)] == \
         [1, 1, 2, 5, 10, 100]
+
+
+def test_the_pareto_plot_puts_each_cost_objective_on_an_axis():
+    study = hand_study([(0.5, 10, 3, 0.5), (0.8, 100, 3, 0.5), (0.4, 50, 3, 0.5)])
+    fig = pareto_figure(pareto_data(read_rows(study)))
+    assert fig.layout.xaxis.title.text == "parameters (log scale)"  # as it always was
+    assert fig.layout.title.text == "hand: validation accuracy vs parameters"
+
+    study.set_metric_names(["val_accuracy", "macs"])
+    fig = pareto_figure(pareto_data(read_rows(study)))
+    assert fig.layout.xaxis.title.text == "MACs per image (log scale)"
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert list(front.x) == [100, 1000] and front.mode == "lines+markers"
+    teacher = next(t for t in fig.data if t.name == "teacher")
+    assert list(teacher.x) == [10_000]  # the teacher at its MACs, not its params
+
+
+def test_with_two_costs_each_gets_a_panel_and_the_front_is_not_joined():
+    rows = read_rows(hand_study([(0.5, 10, 3, 0.5), (0.8, 100, 3, 0.5)]))
+    data = pareto_data(rows)._replace(objectives=("params", "latency_ms"))
+    fig = pareto_figure(data)
+    assert fig.layout.xaxis.title.text == "parameters (log scale)"
+    assert fig.layout.xaxis2.title.text == "latency per image at batch 1, ms (log scale)"
+    fronts = [t for t in fig.data if t.name == "Pareto front"]
+    assert len(fronts) == 2 and all(t.mode == "markers" for t in fronts)
+    assert sum(bool(t.showlegend) for t in fronts) == 1  # one legend entry for both panels

@@ -59,3 +59,30 @@ def test_a_kdsearch_study_before_its_first_trial_reads_empty():
     study = optuna.create_study(directions=["maximize", "minimize"], study_name="new")
     snap = read_rows(study)
     assert snap.rows == () and snap.teacher is None and snap.spec == {} and snap.front == []
+
+
+def test_pareto_numbers_with_two_costs_match_optuna_best_trials():
+    rng = random.Random(3)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for _ in range(200):  # coarse values, so ties and duplicates occur
+        study.add_trial(optuna.trial.create_trial(values=[
+            rng.randint(0, 10) / 10, rng.choice([10, 20, 50, 100]), rng.choice([1, 2, 5])]))
+    assert pareto_numbers(study.trials) == {t.number for t in study.best_trials}
+    assert 1 < len(pareto_numbers(study.trials)) < 200
+
+
+def test_a_macs_study_reads_its_objectives_from_storage_and_sorts_by_macs():
+    study = hand_study([(0.5, 10, 3, 0.5), (0.8, 100, 3, 0.5)])
+    study.set_metric_names(["val_accuracy", "macs"])  # as run-study names a macs study
+    snap = read_rows(study)
+    assert snap.objectives == ("macs",)
+    assert [r.cost("macs") for r in snap.front] == [100, 1000]
+    assert snap.teacher_cost("macs") == 10_000 and snap.teacher_cost("latency_ms") is None
+
+
+def test_a_study_with_unknown_metric_names_is_refused_by_name():
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="theirs")
+    study.set_metric_names(["val_accuracy", "flops"])
+    with pytest.raises(KdsearchError, match=r"study 'theirs' was not created by kdsearch: its "
+                       r"objectives are \(maximize val_accuracy, minimize flops\)"):
+        read_rows(study)

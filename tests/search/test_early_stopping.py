@@ -8,7 +8,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kdsearch.search.early_stopping import Peer, make_stopper, rung_peers, should_stop
+from kdsearch.search.early_stopping import (
+    Peer,
+    dominators,
+    make_stopper,
+    rung_peers,
+    should_stop,
+)
 from kdsearch.spec import EarlyStoppingSpec, parse_study
 from tests.helpers import REPO
 
@@ -82,10 +88,10 @@ def _study_with_peers() -> optuna.Study:
         # Curves reach rung 3; the rung-1 value is 0.1 lower than at rung 3.
         study.add_trial(
             optuna.trial.create_trial(
-                values=[p.accuracy, p.params],
+                values=[p.accuracy, p.costs],
                 state=TrialState.COMPLETE,
                 user_attrs={
-                    "params": p.params,
+                    "params": p.costs,
                     "val_curve": [p.accuracy - 0.1, p.accuracy - 0.05, p.accuracy],
                 },
             )
@@ -100,8 +106,8 @@ def _study_with_peers() -> optuna.Study:
 
 def test_peers_are_read_from_stored_curves():
     peers = rung_peers(_study_with_peers(), 3, exclude=-1)
-    assert sorted((p.params, round(p.accuracy, 6)) for p in peers) == sorted(
-        (p.params, p.accuracy) for p in PEERS
+    assert sorted((p.costs, round(p.accuracy, 6)) for p in peers) == sorted(
+        ((p.costs,), p.accuracy) for p in PEERS
     )
 
 
@@ -127,6 +133,38 @@ def test_hook_lets_a_good_trial_run_and_ignores_other_epochs():
     stopper(trial, 1, 0.80)  # better than every smaller peer at rung 1 (<= 0.74): continues
     stopper(trial, 2, 0.01)  # epoch 2 is not a rung: never judged
     assert "stopped_at_rung" not in study.trials[-1].user_attrs
+
+
+def test_with_several_costs_a_dominator_is_no_worse_on_every_one():
+    # (params, macs): the trial has few params but many MACs (a conv net on a large map)
+    peers = [Peer((1_000, 90_000), 0.9), Peer((8_000, 20_000), 0.9), Peer((8_000, 200_000), 0.9)]
+    rule = RULE.model_copy(update={"min_trials": 1, "min_dominators": 1, "quantile": 0.0})
+    # on params alone the first peer dominates it; on macs alone the second; on both, neither
+    assert dominators((2_000, 50_000), 0.5, peers) == (0, 0)
+    assert should_stop(2_000, 0.5, [Peer(p.costs[0], p.accuracy) for p in peers], rule)
+    assert should_stop(50_000, 0.5, [Peer(p.costs[1], p.accuracy) for p in peers], rule)
+    assert not should_stop((2_000, 50_000), 0.5, peers, rule)
+
+
+def test_hook_on_a_macs_study_compares_macs_not_params():
+    """A trial with the fewest params but the most MACs: stopped only when MACs count."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for params, macs, acc in [(5_000, 1_000, 0.8), (6_000, 2_000, 0.85), (7_000, 3_000, 0.9),
+                              (8_000, 4_000, 0.9)]:
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, macs], state=TrialState.COMPLETE,
+            user_attrs={"params": params, "macs": macs, "val_curve": [acc - 0.1, acc]}))
+    rule = RULE.model_copy(update={"min_trials": 4})
+    by_macs = make_stopper(rule, epochs=10, costs=("macs",))
+    by_params = make_stopper(rule, epochs=10)
+    trial = study.ask()
+    trial.set_user_attr("params", 100)  # smaller than every peer: params cannot stop it
+    trial.set_user_attr("macs", 50_000)  # costlier than every peer, and less accurate
+    by_params(trial, 1, 0.3)
+    assert "stopped_at_rung" not in trial.user_attrs
+    with pytest.raises(optuna.TrialPruned, match=r"beaten by 4 of 4 trials with <= 50,000 MACs"):
+        by_macs(trial, 1, 0.3)
+    assert trial.study.trials[-1].user_attrs["stopped_at_rung"] == 1
 
 
 TINY = """

@@ -1,0 +1,37 @@
+"""Latency at batch 1: the median's interval by hand, and what a measurement leaves behind.
+
+No test compares a latency with a threshold: timings are measured, never asserted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdsearch.architecture import MLPArch
+from kdsearch.training.latency import MIN_REPEATS, measure_latency, median_interval
+from kdsearch.training.models import build_model
+
+
+def test_median_interval_by_order_statistics():
+    # n = 100: ranks 50 -/+ 1.96 * 10 / 2 = 9.8 -> the 40th and 60th values (0-based)
+    times = [float(i) for i in range(100)]
+    assert median_interval(times) == (40.0, 60.0)
+    assert median_interval(list(reversed(times))) == (40.0, 60.0)  # order of arrival is moot
+    assert median_interval([5.0] * 30) == (5.0, 5.0)
+
+
+def test_measure_latency_records_its_method_and_leaves_the_model_and_rng_as_they_were():
+    model = build_model(MLPArch(hidden=[8]), (1, 8, 8), 3, (0.5,), (0.25,))
+    model.train()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    timed = measure_latency(model, (1, 8, 8), torch.device("cpu"), budget_s=0.2)
+    assert torch.equal(torch.rand(3), expected)  # a trial's seeded draws are untouched
+    assert model.training  # handed back in the mode it came in
+    m = timed.method
+    assert m["device"] == "cpu" and m["threads"] == torch.get_num_threads()
+    assert m["torch"] == torch.__version__ and m["repeats"] >= MIN_REPEATS
+    low, high = m["ci95_ms"]
+    assert 0 < low <= timed.median_ms <= high
+    assert m["stopped"].startswith(("median's 95% interval", "time budget", "repeat cap"))
