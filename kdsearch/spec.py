@@ -365,24 +365,6 @@ class TrainRecipe(_Frozen):
             return self.warmup_epochs
         return 0.3 * self.epochs if self.lr_schedule == "onecycle" else 0.0
 
-    @model_validator(mode="after")
-    def _one_shift(self) -> TrainRecipe:
-        if self.jitter and self.translate:
-            raise _refuse("jitter or translate, not both (both shift the images)",
-                          f"jitter = {self.jitter}, translate = {self.translate}", "translate")
-        if self.views and self.jitter:
-            raise _refuse("jitter = 0 with views: a random shift would show pixels the cached "
-                          "logits were not computed on (translate sets the views' shift)",
-                          f"jitter = {self.jitter}", "jitter")
-        if self.views > 1 and not (self.hflip or self.translate):
-            raise _refuse("hflip = true or translate > 0 with views > 1 (else every view is "
-                          "the image itself)", f"views = {self.views}", "views")
-        return self
-
-    def augments(self) -> bool:
-        """Whether images are changed at random in every epoch (no fixed views)."""
-        return not self.views and bool(self.jitter or self.translate or self.hflip)
-
     @model_serializer(mode="wrap")
     def _without_new_defaults(self, handler: Callable[[Any], dict]) -> dict:
         # The teacher's cache key hashes its recipe's JSON: keys added after caches existed are
