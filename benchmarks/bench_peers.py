@@ -21,6 +21,13 @@ Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `benc
                     on_trial_result, on_trial_remove, as the Tuner calls them): the algorithm
                     without the local backend's cost of a process, an import of torch and a
                     data load per trial
+    kdsearch-reachable  (only when named in --methods) kdsearch with the prototype stopping
+                    rule `judge = "reachable"` (search/early_stopping.py); not a peer
+
+MOASHA runs as Syne Tune ships it. In its non-dominated sort (0.16) each front is indexed with
+the epsilon-net's ranks where its order is meant, and MOASHA's bracket reads the result as a
+rank per trial: right while every trial at a rung is on one front, not in general.
+`--moasha-priority ranks` passes each trial's rank in the intended order instead.
 
 Every method scores a trial by kdsearch's objective: (validation accuracy, parameter count) of
 a student trained for the study's epochs. The hypervolume is kdsearch's (`hypervolume`: area in
@@ -75,6 +82,8 @@ except ImportError:  # pragma: no cover - after the split
     from kdsearch.report import hypervolume  # type: ignore[no-redef]  # noqa: E402
 
 METHODS = ("kdsearch", "kdsearch-no-es", "nsga2", "random", "moasha", "moasha-inproc")
+PEERS = METHODS[1:]
+VARIANTS = ("kdsearch-reachable",)  # kdsearch with `judge = "reachable"` (the prototype rule)
 OURS = "kdsearch"
 TRIAL_SCRIPT = Path(__file__).resolve().parent / "peers_trial.py"
 TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5 s, idles the core)
@@ -167,7 +176,9 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
     """The study as `method` runs it with `seed`: sampler and early stopping set, nothing else."""
     search = base.search
     early = search.early_stopping
-    if method != OURS:
+    if method == "kdsearch-reachable":
+        early = early.model_copy(update={"enabled": True, "judge": "reachable"})
+    elif method != OURS:
         early = early.model_copy(update={"enabled": False})
     sampler = {"nsga2": "nsga2", "random": "random"}.get(method, search.sampler)
     search = search.model_copy(update={"sampler": sampler, "early_stopping": early,
@@ -254,15 +265,37 @@ def syne_space(spec: StudySpec, input_shape: tuple[int, int, int]) -> dict:
     return space
 
 
-def _moasha(spec: StudySpec, space: dict, seed: int):
+def _moasha(spec: StudySpec, space: dict, seed: int, priority: str):
     import numpy as np
     from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
+    from syne_tune.optimizer.schedulers.multiobjective.multiobjective_priority import (
+        NonDominatedPriority,
+    )
+    from syne_tune.optimizer.schedulers.multiobjective.non_dominated_priority import (
+        compute_epsilon_net,
+        pareto_efficient,
+    )
+
+    class Ranked(NonDominatedPriority):
+        """Each trial's position in the non-dominated order (front by front, each front in its
+        epsilon-net order), which is what the bracket reads."""
+
+        def priority_unsafe(self, objectives):
+            remaining, order = np.arange(len(objectives)), []
+            while remaining.size:
+                mask = pareto_efficient(objectives[remaining])
+                front = remaining[mask]
+                ranks = compute_epsilon_net(objectives[front], dim=self.dim)
+                order.extend(front[np.argsort(ranks)])
+                remaining = remaining[~mask]
+            return np.argsort(order)
 
     np.random.seed(seed)  # MOASHA samples configurations and brackets from numpy's global state
     grace, factor = moasha_settings(spec)
     return MOASHA(space, metrics=["error", "params"], do_minimize=True, time_attr="epoch",
                   max_t=spec.student.train.epochs, grace_period=grace, reduction_factor=factor,
-                  random_seed=seed)
+                  random_seed=seed,
+                  multiobjective_priority=Ranked() if priority == "ranks" else None)
 
 
 def run_moasha(spec: StudySpec, method: str, seed: int, common: dict, budget: float,
@@ -285,7 +318,7 @@ def run_moasha(spec: StudySpec, method: str, seed: int, common: dict, budget: fl
         "cache_dir": str(common["cache_dir"]), "threads": common["threads"]}))
     space = {**common["space"], "kd_context": str(context)}
     tuner = Tuner(trial_backend=LocalBackend(entry_point=str(TRIAL_SCRIPT), pass_args_as_json=True),
-                  scheduler=_moasha(spec, space, seed),
+                  scheduler=_moasha(spec, space, seed, common["priority"]),
                   stop_criterion=StoppingCriterion(max_wallclock_time=budget), n_workers=1,
                   sleep_time=TUNER_SLEEP, print_update_interval=10 * budget,
                   tuner_name=f"{method}-{seed}", save_tuner=False)
@@ -333,7 +366,7 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
     device = resolve_device("cpu")
     data = load_logged(spec, opts, log=lambda m: None)
     teacher = coordination.obtain_teacher(spec, data, opts, device, log=lambda m: None)
-    scheduler = _moasha(spec, common["space"], seed)
+    scheduler = _moasha(spec, common["space"], seed, common["priority"])
     epochs = spec.student.train.epochs
     current: dict = {}
 
@@ -370,6 +403,7 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
 RUNNERS: dict[str, Callable[..., Run]] = {
     "kdsearch": run_kdsearch, "kdsearch-no-es": run_kdsearch, "nsga2": run_kdsearch,
     "random": run_kdsearch, "moasha": run_moasha, "moasha-inproc": run_moasha_inproc,
+    "kdsearch-reachable": run_kdsearch,
 }
 
 
@@ -480,7 +514,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=None, help="cifar: student epochs (default: the study's)")
     ap.add_argument("--budget", type=float, default=90.0, help="seconds per method and seed (default 90)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated, of {', '.join(METHODS + VARIANTS)} (default: all but the last)")
+    ap.add_argument("--moasha-priority", choices=("shipped", "ranks"), default="shipped",
+                    help="MOASHA's non-dominated priority as Syne Tune ships it, or as ranks")
     ap.add_argument("--threads", type=int, help="torch threads for every method (default: all cores)")
     ap.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kdsearch").expanduser(),
                     help="teacher cache (trained once per seed, before any clock starts)")
@@ -488,9 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verbose", action="store_true", help="keep the methods' own output")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(METHODS + VARIANTS)
     if unknown:
-        ap.error(f"unknown methods {sorted(unknown)}; expected some of {', '.join(METHODS)}")
+        ap.error(f"unknown methods {sorted(unknown)}; expected some of {', '.join(METHODS + VARIANTS)}")
     if args.workload == "mnist" and args.data_dir is None:
         args.data_dir = Path("../shared/data")
 
@@ -503,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     base = load_workload(args)
     work = Path(tempfile.mkdtemp(prefix="kd_bench_peers_"))
     common = {"work": str(work), "data_dir": args.data_dir, "cache_dir": args.cache_dir,
-              "threads": threads}
+              "threads": threads, "priority": args.moasha_priority}
 
     # The teachers (one per seed: the seed is part of the teacher's key), before any clock.
     ref_params, input_shape = 0.0, (1, 28, 28)
@@ -533,7 +570,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{base.search.early_stopping.min_trials}, quantile {base.search.early_stopping.quantile}, "
         f"min_dominators {base.search.early_stopping.min_dominators}); MOASHA max_t {train.epochs}, "
         f"grace_period {grace}, reduction_factor {factor:g}, random configurations "
-        f"(its own searcher); tuner poll {TUNER_SLEEP} s\n"
+        f"(its own searcher), non-dominated priority {args.moasha_priority}; tuner poll "
+        f"{TUNER_SLEEP} s\n"
         f"hypervolume: front of trials trained to the last epoch, reference point (accuracy 0, "
         f"{int(ref_params):,} params = the teacher), axes accuracy x log10 params\n"
         f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
@@ -577,16 +615,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"plots: {', '.join(map(str, files))}; raw runs: {out / 'runs.json'}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
-    peers = {m: v for m, v in finals.items() if m != OURS}
+    peers = {m: v for m, v in finals.items() if m in PEERS}
     if OURS not in finals or not peers:
         print("time_fraction=nan hypervolume_ratio=nan (needs kdsearch and a peer)")
         return
     best = max(peers, key=peers.get)
     t_peer = first_reach(c.times, mean(c.by_time[best]), peers[best])
-    t_ours = first_reach(c.times, mean(c.by_time[OURS]), peers[best])
-    print(f"best peer {best}: final hypervolume {peers[best]:.4f} first reached at {t_peer:.0f} s; "
-          f"kdsearch reaches it at {t_ours:.0f} s")
-    fraction = t_ours / t_peer if t_peer > 0 else math.inf
+    for variant in [m for m in VARIANTS if m in finals] + [OURS]:  # kdsearch as shipped last
+        t_ours = first_reach(c.times, mean(c.by_time[variant]), peers[best])
+        fraction = t_ours / t_peer if t_peer > 0 else math.inf
+        print(f"best peer {best}: final hypervolume {peers[best]:.4f} first reached at "
+              f"{t_peer:.0f} s; {variant} reaches it at {t_ours:.0f} s "
+              f"(time_fraction={fraction:.2f} hypervolume_ratio={finals[variant] / peers[best]:.3f})")
     print(f"time_fraction={fraction:.2f} hypervolume_ratio={finals[OURS] / peers[best]:.3f}")
 
 

@@ -21,12 +21,19 @@ benchmarks/bench_search.py that stopped 60-70% of the trials, about what MOASHA 
 rule. The smallest student seen so far is never stopped (nothing dominates it). A rung at or
 after a trial's last epoch is skipped: stopping there would save nothing. Stopped trials end
 PRUNED with `stopped_reason` and `stopped_at_rung` in their user attributes.
+
+`judge = "reachable"` (a prototype, issue 13) asks instead whether the trial can still reach
+the front: its accuracy at the rung, extended to the last epoch at the steeper of its last two
+per-epoch gains (the first gain counts from 0, so nothing stops at rung 1), capped at 1, is
+compared with the latest accuracy of each no-larger peer; the same count decides. A learning
+curve that flattens gains less per epoch later on, so the bound is optimistic and a slow
+starter still climbing steeply is kept; one that has flattened below its smaller peers stops.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -58,15 +65,24 @@ def should_stop(params: int, accuracy: float, peers: list[Peer], rule: EarlyStop
     return n_better >= max(rule.min_dominators, math.ceil(rule.quantile * n_smaller))
 
 
-def rung_peers(study: optuna.Study, rung: int, exclude: int) -> list[Peer]:
-    """Each other trial's (params, accuracy after `rung` epochs), from its `val_curve`."""
+def reachable(curve: Sequence[float], epochs: int) -> float:
+    """The accuracy a trial could still end with: its curve extended to `epochs` at the
+    steeper of its last two per-epoch gains (the first counted from 0), capped at 1."""
+    gains = [b - a for a, b in zip((0.0, *curve), curve, strict=False)]
+    slope = max(0.0, *gains[-2:])
+    return min(1.0, curve[-1] + slope * (epochs - len(curve)))
+
+
+def rung_peers(study: optuna.Study, rung: int, exclude: int, latest: bool = False) -> list[Peer]:
+    """Each other trial's (params, accuracy after `rung` epochs), from its `val_curve`;
+    with `latest`, the accuracy of its last epoch so far instead."""
     peers = []
     for t in study.get_trials(deepcopy=False, states=PEER_STATES):
         if t.number == exclude:
             continue
         r = TrialRecord.of(t)
         if len(r.val_curve) >= rung and r.params is not None:
-            peers.append(Peer(int(r.params), float(r.val_curve[rung - 1])))
+            peers.append(Peer(int(r.params), float(r.val_curve[-1 if latest else rung - 1])))
     return peers
 
 
@@ -78,20 +94,26 @@ class ParetoEarlyStopper:
 
     def __init__(self, rule: EarlyStoppingSpec, epochs: int):
         self.rule = rule
+        self.epochs = epochs
         self.rungs = frozenset(r for r in rule.rungs if r < epochs) if rule.enabled else frozenset()
 
     def __call__(self, trial: optuna.Trial, epoch: int, val_accuracy: float) -> None:
         if epoch not in self.rungs:
             return
-        params = TrialRecord.of(trial).params
+        record = TrialRecord.of(trial)
+        params = record.params
         if params is None:
             return
-        peers = rung_peers(trial.study, epoch, exclude=trial.number)
-        if not should_stop(params, val_accuracy, peers, self.rule):
+        judged, what = val_accuracy, "val acc"
+        if self.rule.judge == "reachable":
+            judged, what = reachable(record.val_curve or (val_accuracy,), self.epochs), "reachable acc"
+        peers = rung_peers(trial.study, epoch, exclude=trial.number,
+                           latest=self.rule.judge == "reachable")
+        if not should_stop(params, judged, peers, self.rule):
             return
-        n_smaller, n_better = dominators(params, val_accuracy, peers)
+        n_smaller, n_better = dominators(params, judged, peers)
         reason = (
-            f"dominated at rung {epoch}: val acc {val_accuracy:.4f} beaten by {n_better} of "
+            f"dominated at rung {epoch}: {what} {judged:.4f} beaten by {n_better} of "
             f"{n_smaller} trials with <= {params:,} params"
         )
         set_trial(trial, stopped_reason=reason, stopped_at_rung=epoch, epochs=epoch)
