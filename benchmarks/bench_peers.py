@@ -479,7 +479,7 @@ def plot(c: Curves, title: str, out: Path) -> list[Path]:
                                      fillcolor=color, opacity=0.15, line={"width": 0},
                                      hoverinfo="skip", showlegend=False, legendgroup=method),
                           row=1, col=col)
-            fig.add_trace(go.Scatter(x=xs, y=mean(rows), name=method, legendgroup=method,
+            fig.add_trace(go.Scatter(x=xs, y=mean(rows), name=method, legendgroup=method, mode="lines",
                                      line={"color": color, "shape": "hv",
                                            "width": 3 if method == OURS else 1.5},
                                      showlegend=col == 1), row=1, col=col)
