@@ -561,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
         f"workload {args.workload} ({base.name}): {data_line}; teacher {int(ref_params):,} params "
         f"(val acc {teacher_acc:.4f}, seed {args.seeds - 1})\n"
         f"fairness: every method {args.budget:.0f} s of wall clock per seed, seeds 0..{args.seeds - 1}; "
-        f"one trial at a time; {threads} torch threads of {available_cores()} cores "
+        f"methods in turn, each seed starting one later; one trial at a time; {threads} torch "
+        f"threads of {available_cores()} cores "
         f"(kdsearch's engine puts small MLPs on one thread, in every method alike); the same "
         f"data, cached teacher logits and objective (kdsearch's make_objective: val accuracy, "
         f"params; {train.epochs} epochs, batch {train.batch_size}, lr {train.lr}) and the same "
@@ -579,7 +580,10 @@ def main(argv: list[str] | None = None) -> None:
 
     runs: list[Run] = []
     for seed in range(args.seeds):
-        for method in methods:
+        # Each seed starts one method later: whatever the first run of a process or a burst of
+        # load costs does not fall on one method every time.
+        shift = seed % len(methods)
+        for method in methods[shift:] + methods[:shift]:
             spec = method_spec(base, method, seed)
             run = RUNNERS[method](spec, method, seed, common, args.budget, not args.verbose)
             runs.append(run)
