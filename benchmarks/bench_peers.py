@@ -76,10 +76,15 @@ from kdsearch.search.space import suggest_student  # noqa: E402
 from kdsearch.spec import StudySpec, parse_study  # noqa: E402
 from kdsearch.study.runner import prepare, run_study  # noqa: E402
 
-try:  # report/ is being split into modules; the public function keeps its name
-    from kdsearch.report.reports import hypervolume  # noqa: E402
-except ImportError:  # pragma: no cover - after the split
-    from kdsearch.report import hypervolume  # type: ignore[no-redef]  # noqa: E402
+try:  # report/ split into modules; the public function keeps its name
+    from kdsearch.report.hypervolume import hypervolume  # noqa: E402
+except ImportError:  # before the split
+    from kdsearch.report.reports import hypervolume  # type: ignore[no-redef]  # noqa: E402
+
+try:  # a searched learning rate and batch size, where the study file asks for them
+    from kdsearch.search.space import suggest_recipe  # noqa: E402
+except ImportError:  # before recipes were searchable
+    suggest_recipe = None
 
 METHODS = ("kdsearch", "kdsearch-no-es", "nsga2", "random", "moasha", "moasha-inproc")
 PEERS = METHODS[1:]
@@ -235,7 +240,8 @@ def _quiet(on: bool):
 
 
 def syne_space(spec: StudySpec, input_shape: tuple[int, int, int]) -> dict:
-    """The study's student space as a Syne Tune config space, read off `suggest_student`.
+    """The study's student space as a Syne Tune config space, read off `suggest_student` (and
+    `suggest_recipe`: a searched learning rate and batch size).
 
     Random draws through an in-memory Optuna study reveal every parameter the space can
     suggest and its distribution (per-layer widths and kernels appear only with enough
@@ -248,6 +254,8 @@ def syne_space(spec: StudySpec, input_shape: tuple[int, int, int]) -> dict:
     for _ in range(PROBES):
         trial = study.ask()
         suggest_student(trial, spec.student.space, input_shape)
+        if suggest_recipe is not None:
+            suggest_recipe(trial, spec.student.train)
         dists.update(trial.distributions)
     space: dict = {}
     for name, d in dists.items():
