@@ -7,7 +7,7 @@ seconds of wall clock each: once with `[search.early_stopping]` off, once on. Pr
 each: trials finished (complete + stopped), trials complete, and the hypervolume of the
 validation Pareto front of the complete trials, in (validation accuracy, log10 params) with
 the reference point (accuracy 0, REF_PARAMS params): the area between the front and that
-point, as `kdsearch.report.reports.hypervolume` defines it. REF_PARAMS is just above the largest
+point, as `kdsearch.report.hypervolume.hypervolume` defines it. REF_PARAMS is just above the largest
 student the space can build, so every student counts.
 
 The study: MLP students on MNIST (a 20,000-image training subset, 2,000 validation images)
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kdsearch.architecture import MLPArch  # noqa: E402
 from kdsearch.options import Options
-from kdsearch.report.reports import hypervolume  # noqa: E402
+from kdsearch.report.hypervolume import hypervolume  # noqa: E402
 from kdsearch.spec import parse_study  # noqa: E402
 from kdsearch.study.runner import prepare, run_study  # noqa: E402
 from kdsearch.training.models import arch_params  # noqa: E402

@@ -94,7 +94,7 @@ def trial_attrs(rng: random.Random) -> tuple[dict, dict, dict, float, int]:
 
 
 def new_study(url: str, name: str) -> optuna.Study:
-    storage = open_storage(url, heartbeats=None)
+    storage = open_storage(url, heartbeats=None, read_only=False)
     try:
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from kdsearch.errors import KdsearchError, one_line
@@ -91,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best", help="table of Pareto-optimal trials")
     p.add_argument("study")
     _add_storage(p)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table for reading (default); json or csv for programs: the front, "
+                   "smallest first, with stable keys")
 
-    p = sub.add_parser("export", help="write pareto.html/.png/.svg, trials.csv, summary.md")
+    p = sub.add_parser("export", help="write pareto.html/.png/.svg, trials.csv, summary.md "
+                       "(HTML files share one plotly.min.js in the folder)")
     p.add_argument("study")
     _add_storage(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -187,26 +192,31 @@ def _threads(opts) -> None:
 
 
 def cmd_run_study(args) -> int:
-    from kdsearch.report.reports import best_table
+    from kdsearch.report.rows import read_rows
+    from kdsearch.report.tables import best_table, sweep_table
     from kdsearch.study.runner import run_study
 
     spec = _spec(args)
     opts = _options(args, spec)
     _threads(opts)
     if opts.workers > 1:
+        from kdsearch.study.runner import closing_summary
         from kdsearch.study.storage import load_study
         from kdsearch.study.workers import run_workers
 
+        start = time.monotonic()
         code = run_workers(args.study, spec, opts, args.seed, os.environ,
                            log=lambda m: print(m, file=sys.stderr))
-        print(best_table(load_study(opts.storage, opts.study_name)))
+        study = load_study(opts.storage, opts.study_name)
+        for line in closing_summary(study, time.monotonic() - start):
+            print(line, file=sys.stderr)
+        print(best_table(read_rows(study)))
         return code
     study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
-    print(best_table(study))
+    snap = read_rows(study)  # the table and the sweep from one read
+    print(best_table(snap))
     if spec.search.sampler == "grid":
-        from kdsearch.report.reports import sweep_table
-
-        print(f"\nsweep of '{study.study_name}' (mean ± sd over seeds):\n{sweep_table(study)}")
+        print(f"\nsweep of '{study.study_name}' (mean ± sd over seeds):\n{sweep_table(snap)}")
     return 0
 
 
@@ -218,9 +228,14 @@ def cmd_teacher(args) -> int:
     _threads(opts)
     teacher = prepare_teacher(spec, opts, log=lambda m: print(m, file=sys.stderr))
     m = teacher.record
-    print(f"teacher   {m.description}\nparams    {m.params:,}\nmacs      {m.macs:,}\n"
+    print(f"teacher   {m.description}\nparams    {f'{m.params:,}' if m.params else 'unknown'}\n"
+          f"macs      {f'{m.macs:,}' if m.macs else 'unknown'}\n"
           f"val_acc   {m.val_accuracy:.4f}\ntest_acc  {m.test_accuracy:.4f}\n"
           f"epochs    {m.epochs}\nseconds   {m.train_seconds}\ncache     {teacher.path}")
+    if m.kind == "file":
+        print(f"file      {m.file.get('path', '')} (sha256 {m.file.get('sha256', '')[:16]})")
+    if m.note:
+        print(f"note      {m.note}")
     return 0
 
 
@@ -231,14 +246,16 @@ def _load(args):
 
 
 def cmd_best(args) -> int:
-    from kdsearch.report.reports import best_table
+    from kdsearch.report.rows import read_rows
+    from kdsearch.report.tables import best_text
 
-    print(best_table(_load(args)))
+    print(best_text(read_rows(_load(args)), args.format))
     return 0
 
 
 def cmd_export(args) -> int:
-    from kdsearch.report.reports import ImageExportError, export
+    from kdsearch.report.export import export
+    from kdsearch.report.images import ImageExportError
 
     try:
         export(_load(args), args.out)
@@ -289,8 +306,8 @@ def cmd_evaluate(args) -> int:
     r = evaluate(args.folder, opts)
     print(f"{r['description']} ({r['params']:,} params): test accuracy {r['test_accuracy']:.4f} "
           f"on {r['n_test']:,} images (card: {r['card_test_accuracy']:.4f})")
-    if "torchscript_test_accuracy" in r:
-        print(f"model.torchscript.pt: test accuracy {r['torchscript_test_accuracy']:.4f}")
+    for name, acc in r["exported"].items():
+        print(f"{name}: test accuracy {acc:.4f}")
     if not r["same_test_set"]:
         print("warning: this test set differs from the one the card was measured on",
               file=sys.stderr)

@@ -7,9 +7,12 @@ read exactly once, at the end. The folder needs neither the study nor kdsearch's
 
     model.pt             state dict (torch.load(..., weights_only=True))
     architecture.json    architecture, input shape, classes, normalisation, data spec
-    model.torchscript.pt TorchScript (torch.jit.load; no kdsearch needed)
-    model.onnx           where the ONNX exporter works here
-    MODEL_CARD.md        accuracy, size, speed, the teacher's numbers, the exact command
+    model.pt2            torch.export program (torch.export.load; no kdsearch needed)
+    model.onnx           where the ONNX exporter works here (runs under ONNX Runtime)
+    MODEL_CARD.md        accuracy, size, speed (PyTorch and ONNX Runtime), the teacher's
+                         numbers, the exact command
+
+`torch.export` replaces TorchScript, which current PyTorch deprecates (`torch.jit.load` warns).
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ from kdsearch.architecture import Arch, parse_arch
 from kdsearch.errors import KdsearchError
 from kdsearch.options import Options
 from kdsearch.record import TeacherRecord, TrialRecord, stored_spec
+from kdsearch.search.space import suggest_recipe
 from kdsearch.spec import DataSpec
 from kdsearch.study.coordination import obtain_teacher
 from kdsearch.training.data import Dataset, Split, load_data
-from kdsearch.training.engine import accuracy, resolve_device
+from kdsearch.training.engine import EVAL_BATCH, accuracy, resolve_device
 from kdsearch.training.models import build_model, count_macs, count_params
 from kdsearch.training.student import distill, student_seed
+from kdsearch.training.views import ViewSet
 
 FORMAT = 1  # of architecture.json
 EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epochs times this
@@ -68,6 +73,22 @@ def pick_trial(study: optuna.Study, number: int | None = None,
             + (f" (the smallest has {smallest:,})" if smallest is not None else " (none complete)"))
     return max(fits, key=lambda t: (TrialRecord.of(t).val_accuracy, -TrialRecord.of(t).params,
                                     -t.number))
+
+
+def dominating_trial(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+    """The complete trial that dominates `trial` (fewer-or-equal params, higher val accuracy),
+    the most accurate of them if several do, else None: compressing a dominated student
+    gives away accuracy for nothing, which a user picking by trial number may not see.
+    """
+    mine = TrialRecord.of(trial)
+    better = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+              if t.number != trial.number and TrialRecord.of(t).architecture is not None
+              and TrialRecord.of(t).params <= mine.params
+              and TrialRecord.of(t).val_accuracy > mine.val_accuracy]
+    if not better:
+        return None
+    return max(better, key=lambda t: (TrialRecord.of(t).val_accuracy, -TrialRecord.of(t).params,
+                                      -t.number))
 
 
 def trial_arch(trial: FrozenTrial) -> Arch:
@@ -106,15 +127,57 @@ def cpu_latency(model: nn.Module, input_shape: tuple[int, int, int], repeats: in
             f"batch{batch}_ms_per_image": batched * 1e3, "threads": threads}
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
+    """A `torch.export` program with a dynamic batch size, saved with `torch.export.save`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scripted = torch.jit.trace(model.cpu().eval(), example)
-            scripted.save(str(path))
+            program = torch.export.export(
+                model.cpu().eval(), (example,),
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},))
+            torch.export.save(program, str(path))
         return None
     except Exception as e:  # noqa: BLE001 - an optional artefact; say why and go on
+        path.unlink(missing_ok=True)
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+
+def onnx_session(path: Path):
+    """An ONNX Runtime session on the CPU with the threads torch was given, quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: graph-optimiser notes are not the user's
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def onnx_latency(path: Path, input_shape: tuple[int, int, int], repeats: int = 50,
+                 batch: int = 256) -> dict[str, float]:
+    """`cpu_latency`'s measurement, under ONNX Runtime: what a deployment without PyTorch sees."""
+    import numpy as np
+
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, (1, *input_shape), dtype=np.uint8)
+    many = rng.integers(0, 256, (batch, *input_shape), dtype=np.uint8)
+    for _ in range(5):
+        session.run(None, {name: one})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {name: one})
+        times.append(time.perf_counter() - start)
+    session.run(None, {name: many})
+    start = time.perf_counter()
+    for _ in range(3):
+        session.run(None, {name: many})
+    batched = (time.perf_counter() - start) / (3 * batch)
+    return {"batch1_ms": statistics.median(times) * 1e3,
+            f"batch{batch}_ms_per_image": batched * 1e3, "threads": torch.get_num_threads()}
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
@@ -154,6 +217,12 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
 
     # Pick: the trial, its architecture and distillation settings, the study's recipe.
     trial = pick_trial(study, number, max_params)
+    better = dominating_trial(study, trial)
+    if better is not None:
+        b, t = TrialRecord.of(better), TrialRecord.of(trial)
+        log(f"warning: trial {trial.number} is dominated by trial {better.number} ({b.params:,} "
+            f"<= {t.params:,} params, val acc {b.val_accuracy:.4f} > {t.val_accuracy:.4f}); "
+            f"compressing trial {trial.number} as asked")
     spec = stored_spec(study)
     arch = trial_arch(trial)
     searched = TrialRecord.of(trial)
@@ -161,9 +230,11 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     alpha = float(trial.params.get("alpha", 0.0))
     # The study's recipe at a longer budget; a decaying schedule may be asked for, since a
     # constant rate that suited the search's short budget can overfit a longer one.
-    recipe = spec.student.train.model_copy(
-        update={"epochs": epochs or spec.student.train.epochs * EPOCH_FACTOR,
-                "lr_schedule": lr_schedule or spec.student.train.lr_schedule})
+    # The learning rate and batch size are the trial's own where the study searched them.
+    trial_recipe = suggest_recipe(optuna.trial.FixedTrial(trial.params), spec.student.train)
+    recipe = trial_recipe.model_copy(
+        update={"epochs": epochs or trial_recipe.epochs * EPOCH_FACTOR,
+                "lr_schedule": lr_schedule or trial_recipe.lr_schedule})
     log(f"trial {trial.number} of '{study.study_name}': {arch.describe()}, "
         f"{searched.params:,} params, val acc {searched.val_accuracy:.4f} "
         f"in the search; T={temperature:.2f} alpha={alpha:.2f}")
@@ -177,6 +248,9 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     # Retrain on train + validation: no selection is left to do, so no image is held back.
     merged = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     merged_logits = torch.cat([teacher.logits["train"], teacher.logits["val"]])
+    # With fixed views, the validation images bring their own views and the teacher's logits.
+    merged_views = (ViewSet.cat([teacher.views["train"], teacher.views["val"]])
+                    if recipe.views else None)
     seed = student_seed(spec.seed, trial.number)
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
@@ -193,7 +267,7 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     try:
         result = distill(model, data, recipe, device, teacher, seed=seed,
                          temperature=temperature, alpha=alpha, train_split=merged,
-                         teacher_logits=merged_logits, progress=progress)
+                         teacher_logits=merged_logits, views=merged_views, progress=progress)
     finally:
         bar.close()
 
@@ -221,40 +295,65 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     (out / "architecture.json").write_text(json.dumps(meta, indent=2))
     files, skipped = ["model.pt", "architecture.json"], {}
     example = data.test.x[:2].cpu()
-    for name, exporter in (("model.torchscript.pt", _export_torchscript),
-                           ("model.onnx", _export_onnx)):
+    for name, exporter in (("model.pt2", _export_pt2), ("model.onnx", _export_onnx)):
         why = exporter(model, example, out / name)
         if why is None:
             files.append(name)
         else:
             skipped[name] = why
             log(f"{name} not written: {why}")
-    card = model_card(meta, teacher.record, trial, latency, result.seconds, files, skipped, command)
+    ort_latency = None
+    if "model.onnx" in files:
+        try:
+            ort_latency = onnx_latency(out / "model.onnx", data.input_shape)
+        except Exception as e:  # noqa: BLE001 - the card says why instead of a number
+            ort_latency = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    card = model_card(meta, teacher.record, trial, latency, result.seconds, files, skipped, command,
+                      ort_latency)
     (out / "MODEL_CARD.md").write_text(card)
     files.append("MODEL_CARD.md")
     return CompressResult(out, trial.number, test_acc, params, macs, result.epochs_run,
                           result.seconds, files, skipped)
 
 
+def _latency_line(engine: str, latency: dict) -> str:
+    batch_key = next(k for k in latency if k.startswith("batch") and k != "batch1_ms")
+    return (f"| {engine} | {latency['threads']} | {latency['batch1_ms'] * 1e3:.0f} µs | "
+            f"{latency[batch_key] * 1e3:.2f} µs ({batch_key[5:].split('_')[0]} images) |")
+
+
 def model_card(meta: dict, teacher: TeacherRecord, trial: FrozenTrial, latency: dict,
-               seconds: float, files: list[str], skipped: dict[str, str], command: str) -> str:
+               seconds: float, files: list[str], skipped: dict[str, str], command: str,
+               ort_latency: dict | None = None) -> str:
     ratio = teacher.params / meta["params"]
     mac_ratio = teacher.macs / meta["macs"] if meta["macs"] else float("inf")
-    batch_key = next(k for k in latency if k.startswith("batch") and k != "batch1_ms")
+
+    if ort_latency is None:
+        ort_row = ["", "ONNX Runtime: not measured (no model.onnx)."]
+    elif "error" in ort_latency:
+        ort_row = ["", f"ONNX Runtime: not measured ({ort_latency['error']})."]
+    else:
+        ort_row = [_latency_line("ONNX Runtime (`model.onnx`)", ort_latency)]
+    # A teacher file may not say its size (MACs 0, params 0 when its format hides them).
+    t_params = f"{teacher.params:,}" if teacher.params else "unknown"
+    t_macs = f"{teacher.macs:,}" if teacher.macs else "unknown"
+    sizes = (f"Compression: **{ratio:.1f}x fewer parameters**"
+             + (f", {mac_ratio:.1f}x fewer MACs" if teacher.macs else "") + " than the teacher; "
+             if teacher.params else "Compression: the teacher's size is unknown; ")
     lines = [
         f"# {meta['description']} ({meta['dataset']}, from study '{meta['study']}' trial "
         f"{meta['trial']})", "",
         "| | student | teacher |", "|---|---:|---:|",
         f"| test accuracy | {meta['test_accuracy']:.4f} | {teacher.test_accuracy:.4f} |",
-        f"| parameters | {meta['params']:,} | {teacher.params:,} |",
-        f"| MACs per image | {meta['macs']:,} | {teacher.macs:,} |",
+        f"| parameters | {meta['params']:,} | {t_params} |",
+        f"| MACs per image | {meta['macs']:,} | {t_macs} |",
         f"| architecture | `{meta['description']}` | `{teacher.description}` |", "",
-        f"Compression: **{ratio:.1f}x fewer parameters**, {mac_ratio:.1f}x fewer MACs than the "
-        f"teacher; test accuracy {100 * (meta['test_accuracy'] - teacher.test_accuracy):+.2f} "
-        "points.", "",
-        f"CPU latency per image ({latency['threads']} thread(s), measured at export): "
-        f"{latency['batch1_ms'] * 1e3:.0f} µs one image at a time (median of 50), "
-        f"{latency[batch_key] * 1e3:.2f} µs in batches of {batch_key[5:].split('_')[0]}.", "",
+        f"{sizes}test accuracy {100 * (meta['test_accuracy'] - teacher.test_accuracy):+.2f} "
+        "points." + (f" ({teacher.note}.)" if teacher.note else ""), "",
+        "CPU latency per image, measured at export on this machine (one image at a time: "
+        "median of 50 warm runs; batched: mean of 3 batches):", "",
+        "| runtime | threads | one image | batched, per image |", "|---|---:|---:|---:|",
+        _latency_line("PyTorch (`model.pt`)", latency), *ort_row, "",
         "## How it was made", "",
         f"- Search: trial {trial.number} scored val acc {TrialRecord.of(trial).val_accuracy:.4f} "
         f"after {TrialRecord.of(trial).epochs or '?'} epochs on the training split.",
@@ -270,7 +369,8 @@ def model_card(meta: dict, teacher: TeacherRecord, trial: FrozenTrial, latency: 
         "", "Inputs are raw uint8 images (N, C, H, W) = "
         f"(N, {', '.join(map(str, meta['input_shape']))}); the model normalises them itself. "
         "Check the folder with `kdsearch evaluate DIR`; load it without kdsearch with "
-        "`torch.jit.load('model.torchscript.pt')`.", "",
+        "`torch.export.load('model.pt2').module()` or "
+        "`onnxruntime.InferenceSession('model.onnx')` (input `images`, output `logits`).", "",
     ]
     return "\n".join(lines)
 
@@ -298,8 +398,53 @@ def load_model(folder: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
+@torch.inference_mode()
+def _accuracy_of(forward: Callable[[torch.Tensor], torch.Tensor], split: Split) -> float:
+    """Test accuracy of any callable from uint8 images to logits, on the CPU, in batches.
+
+    `engine.accuracy` calls `.eval()`, which an exported program's module refuses (its mode
+    was fixed at export), and ONNX Runtime has no module at all.
+    """
+    correct = 0
+    for i in range(0, len(split), EVAL_BATCH):
+        pred = torch.as_tensor(forward(split.x[i : i + EVAL_BATCH].cpu())).argmax(1)
+        correct += int((pred == split.y[i : i + EVAL_BATCH].cpu()).sum())
+    return correct / max(len(split), 1)
+
+
+def _exported_forwards(folder: Path) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Each standalone copy in the folder, loaded the way a user without kdsearch would."""
+    folder = Path(folder)
+    out: dict[str, Callable] = {}
+    if (folder / "model.pt2").is_file():
+        try:
+            out["model.pt2"] = torch.export.load(str(folder / "model.pt2")).module()
+        except Exception as e:
+            raise KdsearchError(f"{folder}/model.pt2: cannot load ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    if (folder / "model.onnx").is_file():
+        try:
+            session = onnx_session(folder / "model.onnx")
+        except Exception as e:
+            raise KdsearchError(f"{folder}/model.onnx: cannot load ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        name = session.get_inputs()[0].name
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+        out["model.onnx"] = run_onnx
+    if (folder / "model.torchscript.pt").is_file():  # folders written before model.pt2
+        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
+            warnings.simplefilter("ignore")
+            out["model.torchscript.pt"] = torch.jit.load(str(folder / "model.torchscript.pt"),
+                                                         map_location="cpu").eval()
+    return out
+
+
 def evaluate(folder: Path, opts: Options = Options()) -> dict:
-    """Test accuracy of an exported folder (and of its TorchScript copy), without the study."""
+    """Test accuracy of an exported folder and of each standalone copy in it, without the
+    study: `exported` maps model.pt2 / model.onnx to the accuracy each one scores."""
     model, meta = load_model(folder)
     data: Dataset = load_data(DataSpec.model_validate(meta["data"]), opts.data_dir,
                               opts.cache_dir, data_home=opts.data_home, offline=opts.offline)
@@ -309,10 +454,6 @@ def evaluate(folder: Path, opts: Options = Options()) -> dict:
     out = {"test_accuracy": acc, "card_test_accuracy": meta["test_accuracy"],
            "n_test": len(data.test), "same_test_set": identity == meta["test_identity"],
            "description": meta["description"], "params": meta["params"]}
-    script = Path(folder) / "model.torchscript.pt"
-    if script.is_file():
-        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
-            warnings.simplefilter("ignore")
-            scripted = torch.jit.load(str(script), map_location="cpu")
-        out["torchscript_test_accuracy"] = accuracy(scripted, data.test, torch.device("cpu"))
+    out["exported"] = {name: _accuracy_of(forward, data.test)
+                       for name, forward in _exported_forwards(folder).items()}
     return out

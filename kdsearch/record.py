@@ -93,6 +93,9 @@ class TeacherRecord:
     created: str  # UTC, ISO 8601
     curve: tuple[float, ...] = ()  # validation accuracy per epoch
     sha256: dict[str, str] = field(default_factory=dict)  # cache file -> checksum
+    kind: str = "trained"  # "trained" by kdsearch, or "file": one the user brought
+    file: dict = field(default_factory=dict)  # a file teacher: path, sha256, format, input settings
+    note: str = ""  # what a number means when it is not what it seems (params of a file, MACs 0)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -113,17 +116,48 @@ class TeacherRecord:
         return {k: v for k, v in self.to_json().items() if k not in ("curve", "sha256")}
 
 
-# The study's own attributes (Study.user_attrs).
+# The study's own attributes. They live in the study's *system* attributes, which neither
+# `optuna studies` nor the dashboard's attribute table prints: the study file and its parsed
+# spec alone are kilobytes, and made `optuna studies` print one row thousands of characters
+# wide. Read and write them with `study_attr` / `set_study_attr`; studies made before the move
+# keep them in their user attributes, under the same names, and still read back.
 STUDY_FILE = "study_file"  # the study file's text, as it was when the study was created
-STUDY_SPEC = "study_spec"  # the parsed spec as JSON, for reports that need no parsing
+STUDY_DEFINITION = "study_spec"  # the parsed spec as JSON, --seed override included
+STUDY_PATH = "study_path"  # where the study file was: its relative teacher file paths start there
 TEACHER = "teacher"  # TeacherRecord.summary() of the study's teacher
 TEACHER_ARTIFACTS = "teacher_artifacts"  # teacher key -> artifact id in the shared store
 TEACHER_TRAINED_BY = "teacher_trained_by"  # teacher key -> the worker that trained it
+SAMPLER_STREAMS = "sampler_streams"  # sampler streams handed out so far (a counter)
+STUDY_KEYS = frozenset({STUDY_FILE, STUDY_DEFINITION, STUDY_PATH, TEACHER, TEACHER_ARTIFACTS,
+                        TEACHER_TRAINED_BY, SAMPLER_STREAMS})
+
+def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
+    """One of the study's kdsearch attributes (STUDY_KEYS), read from storage now.
+
+    Optuna has no public accessor for study system attributes; like optuna-dashboard's notes,
+    this goes through the study's storage.
+    """
+    system = study._storage.get_study_system_attrs(study._study_id)
+    if key in system:
+        return system[key]
+    return study.user_attrs.get(key, default)  # a study made before the move
+
+
+def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
+    if key not in STUDY_KEYS:
+        raise TypeError(f"not a kdsearch study attribute: {key!r}")
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def is_kdsearch_study(study: optuna.Study) -> bool:
+    """Whether kdsearch made this study: `run-study` stores the study file when it creates
+    one, and the teacher once trained (all that studies built by hand for reports carry)."""
+    return bool(study_attr(study, STUDY_FILE) or study_attr(study, TEACHER))
 
 
 def study_teacher(study: optuna.Study) -> TeacherRecord | None:
     """The study's teacher, or None for a study that kdsearch did not (yet) annotate."""
-    raw = study.user_attrs.get(TEACHER)
+    raw = study_attr(study, TEACHER)
     if not raw:
         return None
     try:
@@ -133,9 +167,12 @@ def study_teacher(study: optuna.Study) -> TeacherRecord | None:
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
-    """The study file a study was created from, parsed again: the one way to recover it."""
-    text = study.user_attrs.get(STUDY_FILE)
+    """The spec a study was created with, parsed again from its stored study file (with the
+    `--seed` it ran under): the one way to recover it."""
+    text = study_attr(study, STUDY_FILE)
     if not text:
         raise KdsearchError(f"study '{study.study_name}' carries no study file (was it made by "
                             "'kdsearch run-study'?)")
-    return parse_study(text, Path(f"{study.study_name}.toml"))
+    spec = parse_study(text, Path(study_attr(study, STUDY_PATH) or f"{study.study_name}.toml"))
+    seed = (study_attr(study, STUDY_DEFINITION) or {}).get("seed")
+    return spec.with_overrides(seed=seed) if isinstance(seed, int) else spec

@@ -20,10 +20,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -34,8 +37,10 @@ from kdsearch.architecture import (
     MAX_DENSE_LAYERS,
     MAX_KERNEL,
     MAX_WIDTH,
-    CNNArch,
+    Arch,
     MLPArch,
+    MobileNetArch,
+    ResNetArch,
     cnn_arch,
 )
 from kdsearch.errors import StudyFileError, one_line
@@ -54,6 +59,13 @@ MAX_PIXELS = 2**28  # synthetic data: pixel values in all, 1 GiB while drawn as 
 MAX_MLP_DEPTH = MAX_DENSE_LAYERS
 MAX_CNN_DEPTH = 16  # conv blocks
 MAX_CONVS_PER_BLOCK = MAX_CONV_LAYERS // MAX_CNN_DEPTH
+# Residual families: what `ResNetArch` / `MobileNetArch` take (architecture.py).
+MAX_STAGES = 6
+MAX_STAGE_BLOCKS = 18
+MAX_BASE_WIDTH = 1024
+MAX_STAGED_KERNEL = 7
+MAX_EXPANSION = 8
+STAGED_FAMILIES = ("resnet", "mobilenet")
 
 
 class _Frozen(BaseModel):
@@ -103,8 +115,13 @@ class FloatChoices(_Frozen):
     choices: list[float] = Field(min_length=1)
 
 
+class StrChoices(_Frozen):
+    choices: list[str] = Field(min_length=1)
+
+
 IntParam = int | IntRange | IntChoices
 FloatParam = float | FloatRange | FloatChoices
+StrParam = str | StrChoices
 
 
 def _is_int(v: Any) -> bool:
@@ -194,6 +211,45 @@ def _floats(expected: str, fits: Callable[[float], bool]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
+def _strs(what: str, allowed: tuple[str, ...]) -> BeforeValidator:
+    """A string search parameter: one of `allowed`, or `{ choices = [..] }` of them."""
+    expected = f"{what}: one of {', '.join(map(repr, allowed))}"
+
+    def check(raw: Any) -> Any:
+        if isinstance(raw, BaseModel):
+            raw = raw.model_dump()
+        if isinstance(raw, str):
+            if raw not in allowed:
+                raise _refuse(expected, repr(raw))
+            return raw
+        if isinstance(raw, dict) and "choices" in raw:
+            if set(raw) != {"choices"}:
+                raise _refuse("only 'choices' in { choices = [..] }",
+                              f"key '{sorted(set(raw) - {'choices'})[0]}'")
+            choices = raw["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise _refuse("a non-empty list of choices", _describe_found(choices))
+            for c in choices:
+                if c not in allowed or not isinstance(c, str):
+                    raise _refuse(expected, f"{_describe_found(c)} among the choices")
+            return raw
+        raise _refuse(f"{expected}, or {{ choices = [..] }} of them", _describe_found(raw))
+    return BeforeValidator(check)
+
+
+def _float_values(param: FloatParam) -> list[float]:
+    """The ends of a float parameter (every value for choices), in increasing order."""
+    if isinstance(param, FloatRange):
+        return [param.low, param.high]
+    if isinstance(param, FloatChoices):
+        return sorted(set(param.choices))
+    return [float(param)]
+
+
+def _str_values(param: StrParam) -> list[str]:
+    return sorted(set(param.choices)) if isinstance(param, StrChoices) else [param]
+
+
 def _values(param: IntParam) -> range | list[int]:
     """Every value an integer parameter can take, in increasing order."""
     if isinstance(param, IntRange):
@@ -256,10 +312,95 @@ class TrainRecipe(_Frozen):
     lr: float = Field(default=1e-3, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     weight_decay: float = Field(default=0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # constant; cosine to 0; onecycle: up to lr over the warm-up, then linearly down to 0
+    lr_schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     jitter: int = Field(default=0, ge=0, le=8)  # random shift of up to this many pixels
-    hflip: bool = False  # random horizontal flips (not for digits)
+    hflip: bool = False  # random horizontal flips (not for digits); with views, flipped views
+    # Consistent teaching (Beyer et al. 2022): K fixed, seeded views of every training image
+    # (view 0 the image itself), the teacher's logits cached once per view; each epoch shows
+    # every image in one of its views with the logits of exactly that view. 0: no fixed views.
+    views: int = Field(default=0, ge=0, le=64)
+    translate: int = Field(default=0, ge=0, le=8)  # pixels: the views' shift (else like jitter)
     max_norm: float | None = Field(default=None, gt=0)  # Hinton-style cap on incoming weight norm
+    # Recipes for short budgets (issue 11). Each default is what kdsearch did before.
+    nesterov: bool = True  # sgd only: Nesterov momentum (sgd has always used it)
+    # epochs of linear warm-up from 0 to lr (fractions allowed); unset: 0, or for onecycle 30% of
+    # the epochs, as torch's OneCycleLR
+    warmup_epochs: float | None = Field(default=None, ge=0)
+    # softens the hard-label cross-entropy only (the KD term's targets are already soft);
+    # see distill.py for how the two combine
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # false: weight decay on conv and linear weights only, not on biases and batch-norm scales
+    # (decaying those only shrinks what batch norm re-normalises)
+    decay_norms_and_biases: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_within_budget(self) -> TrainRecipe:
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise _refuse(f"fewer warm-up epochs than epochs ({self.epochs})",
+                          f"{self.warmup_epochs:g}", "warmup_epochs")
+        return self
+
+    @model_validator(mode="after")
+    def _one_shift(self) -> TrainRecipe:
+        if self.jitter and self.translate:
+            raise _refuse("jitter or translate, not both (both shift the images)",
+                          f"jitter = {self.jitter}, translate = {self.translate}", "translate")
+        if self.views and self.jitter:
+            raise _refuse("jitter = 0 with views: a random shift would show pixels the cached "
+                          "logits were not computed on (translate sets the views' shift)",
+                          f"jitter = {self.jitter}", "jitter")
+        if self.views > 1 and not (self.hflip or self.translate):
+            raise _refuse("hflip = true or translate > 0 with views > 1 (else every view is "
+                          "the image itself)", f"views = {self.views}", "views")
+        return self
+
+    def augments(self) -> bool:
+        """Whether images are changed at random in every epoch (no fixed views)."""
+        return not self.views and bool(self.jitter or self.translate or self.hflip)
+
+    def warmup(self) -> float:
+        """Warm-up epochs: as written, else 30% of the budget for onecycle and none otherwise."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 0.3 * self.epochs if self.lr_schedule == "onecycle" else 0.0
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: Callable[[Any], dict]) -> dict:
+        # The teacher's cache key hashes its recipe's JSON: keys added after caches existed are
+        # left out while they hold their defaults, so an existing study keeps its teacher.
+        out = handler(self)
+        for key, default in _ADDED_RECIPE_DEFAULTS.items():
+            if key in out and out[key] == default:
+                del out[key]
+        return out
+
+
+_ADDED_RECIPE_DEFAULTS = {"nesterov": True, "warmup_epochs": None, "label_smoothing": 0.0,
+                          "decay_norms_and_biases": True, "views": 0, "translate": 0}
+
+
+class StudentRecipe(TrainRecipe):
+    """`[student.train]`: the per-trial budget, whose learning rate and batch size may be searched.
+
+    `lr = { low = 0.01, high = 0.4, log = true }` or `batch_size = { choices = [64, 128] }` are
+    suggested per trial (search/space.py `suggest_recipe`), and the trial trains with
+    `for_trial(...)`, a plain `TrainRecipe` holding what it drew. Fixed values are not suggested,
+    so a study that searches neither stores the same trial parameters as before.
+    """
+
+    lr: Annotated[FloatParam, _floats("a learning rate in (0, 10]",  # type: ignore[assignment]
+                                      lambda v: 0 < v <= 10)] = 1e-3
+    batch_size: Annotated[IntParam, _ints("batch sizes", 1, 65_536)] = 128  # type: ignore[assignment]
+
+    def for_trial(self, lr: float | None = None, batch_size: int | None = None) -> TrainRecipe:
+        """The recipe a trial trains with; `None` keeps the file's fixed value."""
+        values = self.model_dump()
+        values["lr"] = lr if lr is not None else values["lr"]
+        values["batch_size"] = batch_size if batch_size is not None else values["batch_size"]
+        if not (_is_number(values["lr"]) and _is_int(values["batch_size"])):
+            raise ValueError("a searched lr or batch_size needs the trial's value")
+        return TrainRecipe.model_validate(values)
 
 
 class MLPSpace(_Frozen):
@@ -305,9 +446,170 @@ class CNNSpace(_Frozen):
         return self
 
 
+class TeacherInput(_Frozen):
+    """`[teacher.input]`: what a teacher file expects, from uint8 pixels (teacher_file.TeacherFile)."""
+
+    scale: float = Field(default=255.0, gt=0)  # pixels / scale: 255 gives [0, 1], 1 keeps 0..255
+    mean: list[float] | None = Field(default=None, min_length=1)  # per channel, after scaling
+    std: list[float] | None = Field(default=None, min_length=1)  # per channel, after scaling
+    layout: Literal["NCHW", "NHWC"] = "NCHW"  # Keras exports are NHWC
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and not all(s > 0 for s in std):
+            raise _refuse("positive numbers", repr(std))
+        return std
+
+
+class TeacherFileSpec(_Frozen):
+    """`[teacher] file = PATH` (TorchScript, torch.export .pt2, ONNX), or `torchvision = NAME`
+    with `weights = PATH` (a state dict): a teacher the user already has, run as it is.
+
+    Paths stay as written (relative to the study file): `StudySpec.teacher_path` resolves them,
+    so a stored study file still names the same file.
+    """
+
+    file: str | None = Field(default=None, min_length=1)
+    format: Literal["torchscript", "export", "onnx"] | None = None  # None: told by the suffix
+    torchvision: str | None = Field(default=None, min_length=1)  # a torchvision.models name
+    weights: str | None = Field(default=None, min_length=1)  # torchvision only: a state dict
+    input: TeacherInput = TeacherInput()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherFileSpec:
+        if self.file is not None and self.torchvision is not None:
+            raise _refuse("file or torchvision, not both", f"torchvision = {self.torchvision!r}",
+                          "torchvision")
+        if self.torchvision is not None and self.weights is None:
+            raise _refuse("weights = PATH (a state dict) with torchvision", "nothing", "weights")
+        if self.weights is not None and self.torchvision is None:
+            raise _refuse("weights only with torchvision = NAME (a model file goes in file)",
+                          repr(self.weights), "weights")
+        if self.format is not None and self.torchvision is not None:
+            raise _refuse("no format with torchvision (its weights are a state dict)",
+                          repr(self.format), "format")
+        return self
+
+    def describe(self) -> str:
+        """'onnx teacher.onnx', 'torchvision resnet18 w.pt': how reports name the teacher."""
+        if self.torchvision is not None:
+            return f"torchvision {self.torchvision} {Path(str(self.weights)).name}"
+        path = Path(str(self.file))
+        kind = self.format or {".onnx": "onnx", ".pt2": "export"}.get(path.suffix.lower(), "file")
+        return f"{kind} {path.name}"
+
+
+class _StagedShape(_Frozen):
+    """What resnet and mobilenet students share: stages of equally many blocks, the first at the
+    input's resolution, each later one halving the map and widening by `width_growth`."""
+
+    stages: Annotated[IntParam, _ints("stages", 1, MAX_STAGES)] = IntRange(low=3, high=4)
+    # blocks in every stage (ResNet-8: 1, ResNet-20: 3)
+    blocks: Annotated[IntParam, _ints("blocks per stage", 1, MAX_STAGE_BLOCKS)] = IntRange(
+        low=1, high=3)
+    # channels of the stem and of stage 1
+    base_width: Annotated[IntParam, _ints("channels", 1, MAX_BASE_WIDTH)] = IntChoices(
+        choices=[6, 8, 12, 16, 24])
+    width_growth: Annotated[FloatParam, _floats("a width growth from 1 to 4",
+                                                lambda g: 1 <= g <= 4)] = FloatChoices(
+        choices=[1.5, 2.0])
+    kernel: Annotated[IntParam, _ints("kernel sizes", 1, MAX_STAGED_KERNEL, odd=True)] = (
+        IntChoices(choices=[3, 5]))
+
+    @model_validator(mode="after")
+    def _channels_fit(self) -> _StagedShape:
+        width, growth, stages = _high(self.base_width), _float_values(self.width_growth)[-1], \
+            _high(self.stages)
+        channels = round(width * growth ** (stages - 1))
+        if channels > MAX_CHANNELS:
+            raise _refuse(f"at most {MAX_CHANNELS:,} channels in the last stage (base_width x "
+                          f"width_growth^(stages - 1))",
+                          f"{width} x {growth:g}^{stages - 1} = {channels:,}", "base_width")
+        return self
+
+
+class ResNetShape(_StagedShape):
+    """He et al.'s basic blocks; `shortcut` "A" pads with zeros, "B" projects (1x1 conv)."""
+
+    shortcut: Annotated[StrParam, _strs("shortcuts", ("A", "B"))] = "A"
+
+
+class MobileNetShape(_StagedShape):
+    """MobileNetV2's inverted residual blocks."""
+
+    expansion: Annotated[IntParam, _ints("expansion ratios", 1, MAX_EXPANSION)] = IntChoices(
+        choices=[2, 4, 6])
+    head: Annotated[IntParam, _ints("head channels (0 = none)", 0, MAX_CHANNELS)] = 0
+    activation: Literal["relu6", "relu"] = "relu6"
+
+
+class ResNetSpace(ResNetShape):
+    family: Literal["resnet"]
+    temperature: Temperature = FloatRange(low=1.0, high=20.0, log=True)
+    alpha: Alpha = FloatRange(low=0.0, high=1.0)
+
+
+class MobileNetSpace(MobileNetShape):
+    family: Literal["mobilenet"]
+    temperature: Temperature = FloatRange(low=1.0, high=20.0, log=True)
+    alpha: Alpha = FloatRange(low=0.0, high=1.0)
+
+
+class FamilyChoices(_Frozen):
+    choices: list[Literal["resnet", "mobilenet"]] = Field(min_length=1)
+
+
+class FamilyChoiceSpace(_Frozen):
+    """`family = { choices = ["resnet", "mobilenet"] }`: the family is searched as well.
+
+    Each family's space is its sub-table, `[student.resnet]` and `[student.mobilenet]` (the
+    keys of `family = "resnet"`, less family, temperature and alpha, which are shared). Its
+    parameters are named after it (`resnet.blocks`, `mobilenet.expansion`), so the sampler never
+    takes one family's kernel for the other's and each keeps its own choices.
+    """
+
+    family: FamilyChoices
+    resnet: ResNetShape | None = None
+    mobilenet: MobileNetShape | None = None
+    temperature: Temperature = FloatRange(low=1.0, high=20.0, log=True)
+    alpha: Alpha = FloatRange(low=0.0, high=1.0)
+
+    @model_validator(mode="after")
+    def _one_table_per_choice(self) -> FamilyChoiceSpace:
+        for family in STAGED_FAMILIES:
+            chosen = family in self.family.choices
+            if chosen and getattr(self, family) is None:
+                raise _refuse(f"a [student.{family}] table, since family '{family}' is among "
+                              "the choices", "none", family)
+            if not chosen and getattr(self, family) is not None:
+                raise _refuse(f"no [student.{family}] table, since family '{family}' is not "
+                              "among the choices", "one", family)
+        return self
+
+    def shapes(self) -> dict[str, ResNetShape | MobileNetShape]:
+        """family -> its sub-space, in the order of the choices."""
+        return {f: getattr(self, f) for f in dict.fromkeys(self.family.choices)}
+
+
+def _family_tag(raw: Any) -> str | None:
+    family = raw.get("family") if isinstance(raw, dict) else getattr(raw, "family", None)
+    if isinstance(family, dict | FamilyChoices):
+        return "choice"
+    return family if family is None or isinstance(family, str) else repr(family)
+
+
+StudentSpace = Annotated[
+    Annotated[MLPSpace, Tag("mlp")] | Annotated[CNNSpace, Tag("cnn")]
+    | Annotated[ResNetSpace, Tag("resnet")] | Annotated[MobileNetSpace, Tag("mobilenet")]
+    | Annotated[FamilyChoiceSpace, Tag("choice")],
+    Discriminator(_family_tag)]
+StagedSpace = ResNetSpace | MobileNetSpace | FamilyChoiceSpace
+
+
 class StudentSpec(_Frozen):
-    space: Annotated[MLPSpace | CNNSpace, Field(discriminator="family")]
-    train: TrainRecipe = TrainRecipe()
+    space: StudentSpace
+    train: StudentRecipe = StudentRecipe()
     # refuse larger students before training
     max_params: int | None = Field(default=None, ge=1, le=MAX_PARAMS, strict=True)
 
@@ -339,7 +641,8 @@ class Baseline(_Frozen):
     """`[[search.baselines]]`: a hand-picked student to run first, e.g. the one in production."""
 
     label: str = Field(min_length=1, max_length=80)
-    params: dict[str, int | float] = Field(default_factory=dict)  # search-space values
+    # search-space values ("family" and "shortcut" are strings)
+    params: dict[str, int | float | str] = Field(default_factory=dict)
 
 
 class SearchSpec(_Frozen):
@@ -368,17 +671,41 @@ class StudySpec(_Frozen):
     description: str = ""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     data: DataSpec
-    teacher: Annotated[MLPArch | CNNArch, Field(discriminator="family")]
+    # A network kdsearch trains, or (`teacher_file`) one the user brings: exactly one is set.
+    teacher: Arch | None = None  # any family, discriminated by `family`
+    teacher_file: TeacherFileSpec | None = None
     teacher_train: TrainRecipe = TrainRecipe()
     student: StudentSpec
     search: SearchSpec = SearchSpec()
     source: str = ""  # the study file's text, kept for the dashboard's note
     _path: str = PrivateAttr(default="")  # where it was read from, for messages; not its value
 
+    @model_validator(mode="after")
+    def _teacher(self) -> StudySpec:
+        if (self.teacher is None) == (self.teacher_file is None):
+            raise _refuse("a teacher: family = .. (trained here), file = PATH or torchvision = "
+                          "NAME", "both" if self.teacher else "none", "teacher")
+        if self.teacher_train.views:
+            raise _refuse("views only for students (they need a teacher's logits)",
+                          f"views = {self.teacher_train.views}", "teacher_train.views")
+        if self.teacher_file is not None and self.student.train.augments():
+            raise _refuse("views >= 1 to augment with a teacher from a file (it cannot run live "
+                          "beside the student; its logits are cached once per fixed view)",
+                          "random jitter, translate or hflip without views", "student.train.views")
+        return self
+
     @property
     def path(self) -> str:
         """The file it was read from ('' when built in code), for messages."""
         return self._path
+
+    def teacher_path(self, name: str) -> Path:
+        """A teacher file named in the study file, absolute: relative to the study file."""
+        path = Path(name).expanduser()
+        if path.is_absolute():
+            return path
+        base = Path(self._path).parent if self._path else Path()
+        return (base / path).resolve()
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
@@ -428,8 +755,13 @@ def _describe_found(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_PARAM_MEMBERS = {"int", "float", "IntRange", "FloatRange", "IntChoices", "FloatChoices"}
-_UNION_MEMBERS = _PARAM_MEMBERS | {"MLPArch", "CNNArch", "MLPSpace", "CNNSpace", "mlp", "cnn"}
+_PARAM_MEMBERS = {"int", "float", "str", "IntRange", "FloatRange", "IntChoices", "FloatChoices",
+                  "StrChoices"}
+_UNION_MEMBERS = _PARAM_MEMBERS | {"MLPArch", "CNNArch", "MLPSpace", "CNNSpace"}
+# pydantic names the member of a family union by its tag, right after the union's own key
+_FAMILY_TAGS = {"mlp", "cnn", "resnet", "mobilenet", "choice"}
+_FAMILY_UNIONS = {"teacher", "space"}
+_FAMILIES = "'mlp', 'cnn', 'resnet', 'mobilenet'"
 _TYPE_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
                 "model_type", "model_attributes_type", "dict_type", "bool_type", "bool_parsing",
                 "string_type", "list_type"}
@@ -442,15 +774,19 @@ def _one_line(path: Path, err: ValidationError) -> str:
     first = specific[0] if specific else errors[0]
     raw_loc = [str(p) for p in first["loc"]]
     in_union = any(p in _PARAM_MEMBERS for p in raw_loc)
-    # pydantic names union members by type ("int", "IntRange"); the user wrote none of them.
-    loc = [p for p in raw_loc if p not in _UNION_MEMBERS and not p.startswith("function-")]
+    # pydantic names union members by type ("int", "IntRange") or tag; the user wrote none of them.
+    loc = [p for i, p in enumerate(raw_loc)
+           if p not in _UNION_MEMBERS and not p.startswith("function-")
+           and not (p in _FAMILY_TAGS and i > 0 and raw_loc[i - 1] in _FAMILY_UNIONS)]
     key = ".".join(loc).replace("teacher_train", "teacher.train").replace("student.space", "student")
+    key = key.replace("teacher_file", "teacher")
     key = key or "(top level)"
     found = _describe_found(first.get("input"))
     kind = first["type"]
     if kind == "kdsearch":
         ctx = first["ctx"]
         key = f"{key}.{ctx['key']}" if ctx["key"] else key
+        key = key.replace("(top level).", "").replace("teacher_train", "teacher.train")
         return f"{path}: key '{key}': expected {ctx['expected']}, found {ctx['found']}"
     if kind == "missing":
         return f"{path}: key '{key}': expected a value, found nothing (the key is required)"
@@ -458,10 +794,12 @@ def _one_line(path: Path, err: ValidationError) -> str:
         return f"{path}: key '{key}': expected no such key, found {found}"
     if kind == "union_tag_invalid":
         ctx = first.get("ctx", {})
-        return (f"{path}: key '{key}.family': expected one of {ctx.get('expected_tags')}, "
-                f"found {ctx.get('tag')!r}")
+        expected = _FAMILIES + (" or { choices = [..] } of 'resnet' and 'mobilenet'"
+                                if key == "student" else "")
+        return f"{path}: key '{key}.family': expected one of {expected}, found {ctx.get('tag')!r}"
     if kind == "union_tag_not_found":
-        return f"{path}: key '{key}.family': expected 'mlp' or 'cnn', found nothing"
+        other = " (or file = PATH for a teacher you have)" if key == "teacher" else ""
+        return f"{path}: key '{key}.family': expected one of {_FAMILIES}{other}, found nothing"
     if not specific and in_union:
         return (f"{path}: key '{key}': expected a number, a range {{ low = .., high = .. }} "
                 f"or {{ choices = [..] }}, found {found}")
@@ -483,6 +821,11 @@ def parse_study(text: str, path: Path) -> StudySpec:
         teacher = dict(teacher)
         raw["teacher_train"] = teacher.pop("train")
         raw["teacher"] = teacher
+    if isinstance(teacher, dict) and ("file" in teacher or "torchvision" in teacher):
+        if "teacher_train" in raw:
+            raise StudyFileError(f"{path}: key 'teacher.train': expected no training recipe for "
+                                 "a teacher from a file (kdsearch runs it as it is), found one")
+        raw["teacher_file"] = raw.pop("teacher")
     student = raw.get("student")
     if isinstance(student, dict):
         student = dict(student)
@@ -532,12 +875,20 @@ def _input_problem(spec: StudySpec, input_shape: tuple[int, int, int],
     from kdsearch.training.models import ArchitectureError, arch_params  # torch: only once needed
 
     shape = f"{input_shape[1]}x{input_shape[2]}"
-    try:
-        teacher = arch_params(spec.teacher, input_shape, num_classes)
-    except ArchitectureError as e:
-        return "teacher.convs", f"conv layers that fit a {shape} input", str(e)
-    if teacher > MAX_PARAMS:
-        return "teacher", f"at most {MAX_PARAMS:,} params", f"{teacher:,}"
+    if spec.teacher is not None:
+        try:
+            teacher = arch_params(spec.teacher, input_shape, num_classes)
+        except ArchitectureError as e:
+            return "teacher.convs", f"conv layers that fit a {shape} input", str(e)  # only CNNs collapse
+        if teacher > MAX_PARAMS:
+            return "teacher", f"at most {MAX_PARAMS:,} params", f"{teacher:,}"
+    if spec.teacher_file is not None:  # whether the file loads is checked once the data is in
+        channels = input_shape[0]
+        for name in ("mean", "std"):
+            values = getattr(spec.teacher_file.input, name)
+            if values is not None and len(values) not in (1, channels):
+                wanted = "1 value" if channels == 1 else f"1 or {channels} values (one per channel)"
+                return f"teacher.input.{name}", wanted, f"{len(values)}"
 
     space, max_params = spec.student.space, spec.student.max_params
     if isinstance(space, CNNSpace) and _high(space.kernel) > min(input_shape[1:]):
@@ -559,16 +910,23 @@ def _input_problem(spec: StudySpec, input_shape: tuple[int, int, int],
 _MAX_SIZED = 20_000  # students worth sizing one by one at load (about a second)
 
 
-def _extreme_students(space: MLPSpace | CNNSpace,
-                      input_shape: tuple[int, int, int]) -> list[MLPArch | CNNArch]:
+def _extreme_students(space: MLPSpace | CNNSpace | StagedSpace,
+                      input_shape: tuple[int, int, int]) -> list[Arch]:
     """Students among which lie the space's smallest and its largest.
 
     Parameters grow with every width and with the kernels of 'same' convs, so their ends
     suffice. Depth, convs per block and the kernel of a block's last ('valid') conv also shrink
     the map the head sees, so all of their values are tried; a dense width of 0 swaps a layer
     for none, so the dense widths tried are none, the narrowest and the widest. Empty when
-    per-layer kernels make that too many to list.
+    per-layer kernels make that too many to list. The residual families keep the map's size
+    with every kernel (padding k // 2) and end in global pooling, so their parameters grow with
+    every knob (a stage, a block, a width, a kernel, shortcut B over A, an expansion, a head):
+    each family's lowest and highest corner are its smallest and largest student.
     """
+    if isinstance(space, FamilyChoiceSpace):
+        return [a for shape in space.shapes().values() for a in _staged_ends(shape)]
+    if isinstance(space, ResNetShape | MobileNetShape):
+        return _staged_ends(space)
     if isinstance(space, MLPSpace):
         depths, widths = _values(space.depth), _values(space.width)
         return [MLPArch(hidden=[widths[0]] * depths[0]), MLPArch(hidden=[widths[-1]] * depths[-1])]
@@ -597,6 +955,30 @@ def _extreme_students(space: MLPSpace | CNNSpace,
             for seq in sequences(depth, per_block)
             for width in (widths[0], widths[-1])
             for d in denses]
+
+
+def staged_arch(shape: ResNetShape | MobileNetShape, stages: int, blocks: int, base_width: int,
+                width_growth: float, kernel: int, shortcut: str = "A", expansion: int = 6,
+                head: int = 0) -> ResNetArch | MobileNetArch:
+    """The student of a resnet or mobilenet space at these values (the search suggests them)."""
+    common = dict(blocks=[blocks] * stages, base_width=base_width, width_growth=width_growth,
+                  kernel=kernel)
+    if isinstance(shape, ResNetShape):
+        return ResNetArch(**common, shortcut=shortcut)
+    return MobileNetArch(**common, expansion=expansion, head=head, activation=shape.activation)
+
+
+def _staged_ends(shape: ResNetShape | MobileNetShape) -> list[ResNetArch | MobileNetArch]:
+    """The lowest and the highest corner of a residual space: its smallest and largest student."""
+    ends = []
+    for end in (0, -1):
+        extra = ({"shortcut": _str_values(shape.shortcut)[end]} if isinstance(shape, ResNetShape)
+                 else {"expansion": _values(shape.expansion)[end], "head": _values(shape.head)[end]})
+        ends.append(staged_arch(shape, _values(shape.stages)[end], _values(shape.blocks)[end],
+                                _values(shape.base_width)[end],
+                                _float_values(shape.width_growth)[end],
+                                _values(shape.kernel)[end], **extra))
+    return ends
 
 
 def load_study(study: str) -> StudySpec:

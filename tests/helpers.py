@@ -249,3 +249,93 @@ def teacher_summary(**changes) -> dict:
                   input_shape=(1, 8, 8), num_classes=2, recipe={}, seed=0,
                   created="2026-01-01T00:00:00Z")
     return TeacherRecord(**{**values, **changes}).summary()
+
+
+TINY_STAGED = TINY_DATA.replace('''family = "cnn"
+convs = [{ channels = 8, kernel = 3, padding = "same", pool = true }]
+dense = [32]''', '''family = "resnet"
+blocks = [1, 1]
+base_width = 8''') + """
+[student]
+temperature = {{ low = 1.0, high = 10.0, log = true }}
+alpha = {{ low = 0.0, high = 1.0 }}
+{student}
+
+[student.train]
+epochs = 1
+batch_size = 64
+optimizer = "sgd"
+lr = {{ low = 0.02, high = 0.2, log = true }}
+lr_schedule = "onecycle"
+label_smoothing = 0.1
+weight_decay = 5e-4
+decay_norms_and_biases = false
+
+[search]
+n_trials = {n_trials}
+sampler = "random"
+"""
+STAGED_RESNET = """family = "resnet"
+stages = { low = 1, high = 2 }
+blocks = 1
+base_width = { choices = [4, 6] }
+width_growth = 2.0
+kernel = 3
+shortcut = { choices = ["A", "B"] }"""
+STAGED_CHOICE = """family = { choices = ["resnet", "mobilenet"] }
+
+[student.resnet]
+stages = 2
+blocks = { low = 1, high = 2 }
+base_width = 4
+width_growth = 1.5
+kernel = 3
+
+[student.mobilenet]
+stages = 2
+blocks = 1
+base_width = { choices = [4, 8] }
+width_growth = 2.0
+kernel = { choices = [3, 5] }
+expansion = { choices = [2, 4] }"""
+
+
+def tiny_staged_study_text(student: str = STAGED_RESNET, n_trials: int = 2) -> str:
+    """A tiny study of the residual families: a resnet teacher, resnet (or, with STAGED_CHOICE,
+    resnet-or-mobilenet) students trained with SGD, onecycle, label smoothing and a searched lr."""
+    return TINY_STAGED.format(student=student, n_trials=n_trials)
+
+
+def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",
+               storage: str | None = None, name: str = "hand", teacher: dict | None = None,
+               sampler: str = "tpe"):
+    """A study built by hand, no training, as run-study stores it: for reports and plots.
+
+    Each trial is (val acc, params, kernel, alpha): a two-layer CNN, test accuracy 0.01 lower,
+    MACs ten times the params. The teacher defaults to `teacher_summary` at val acc 0.97.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from kdsearch.record import STUDY_DEFINITION, TEACHER, set_study_attr
+
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name=name,
+                                storage=storage)
+    study.set_metric_names(["val_accuracy", "params"])
+    set_study_attr(study, TEACHER, teacher or teacher_summary(
+        description="cnn teacher", val_accuracy=0.97, test_accuracy=0.96))
+    set_study_attr(study, STUDY_DEFINITION, {"student": {"space": {"family": family}},
+                                             "search": {"sampler": sampler}})
+    for acc, params, kernel, alpha in trials:
+        arch = {"family": "cnn", "convs": [{"channels": 4, "kernel": kernel}] * 2, "dense": []}
+        study.add_trial(create_trial(
+            values=[acc, params],
+            params={"kernel": kernel, "alpha": alpha, "temperature": 2.0},
+            distributions={"kernel": CategoricalDistribution([3, 5]),
+                           "alpha": FloatDistribution(0.0, 1.0),
+                           "temperature": FloatDistribution(1.0, 20.0)},
+            user_attrs={"val_accuracy": acc, "test_accuracy": acc - 0.01, "params": params,
+                        "macs": params * 10, "arch_summary": f"cnn k{kernel} {params}",
+                        "architecture": arch, "n_layers": 2, "epochs": 1}))
+    return study

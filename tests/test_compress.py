@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import optuna
 import pytest
 import torch
 
-from kdsearch.compress import load_model, pick_trial
+from kdsearch.compress import dominating_trial, load_model, pick_trial
 from kdsearch.errors import KdsearchError
 from kdsearch.options import Options
 from kdsearch.spec import load_study
 from kdsearch.study.runner import run_study
-from tests.helpers import kdsearch
+from tests.helpers import kdsearch, tiny_staged_study_text
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +47,50 @@ def test_pick_errors_are_kdsearch_errors(smoke):
         pick_trial(study, max_params=1)
 
 
+def _complete(number: int, params: int, val_acc: float) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        values=[val_acc, params], user_attrs={"architecture": {"family": "mlp"}, "params": params,
+                                              "val_accuracy": val_acc})
+
+
+def test_dominating_trial_has_fewer_or_equal_params_and_higher_val_acc():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for params, acc in [(100, 0.80), (100, 0.90), (50, 0.85), (200, 0.95), (100, 0.90)]:
+        study.add_trial(_complete(0, params, acc))
+    t = study.get_trials()
+    assert dominating_trial(study, t[0]).number == 1  # equal params, higher acc: the best of 1, 2
+    assert dominating_trial(study, t[2]) is None  # fewest params
+    assert dominating_trial(study, t[3]) is None  # most accurate
+    assert dominating_trial(study, t[1]) is None  # a tie in both is no domination
+
+
 def test_compress_then_evaluate_in_a_fresh_process(smoke):
     study, url, tmp = smoke
     out = tmp / "model"
+    # A copy of the best trial that scored less: dominated, so compress warns and names who.
+    best = pick_trial(study)
+    study.add_trial(optuna.trial.create_trial(
+        params=best.params, distributions=best.distributions, values=[best.values[0] - 0.01,
+                                                                      best.values[1]],
+        user_attrs={**best.user_attrs, "val_accuracy": best.values[0] - 0.01}))
+    copy = study.trials[-1]
+    winner = dominating_trial(study, copy)
+    assert winner is not None
     proc = kdsearch("compress", "smoke", "--storage", url, "--cache-dir", str(tmp / "cache"),
-                    "--trial", str(pick_trial(study).number), "--epochs", "2", "--out", str(out),
+                    "--trial", str(copy.number), "--epochs", "2", "--out", str(out),
                     "--device", "cpu", "--lr-schedule", "cosine")
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1
+    assert f"trial {copy.number} is dominated by trial {winner.number} " in warned[0]
     card = (out / "MODEL_CARD.md").read_text()
     card_acc = float(re.search(r"\| test accuracy \| ([0-9.]+) \|", card).group(1))
     assert f"test accuracy {card_acc:.4f}" in proc.stdout
     assert "kdsearch compress smoke --storage" in card and "--epochs 2" in card
     assert "fewer parameters" in card and "CPU latency" in card
+    assert re.search(r"\| PyTorch \(`model.pt`\) \| \d+ \| \d+ µs \|", card)
+    assert re.search(r"\| ONNX Runtime \(`model.onnx`\) \| \d+ \| \d+ µs \|", card)
+    assert (out / "model.pt2").is_file() and (out / "model.onnx").is_file()
+    assert not (out / "model.torchscript.pt").exists()
 
     # The folder stands alone: weights load with weights_only, the architecture is JSON.
     meta = json.loads((out / "architecture.json").read_text())
@@ -69,11 +104,58 @@ def test_compress_then_evaluate_in_a_fresh_process(smoke):
     # A fresh process, no study: the same accuracy as the card, from both files.
     ev = kdsearch("evaluate", str(out), "--device", "cpu")
     assert f"test accuracy {card_acc:.4f}" in ev.stdout
-    assert f"model.torchscript.pt: test accuracy {card_acc:.4f}" in ev.stdout
-    assert "warning" not in ev.stderr
+    assert f"model.pt2: test accuracy {card_acc:.4f}" in ev.stdout
+    assert f"model.onnx: test accuracy {card_acc:.4f}" in ev.stdout
+    assert "warning" not in ev.stderr.lower()
+
+    # Without kdsearch on the path: torch.export and ONNX Runtime in a fresh interpreter, at a
+    # batch size the export never saw, give the logits of the weights in model.pt.
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (5, *meta["input_shape"]), dtype=torch.uint8)
+    torch.save(x, tmp / "x.pt")
+    script = (
+        "import sys, torch, onnxruntime as ort\n"
+        "x = torch.load(sys.argv[1], weights_only=True)\n"
+        "pt2 = torch.export.load(sys.argv[2]).module()(x)\n"
+        "s = ort.InferenceSession(sys.argv[3], providers=['CPUExecutionProvider'])\n"
+        "onnx = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]\n"
+        "torch.save({'pt2': pt2.detach(), 'onnx': torch.from_numpy(onnx)}, sys.argv[4])\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    fresh = subprocess.run([sys.executable, "-c", script, str(tmp / "x.pt"), str(out / "model.pt2"),
+                            str(out / "model.onnx"), str(tmp / "logits.pt")], cwd=tmp, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    logits = torch.load(tmp / "logits.pt", weights_only=True)
+    with torch.inference_mode():
+        expected = model(x)
+    assert logits["pt2"].shape == logits["onnx"].shape == (5, meta["num_classes"])
+    torch.testing.assert_close(logits["pt2"], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits["onnx"], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_evaluate_a_non_model_folder_is_one_line(tmp_path):
     proc = kdsearch("evaluate", str(tmp_path), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("kdsearch: error:") and "Traceback" not in proc.stderr
+
+
+def test_a_resnet_study_runs_compresses_and_evaluates_through_the_cli(tmp_path):
+    """Batch norm and residual blocks survive every step: a resnet teacher and students
+    (searched lr, onecycle, label smoothing), the model folder and every export format."""
+    path = tmp_path / "tiny_resnet.toml"
+    path.write_text('description = "tiny resnet"\nseed = 0\n' + tiny_staged_study_text())
+    common = ("--storage", f"sqlite:///{tmp_path / 's.db'}", "--cache-dir", str(tmp_path / "c"),
+              "--device", "cpu")
+    kdsearch("run-study", str(path), *common)
+    out = tmp_path / "model"
+    proc = kdsearch("compress", "tiny_resnet", *common, "--max-params", "100000", "--epochs", "1",
+                    "--out", str(out))
+    meta = json.loads((out / "architecture.json").read_text())
+    assert meta["architecture"]["family"] == "resnet" and "not written" not in proc.stdout
+    assert (out / "model.pt2").is_file() and (out / "model.onnx").is_file()
+    model, _ = load_model(out)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) >= 3
+    card_acc = meta["test_accuracy"]
+    ev = kdsearch("evaluate", str(out), "--device", "cpu")
+    for name in ("", "model.pt2: ", "model.onnx: "):
+        assert f"{name}test accuracy {card_acc:.4f}" in ev.stdout, ev.stdout

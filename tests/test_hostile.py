@@ -31,10 +31,14 @@ from kdsearch.spec import (
     MAX_PARAMS,
     NAMED_INPUTS,
     CNNSpace,
+    FamilyChoiceSpace,
     FloatChoices,
     FloatRange,
     IntChoices,
     IntRange,
+    MLPSpace,
+    ResNetShape,
+    StrChoices,
     StudySpec,
     load_study,
     parse_study,
@@ -112,9 +116,32 @@ def _ends(param) -> list:
         high = param.high if isinstance(param, FloatRange) else (
             param.low + (param.high - param.low) // param.step * param.step)
         return sorted({param.low, high})
-    if isinstance(param, (IntChoices, FloatChoices)):
+    if isinstance(param, (IntChoices, FloatChoices, StrChoices)):
         return sorted({min(param.choices), max(param.choices)})
     return [param]
+
+
+def _staged_names(shape) -> tuple[list[str], list[str]]:
+    """(discrete, float) knobs of a resnet or mobilenet (sub-)space."""
+    discrete = ["stages", "blocks", "base_width", "kernel",
+                *(["shortcut"] if isinstance(shape, ResNetShape) else ["expansion", "head"])]
+    return discrete, ["width_growth"]
+
+
+def _staged_corners(space) -> list[dict]:
+    """Corners of a residual space; with the family a choice, of each family's sub-space."""
+    shapes = space.shapes() if isinstance(space, FamilyChoiceSpace) else {space.family: space}
+    out = []
+    for family, shape in shapes.items():
+        prefix = f"{family}." if isinstance(space, FamilyChoiceSpace) else ""
+        head = {"family": family} if prefix else {}
+        discrete, floats = _staged_names(shape)
+        for values in itertools.product(*(_ends(getattr(shape, n)) for n in discrete)):
+            for end in (0, -1):
+                out.append({**head, **{prefix + n: v for n, v in zip(discrete, values, strict=True)},
+                            **{prefix + n: _ends(getattr(shape, n))[end] for n in floats},
+                            **{n: _ends(getattr(space, n))[end] for n in ("temperature", "alpha")}})
+    return out
 
 
 def _int_names(space) -> list[str]:
@@ -140,6 +167,8 @@ def _trial_params(space, ints: dict, floats: dict) -> dict:
 
 def corners(space) -> list[dict]:
     """Every corner of the space (each integer at either end; the floats low, then high)."""
+    if not isinstance(space, MLPSpace | CNNSpace):
+        return _staged_corners(space)
     ints = _int_names(space)
     floats = [{n: _ends(getattr(space, n))[end] for n in _float_names(space)} for end in (0, -1)]
     return [_trial_params(space, dict(zip(ints, values, strict=True)), f)
@@ -151,7 +180,7 @@ def _meta_model(arch, shape, classes) -> torch.nn.Module:
     """Build `arch` and run one image through it on the meta device: every shape checked, no
     memory spent, so a 100M-parameter corner costs what a tiny one does."""
     with torch.device("meta"):
-        model = build_model(arch, shape, classes)
+        model = build_model(arch, shape, classes).eval()  # batch norm: one image, a 1x1 map
         out = model(torch.zeros((1, *shape), dtype=torch.uint8))
     assert tuple(out.shape) == (1, classes), arch
     assert count_params(model) == arch_params(arch, shape, classes)
@@ -166,11 +195,13 @@ def _builds_everywhere(spec: StudySpec) -> None:
     if known is None:
         return
     shape, classes = known
-    key = json.dumps([spec.teacher.model_dump(), spec.student.model_dump(), shape, classes],
+    teacher = spec.teacher or spec.teacher_file  # a teacher file is not built: it is loaded
+    key = json.dumps([teacher.model_dump(), spec.student.model_dump(), shape, classes],
                      sort_keys=True, default=str)
     if key in _BUILT:
         return
-    assert count_params(_meta_model(spec.teacher, shape, classes)) <= MAX_PARAMS
+    if spec.teacher is not None:
+        assert count_params(_meta_model(spec.teacher, shape, classes)) <= MAX_PARAMS
     space = spec.student.space
     for params in corners(space):
         choice = suggest_student(optuna.trial.FixedTrial(params), space, shape)
@@ -228,7 +259,9 @@ def _float_param(low: float, high: float, bad: bool = False):
 @st.composite
 def student_spaces(draw) -> dict:
     """A small study file whose student space is drawn key by key, at most one key hostile."""
-    family = draw(st.sampled_from(["mlp", "cnn"]))
+    family = draw(st.sampled_from(["mlp", "cnn", "resnet", "mobilenet", "choice"]))
+    if family in ("resnet", "mobilenet", "choice"):
+        return draw(staged_spaces(family))
     bad = draw(st.sampled_from([None] * 6 + ["depth", "width", "dropout", "temperature", "alpha",
                                              "convs_per_block", "kernel", "dense"]))
     student = {
@@ -258,8 +291,49 @@ def student_spaces(draw) -> dict:
             "teacher": {"family": "mlp", "hidden": [8]}, "student": student}
 
 
+def _staged_shape(draw, family: str, bad: str | None) -> dict:
+    shape = {"stages": draw(_int_param(1, 3, bad=bad == "stages")),
+             "blocks": draw(_int_param(1, 2, bad=bad == "blocks")),
+             "base_width": draw(_int_param(1, 12, bad=bad == "base_width")),
+             "width_growth": draw(_float_param(1.0, 2.5, bad=bad == "width_growth")),
+             "kernel": draw(_int_param(0, 2, odd=True, bad=bad == "kernel"))}
+    if family == "resnet":
+        shape["shortcut"] = draw(st.sampled_from(["A", "B", {"choices": ["A", "B"]}, {"choices": ["B"]}]
+                                                 + (["C", {"choices": []}] if bad == "shortcut" else [])))
+    else:
+        shape |= {"expansion": draw(_int_param(1, 6, bad=bad == "expansion")),
+                  "head": draw(st.sampled_from([0, 8, {"choices": [0, 16]}]))}
+    return shape
+
+
+@st.composite
+def staged_spaces(draw, family: str) -> dict:
+    """A study whose students are resnet, mobilenet or either (the family a choice)."""
+    bad = draw(st.sampled_from([None] * 6 + ["stages", "blocks", "base_width", "width_growth",
+                                             "kernel", "shortcut", "expansion"]))
+    student: dict = {"temperature": draw(_float_param(0.1, 20.0)), "alpha": draw(_float_param(0.0, 1.0))}
+    if family == "choice":
+        families = draw(st.sampled_from([["resnet"], ["mobilenet"], ["resnet", "mobilenet"]]))
+        student |= {"family": {"choices": families}} | {f: _staged_shape(draw, f, bad) for f in families}
+    else:
+        student |= {"family": family, **_staged_shape(draw, family, bad)}
+    side = draw(st.integers(4, 16))
+    return {"data": {"dataset": "synthetic", "val_size": 20,
+                     "synthetic": {"n_train": 100, "n_test": 20, "num_classes": draw(st.integers(2, 5)),
+                                   "channels": draw(st.integers(1, 3)), "height": side,
+                                   "width": draw(st.integers(side, 16))}},
+            "teacher": draw(st.sampled_from([{"family": "mlp", "hidden": [8]},
+                                             {"family": "resnet", "blocks": [1, 1], "base_width": 4},
+                                             {"family": "mobilenet", "blocks": [1], "base_width": 4,
+                                              "expansion": 2}])),
+            "student": student}
+
+
 def _every_student(space, shape) -> list | None:
-    """Every student of a small space, through the trial's own suggest path; None if many."""
+    """Every student of a small space, through the trial's own suggest path; None if many.
+    Residual spaces: every discrete value, the floats at their ends (sizes grow with each)."""
+    if not isinstance(space, MLPSpace | CNNSpace):
+        return _every_staged_student(space, shape)
     names = _int_names(space)
     grids = [list(range(p.low, p.high + 1, p.step)) if isinstance(p, IntRange)
              else sorted(set(p.choices)) if isinstance(p, IntChoices) else [p]
@@ -273,6 +347,24 @@ def _every_student(space, shape) -> list | None:
         grid = grids[names.index(per_layer[0].split("_")[0])] if per_layer else []
         points += [{**params, **dict(zip(per_layer, seq, strict=True))}
                    for seq in itertools.product(grid, repeat=len(per_layer))]
+        if len(points) > 2000:
+            return None
+    return [suggest_student(optuna.trial.FixedTrial(p), space, shape).arch for p in points]
+
+
+def _every_staged_student(space, shape) -> list | None:
+    shapes = space.shapes() if isinstance(space, FamilyChoiceSpace) else {space.family: space}
+    points = []
+    for family, sub in shapes.items():
+        prefix = f"{family}." if isinstance(space, FamilyChoiceSpace) else ""
+        discrete, floats = _staged_names(sub)
+        grids = [list(range(p.low, p.high + 1, p.step)) if isinstance(p, IntRange)
+                 else sorted(set(p.choices)) if isinstance(p, IntChoices | StrChoices) else [p]
+                 for p in (getattr(sub, n) for n in discrete)]
+        for values in itertools.product(*grids, _ends(sub.width_growth)):
+            points.append({**({"family": family} if prefix else {}),
+                           **{prefix + n: v for n, v in zip([*discrete, *floats], values, strict=True)},
+                           "temperature": _ends(space.temperature)[0], "alpha": _ends(space.alpha)[0]})
         if len(points) > 2000:
             return None
     return [suggest_student(optuna.trial.FixedTrial(p), space, shape).arch for p in points]

@@ -14,7 +14,7 @@ from kdsearch.spec import (
     parse_study,
 )
 from kdsearch.training.data import NAMED
-from tests.helpers import kdsearch, tiny_study_text
+from tests.helpers import STAGED_CHOICE, kdsearch, tiny_staged_study_text, tiny_study_text
 
 
 def test_shipped_studies_load():
@@ -25,6 +25,17 @@ def test_shipped_studies_load():
         spec = load_study(name)
         assert spec.name == name
         assert spec.search.n_trials >= 1
+
+
+def test_mnist_distill_returns_no_student_larger_than_its_teacher():
+    """Its space reaches 3 x 128 (134,794 params), above the 118,282-param teacher."""
+    from kdsearch.architecture import MLPArch
+    from kdsearch.training.models import arch_params
+
+    spec = load_study("mnist_distill")
+    teacher = arch_params(spec.teacher, NAMED["mnist"][2], 10)
+    largest = arch_params(MLPArch(hidden=[128] * 3), NAMED["mnist"][2], 10)
+    assert spec.student.max_params is not None and spec.student.max_params <= teacher < largest
 
 
 def test_cifar_compress_space_contains_the_seed_student():
@@ -56,7 +67,8 @@ BAD = {
                                               "epochs = 0\nbatch_size = 64\nlr = 0.003\n\n[student]"),
                     "key 'teacher.train.epochs'"),
     "family": (tiny_study_text().replace('family = "cnn"', 'family = "rnn"'),
-               "key 'student.family': expected one of 'mlp', 'cnn', found 'rnn'"),
+               "key 'student.family': expected one of 'mlp', 'cnn', 'resnet', 'mobilenet' or "
+               "{ choices = [..] } of 'resnet' and 'mobilenet', found 'rnn'"),
     "log_zero": (tiny_study_text().replace("low = 1.0, high = 10.0", "low = 0.0, high = 10.0"),
                  "key 'student.temperature': expected low > 0 for a log range"),
     "negative_seed": (tiny_study_text().replace("seed = 0", "seed = -1"), "key 'seed'"),
@@ -116,7 +128,57 @@ def _student_key(text: str, line: str) -> str:
     return text.replace("[student.train]", f"{line}\n\n[student.train]")
 
 
+RESNET = 'description = "residual"\n' + tiny_staged_study_text()
+CHOICE = 'description = "residual"\n' + tiny_staged_study_text(STAGED_CHOICE)
+RESNET_TEACHER = 'family = "resnet"\nblocks = [1, 1]\nbase_width = 8'
+
 REFUSED = {  # case: (study text, what the one line must say)
+    "shortcut_c": (RESNET.replace('["A", "B"]', '["A", "C"]'),
+                   "key 'student.shortcut': expected shortcuts: one of 'A', 'B', found 'C' among "
+                   "the choices"),
+    "resnet_kernel_even": (RESNET.replace("kernel = 3\nshortcut", "kernel = 4\nshortcut"),
+                           "key 'student.kernel': expected odd kernel sizes"),
+    "resnet_kernel_9": (RESNET.replace("kernel = 3\nshortcut", "kernel = 9\nshortcut"),
+                        "key 'student.kernel': expected kernel sizes from 1 to 7, found 9"),
+    "resnet_stages_7": (RESNET.replace("stages = { low = 1, high = 2 }", "stages = 7"),
+                        "key 'student.stages': expected stages from 1 to 6, found 7"),
+    "resnet_growth_below_1": (RESNET.replace("width_growth = 2.0", "width_growth = 0.5"),
+                              "key 'student.width_growth': expected a width growth from 1 to 4, "
+                              "found 0.5"),
+    "resnet_last_stage_past_the_cap": (
+        RESNET.replace("stages = { low = 1, high = 2 }", "stages = 6").replace(
+            "base_width = { choices = [4, 6] }", "base_width = 1024"),
+        "key 'student.base_width': expected at most 4,096 channels in the last stage (base_width x "
+        "width_growth^(stages - 1)), found 1024 x 2^5 = 32,768"),
+    "impossible_max_params_resnet": (_student_key(RESNET, "max_params = 100"),
+                                     "key 'student.max_params': expected at least 368, the smallest "
+                                     "student of this space on 8x8 inputs of 4 classes, found 100"),
+    "mobilenet_expansion_9": (CHOICE.replace("expansion = { choices = [2, 4] }", "expansion = 9"),
+                              "key 'student.mobilenet.expansion': expected expansion ratios from 1 "
+                              "to 8, found 9"),
+    "choice_without_its_table": (CHOICE[:CHOICE.index("[student.mobilenet]")] + CHOICE[
+        CHOICE.index("[student.train]"):], "key 'student.mobilenet': expected a "
+        "[student.mobilenet] table, since family 'mobilenet' is among the choices, found none"),
+    "choice_of_cnn": (CHOICE.replace('["resnet", "mobilenet"]', '["resnet", "cnn"]'),
+                      "key 'student.family.choices.1': expected 'resnet' or 'mobilenet', found "
+                      "'cnn'"),
+    "searched_lr_0": (RESNET.replace("low = 0.02, high = 0.2, log = true", "low = 0.0, high = 0.2"),
+                      "key 'student.train.lr': expected a learning rate in (0, 10], found low = 0.0"),
+    "batch_size_choice_0": (RESNET.replace("batch_size = 64", "batch_size = { choices = [0, 64] }"),
+                            "key 'student.train.batch_size': expected batch sizes from 1 to 65,536, "
+                            "found 0 among the choices"),
+    "warmup_past_the_budget": (RESNET.replace('lr_schedule = "onecycle"',
+                                              'lr_schedule = "onecycle"\nwarmup_epochs = 1'),
+                               "key 'student.train.warmup_epochs': expected fewer warm-up epochs "
+                               "than epochs (1), found 1"),
+    "label_smoothing_1": (RESNET.replace("label_smoothing = 0.1", "label_smoothing = 1.0"),
+                          "key 'student.train.label_smoothing': expected less than 1"),
+    "resnet_teacher_too_large": (RESNET.replace(RESNET_TEACHER, 'family = "resnet"\nblocks = [18, 18, '
+                                                '18, 18, 18, 18]\nbase_width = 1024'),
+                                 "key 'teacher': expected at most 100,000,000 params, found "),
+    "teacher_family_unknown": (RESNET.replace(RESNET_TEACHER, 'family = "vit"'),
+                               "key 'teacher.family': expected one of 'mlp', 'cnn', 'resnet', "
+                               "'mobilenet', found 'vit'"),
     "cnn_width_0": (CNN.replace(WIDTH, "width = 0"),
                     "key 'student.width': expected channels from 1 to 4,096, found 0"),
     "cnn_width_100000": (CNN.replace(WIDTH, "width = 100000"),
@@ -219,7 +281,7 @@ REFUSED = {  # case: (study text, what the one line must say)
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_values_the_builders_cannot_take_are_refused_at_load(tmp_path, case):
     text, fragment = REFUSED[case]
-    assert text not in (CNN, MLP), "the edit did not apply"
+    assert text not in (CNN, MLP, RESNET, CHOICE), "the edit did not apply"
     path = tmp_path / f"{case}.toml"
     path.write_text(text)
     with pytest.raises(StudyFileError) as info:
@@ -263,3 +325,72 @@ def test_an_image_folder_study_is_checked_once_its_shape_is_known(tmp_path):
     with pytest.raises(StudyFileError, match=r"folder.toml: key 'student.max_params': expected "
                        r"at least 235, .* on 8x8 inputs of 3 classes, found 200"):
         check_input(spec.with_overrides(seed=1), (1, 8, 8), 3)
+
+
+# --- a teacher from a file, and fixed views -----------------------------------------------------
+
+FILE_TEACHER = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
+                                         '[teacher]\nfile = "t.onnx"\nINPUT')
+FILE_TEACHER = FILE_TEACHER.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
+
+
+def _file_study(input_lines: str = "", student_train: str = "") -> str:
+    text = FILE_TEACHER.replace("INPUT", input_lines)
+    return text.replace("[student.train]\n", f"[student.train]\n{student_train}\n")
+
+
+def test_a_teacher_file_resolves_against_the_study_file(tmp_path):
+    spec = parse_study(_file_study('[teacher.input]\nlayout = "NHWC"\nscale = 1.0'),
+                       tmp_path / "sub" / "s.toml")
+    assert spec.teacher is None and spec.teacher_file.input.layout == "NHWC"
+    assert spec.teacher_path(spec.teacher_file.file) == (tmp_path / "sub" / "t.onnx").resolve()
+    assert spec.teacher_path("/abs/t.onnx") == Path("/abs/t.onnx")
+    assert spec.teacher_file.describe() == "onnx t.onnx"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (_file_study('format = "keras"'), "key 'teacher.format': expected 'torchscript', 'export' or"),
+    (_file_study('[teacher.input]\nlayout = "NWHC"'), "key 'teacher.input.layout'"),
+    (_file_study("[teacher.input]\nstd = [0.5, 0.0]"),
+     "key 'teacher.input.std': expected positive numbers, found [0.5, 0.0]"),
+    (_file_study("[teacher.input]\nmean = [0.1, 0.2]"),
+     "key 'teacher.input.mean': expected 1 value, found 2"),
+    (_file_study("[teacher.input]\nscale = 0"), "key 'teacher.input.scale'"),
+    (_file_study('torchvision = "resnet18"'), "key 'teacher.torchvision': expected file or torchvision"),
+    (_file_study().replace('file = "t.onnx"', 'torchvision = "resnet18"'),
+     "key 'teacher.weights': expected weights = PATH"),
+    (_file_study().replace("[student.train]", "[teacher.train]\nepochs = 1\n[student.train]"),
+     "key 'teacher.train': expected no training recipe for a teacher from a file"),
+    (_file_study(student_train="hflip = true"), "key 'student.train.views': expected views >= 1"),
+    (_file_study(student_train="views = 3"), "key 'student.train.views': expected hflip = true or"),
+    (_file_study(student_train="views = 3\njitter = 2\nhflip = true"), "key 'student.train.jitter'"),
+    (_file_study(student_train="jitter = 2\ntranslate = 2"), "key 'student.train.translate'"),
+    (tiny_study_text().replace("lr = 0.003\n\n[student]", "lr = 0.003\nviews = 2\nhflip = true\n\n"
+                               "[student]", 1), "key 'teacher.train.views': expected views only"),
+])
+def test_teacher_file_and_views_mistakes_are_one_line(tmp_path, text, expected):
+    with pytest.raises(StudyFileError) as err:
+        parse_study(text, tmp_path / "s.toml")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_views_with_a_teacher_file_load(tmp_path):
+    spec = parse_study(_file_study(student_train="views = 4\nhflip = true\ntranslate = 2"),
+                       tmp_path / "s.toml")
+    r = spec.student.train
+    assert (r.views, r.hflip, r.translate) == (4, True, 2) and not r.augments()
+
+
+def test_residual_teachers_and_students_load_and_old_recipes_dump_as_before():
+    spec = parse_study(CHOICE, Path("choice.toml"))
+    assert spec.teacher.family == "resnet" and spec.teacher.blocks == [1, 1]
+    assert spec.student.space.family.choices == ["resnet", "mobilenet"]
+    mobile = parse_study(RESNET.replace(RESNET_TEACHER, 'family = "mobilenet"\nblocks = [1]'),
+                         Path("m.toml"))
+    assert mobile.teacher.family == "mobilenet"
+    # The teacher cache key hashes the recipe's JSON: the keys added for short budgets stay out
+    # of it at their defaults, so existing studies keep their trained teachers.
+    assert set(spec.teacher_train.model_dump()) == {
+        "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
+        "jitter", "hflip", "max_norm"}
+    assert spec.student.train.model_dump()["label_smoothing"] == 0.1

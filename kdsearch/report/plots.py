@@ -1,14 +1,16 @@
-"""The drawing steps: plain data from `reports` in, plotly figures out.
+"""The drawing steps: a data step's NamedTuple in, a plotly figure out.
 
-Nothing here reads storage; each function draws one NamedTuple that `reports` built, so
-a figure can be tested by handing it rows.
+Nothing here reads storage; each function draws what `rows`, `hypervolume` or `accuracy`
+built, so a figure can be tested by handing it rows.
 """
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from kdsearch.report.reports import PLAIN, AccuracyBy, HypervolumeHistory, ParetoData, Row
+from kdsearch.report.accuracy import AccuracyBy, Point
+from kdsearch.report.hypervolume import HypervolumeHistory
+from kdsearch.report.rows import PLAIN, ParetoData, Row
 
 FAINT = "rgba(90,110,160,0.35)"
 FRONT = "#d62728"
@@ -45,7 +47,7 @@ def pareto_figure(data: ParetoData) -> go.Figure:
                                                    line=dict(width=1, color="black")),
             hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines], hoverinfo="text"))
     teacher = data.teacher
-    if teacher:
+    if teacher and teacher.params:  # a teacher file of unknown size has no place on a log axis
         fig.add_trace(go.Scatter(
             x=[teacher.params], y=[teacher.val_accuracy], mode="markers+text",
             name="teacher", marker=dict(symbol="star", size=16, color=TEACHER),
@@ -71,12 +73,24 @@ def hypervolume_figure(data: HypervolumeHistory) -> go.Figure:
     fig.update_layout(
         title=dict(text=f"{data.study_name}: hypervolume of the Pareto front<br>"
                         f"<sup>{data.reference}; area in log10(params) x accuracy</sup>"),
-        xaxis=dict(title="trial number"), yaxis=dict(title="hypervolume", rangemode="tozero"),
+        xaxis=dict(title="trial number", tickmode="linear", tick0=0,
+                   dtick=trial_tick_step(data.numbers)),
+        yaxis=dict(title="hypervolume", rangemode="tozero"),
         showlegend=False, **LAYOUT)
     return fig
 
 
-def _point_hover(line: str, p) -> str:
+def trial_tick_step(numbers: list[int], most: int = 12) -> int:
+    """A whole-number tick step (1, 2, 5, 10, 20, ...) giving at most `most` ticks: trial
+    numbers are integers, and plotly's own choice for a few trials is 0.5."""
+    span = max(numbers, default=0) - min(numbers, default=0)
+    step = 1
+    while span / step > most:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    return step
+
+
+def _point_hover(line: str, p: Point) -> str:
     archs = sorted(set(p.archs))
     return (f"{line}<br>x = {p.x}<br>{len(p.values)} trial(s): "
             f"{', '.join(map(str, p.numbers[:8]))}<br>val acc mean {p.mean:.4f} ± {p.std:.4f} "
@@ -110,9 +124,12 @@ def accuracy_figure(data: AccuracyBy) -> go.Figure:
             line=dict(color=color, width=2, dash=dash), marker=dict(color=color, size=9),
             hovertext=[_point_hover(line, p) for p in points], hoverinfo="text"))
     if data.teacher is not None:
-        fig.add_hline(y=data.teacher.val_accuracy, line=dict(color=TEACHER, dash="dot"),
-                      annotation_text=f"teacher {data.teacher.val_accuracy:.4f}",
-                      annotation_position="bottom right")
+        # The teacher is a dotted line named in the legend, below the plot: a label on the line
+        # itself sits on whichever point reaches the teacher's accuracy.
+        teacher = f"teacher {data.teacher.val_accuracy:.4f}"
+        fig.add_hline(y=data.teacher.val_accuracy, line=dict(color=TEACHER, dash="dot"))
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=teacher,
+                                 line=dict(color=TEACHER, dash="dot"), hoverinfo="skip"))
     what = "mean over seeds" if data.statistic == "mean" else "best trial per setting"
     all_x = sorted({p.x for points in data.groups.values() for p in points})
     fig.update_layout(

@@ -20,7 +20,7 @@ from optuna.distributions import (
 
 from kdsearch.errors import StudyFileError
 from kdsearch.record import TrialRecord, trial_attrs
-from kdsearch.search.space import suggest_student
+from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.spec import StudySpec
 
 
@@ -82,6 +82,7 @@ def resolve(spec: StudySpec, input_shape: tuple[int, int, int]) -> list[tuple[st
     for baseline in spec.search.baselines:
         answers = _Answers(baseline.label, dict(baseline.params))
         suggest_student(answers, spec.student.space, input_shape)  # type: ignore[arg-type]
+        suggest_recipe(answers, spec.student.train)  # type: ignore[arg-type]
         unknown = sorted(set(baseline.params) - set(answers.params))
         if unknown:
             raise answers._fail(f"'{unknown[0]}' is not a parameter of this search space "

@@ -13,7 +13,8 @@ import torch
 
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.record import set_trial
-from kdsearch.search.space import suggest_student
+from kdsearch.search.curves import report_epoch
+from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
@@ -36,13 +37,19 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
 def make_objective(
     spec: StudySpec, data: Dataset, teacher: Teacher, device: torch.device,
     on_epoch: Callable[[optuna.Trial, int, float], None] | None = None,
+    on_batches: Callable[[int, int, int], None] | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, float]]:
-    """The Optuna objective: (validation accuracy, parameter count)."""
-    recipe = spec.student.train
+    """The Optuna objective: (validation accuracy, parameter count).
+
+    `on_batches(epoch, batches_done, batches_per_epoch)` follows the running trial's training
+    (engine.train), for a progress display that moves within a trial.
+    """
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        # Suggest: the student's shape and the distillation settings.
+        # Suggest: the student's shape, the distillation settings and, where searched, the
+        # learning rate and batch size (a per-trial copy of the study's recipe).
         choice = suggest_student(trial, spec.student.space, data.input_shape)
+        recipe = suggest_recipe(trial, spec.student.train)
         repeat = suggest_repeat(trial, spec)
         try:
             params = arch_params(choice.arch, data.input_shape, data.num_classes)
@@ -65,13 +72,14 @@ def make_objective(
         def epoch_done(epoch: int, val_acc: float) -> None:
             curve.append(val_acc)
             set_trial(trial, val_curve=tuple(curve))
+            report_epoch(trial, epoch, val_acc)
             if on_epoch is not None:
                 on_epoch(trial, epoch, val_acc)
 
         try:
             result = distill(model, data, recipe, device, teacher, seed=seed,
                              temperature=choice.temperature, alpha=choice.alpha,
-                             on_epoch=epoch_done)
+                             on_epoch=epoch_done, on_batches=on_batches)
         except NonFiniteLossError as e:
             raise _prune(trial, f"non-finite loss: {e}") from None
         except (torch.OutOfMemoryError, MemoryError):

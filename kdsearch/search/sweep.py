@@ -15,17 +15,21 @@ import optuna
 from kdsearch.errors import StudyFileError
 from kdsearch.spec import (
     CNNSpace,
+    FamilyChoiceSpace,
     FloatChoices,
     FloatRange,
     IntChoices,
     IntRange,
     MLPSpace,
+    MobileNetSpace,
+    ResNetSpace,
+    StrChoices,
     StudySpec,
 )
 
 REPEAT = "repeat"  # the grid parameter that numbers a point's seeds
 NOT_SWEPT = ("alpha", REPEAT)  # plain-vs-distilled and seeds are drawn as lines, not axes
-FLOAT_PARAMS = ("dropout", "temperature", "alpha", "conv_dropout")
+FLOAT_PARAMS = ("dropout", "temperature", "alpha", "conv_dropout", "width_growth", "lr")
 
 
 def _values(name: str, param) -> list:
@@ -34,15 +38,23 @@ def _values(name: str, param) -> list:
             return list(range(param.low, param.high + 1, param.step))
         raise StudyFileError(f"student.{name}: a grid sweep needs a fixed value or "
                              f"{{ choices = [...] }}, found a float range")
-    if isinstance(param, (IntChoices, FloatChoices)):
+    if isinstance(param, (IntChoices, FloatChoices, StrChoices)):
         return list(param.choices)
     return [float(param) if isinstance(param, float) else param]
 
 
-def grid_space(space: MLPSpace | CNNSpace) -> dict[str, list]:
+def grid_space(space: MLPSpace | CNNSpace | ResNetSpace | MobileNetSpace | FamilyChoiceSpace,
+               ) -> dict[str, list]:
     if getattr(space, "width_per_layer", False) or getattr(space, "kernel_per_layer", False):
         raise StudyFileError("a grid sweep needs width_per_layer = false and kernel_per_layer = false")
-    names = ["depth", "width", "dropout", "temperature", "alpha"]
+    if isinstance(space, FamilyChoiceSpace):
+        raise StudyFileError("a grid sweep needs one student family, not family = { choices = .. }")
+    if isinstance(space, ResNetSpace | MobileNetSpace):
+        names = ["stages", "blocks", "base_width", "width_growth", "kernel",
+                 *(["shortcut"] if isinstance(space, ResNetSpace) else ["expansion", "head"]),
+                 "temperature", "alpha"]
+    else:
+        names = ["depth", "width", "dropout", "temperature", "alpha"]
     if isinstance(space, CNNSpace):
         names += ["convs_per_block", "kernel", "dense", "conv_dropout"]
     grid = {}
@@ -55,6 +67,11 @@ def grid_space(space: MLPSpace | CNNSpace) -> dict[str, list]:
 def sweep_grid(spec: StudySpec) -> dict[str, list]:
     """The full grid of a sweep study: the space's values, plus the repeat index."""
     grid = grid_space(spec.student.space)
+    recipe = spec.student.train
+    for name in ("lr", "batch_size"):  # suggested only where searched (space.suggest_recipe)
+        param = getattr(recipe, name)
+        if not isinstance(param, int | float):
+            grid[name] = [float(v) if name in FLOAT_PARAMS else v for v in _values(f"train.{name}", param)]
     swept = [name for name, values in grid.items() if len(values) > 1 and name not in NOT_SWEPT]
     if len(swept) > 2:
         raise StudyFileError(

@@ -30,7 +30,7 @@ from kdsearch.errors import CacheError
 from kdsearch.options import Options
 from kdsearch.record import TEACHER_ARTIFACTS as ARTIFACTS_ATTR
 from kdsearch.record import TEACHER_TRAINED_BY as TRAINED_BY_ATTR
-from kdsearch.record import set_trial
+from kdsearch.record import set_study_attr, set_trial, study_attr
 from kdsearch.spec import StudySpec
 from kdsearch.study.locks import db_lock
 from kdsearch.study.storage import retry_failed_trial
@@ -38,6 +38,7 @@ from kdsearch.training.data import Dataset
 from kdsearch.training.teacher_cache import (
     StopSignal,
     Teacher,
+    attach_views,
     fetch_teacher,
     get_teacher,
     publish_teacher,
@@ -123,8 +124,12 @@ def claim_lock(storage: RDBStorage, url: str, study_name: str):
 
 
 def claim_trial(study: optuna.Study, storage: RDBStorage, url: str,
-                target: int) -> optuna.Trial | str:
-    """A new (or retried) trial, or DONE / WAIT; never more than `target` finished trials."""
+                target: int, stream: int | None = None) -> optuna.Trial | str:
+    """A new (or retried) trial, or DONE / WAIT; never more than `target` finished trials.
+
+    The trial records this worker and its sampler `stream` (the one that drew a new trial's
+    parameters; a retry keeps the parameters of the trial it repeats).
+    """
     with claim_lock(storage, url, study.study_name):
         reap_stale(study, storage)
         states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -139,7 +144,7 @@ def claim_trial(study: optuna.Study, storage: RDBStorage, url: str,
             trial = study.ask()  # pops a queued retry first, if there is one
         if storage.get_heartbeat_interval() is not None:
             storage.record_heartbeat(trial._trial_id)  # stale-checkable from the start
-        set_trial(trial, worker=worker_id())
+        set_trial(trial, worker=worker_id(), sampler_stream=stream)
         return trial
 
 
@@ -174,15 +179,24 @@ def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.
     local cache, trained there under a file lock if missing. `stop` (a `Shutdown`) makes a
     signal stop the teacher's training at an epoch boundary, checkpointed, so that the same
     command resumes it.
+
+    A teacher from a file is measured locally by each machine (every worker reads the file the
+    study names; running it once is no training worth sharing). With `[student.train] views`,
+    the teacher comes with its logits on each fixed view (`attach_views`).
     """
+    teacher = _obtain(spec, data, opts, device, log, study, storage, stop)
+    return attach_views(teacher, spec, data, opts.cache_dir, device, log)
+
+
+def _obtain(spec, data, opts, device, log, study, storage, stop) -> Teacher:
     cache_dir, artifact_dir = opts.cache_dir, opts.artifact_dir
-    if study is None or storage is None:
+    if study is None or storage is None or spec.teacher_file is not None:
         teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
         assert teacher is not None
         return teacher
     key = teacher_key(spec, data)
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
-    published = lambda: key in study.user_attrs.get(ARTIFACTS_ATTR, {})  # noqa: E731
+    published = lambda: key in study_attr(study, ARTIFACTS_ATTR, {})  # noqa: E731
     if teacher is not None and (artifact_dir is None or published()):
         return teacher
     with db_lock(storage.engine, opts.storage, f"kdsearch:teacher:{key}",
@@ -193,8 +207,8 @@ def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.
         # Published before the lock is released: a worker that waited finds it there.
         if artifact_dir is not None and not published():
             artifact_id = publish_teacher(teacher, artifact_dir, study)
-            study.set_user_attr(ARTIFACTS_ATTR, {**study.user_attrs.get(ARTIFACTS_ATTR, {}),
-                                                 key: artifact_id})
+            set_study_attr(study, ARTIFACTS_ATTR, {**study_attr(study, ARTIFACTS_ATTR, {}),
+                                                   key: artifact_id})
             log(f"teacher {key} published to the artifact store {artifact_dir}")
     return teacher
 
@@ -204,12 +218,12 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
     teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
     if teacher is not None:  # trained by a worker on this machine while we waited
         return teacher
-    artifact_id = study.user_attrs.get(ARTIFACTS_ATTR, {}).get(key)
+    artifact_id = study_attr(study, ARTIFACTS_ATTR, {}).get(key)
     if artifact_id is not None and artifact_dir is not None:
         teacher = fetch_teacher(artifact_id, artifact_dir, cache_dir, key, data, device)
         log(f"teacher {key} fetched from the artifact store {artifact_dir}: training nothing")
         return teacher
-    trained_by = study.user_attrs.get(TRAINED_BY_ATTR, {}).get(key)
+    trained_by = study_attr(study, TRAINED_BY_ATTR, {}).get(key)
     if trained_by and trained_by.split(":")[0] != socket.gethostname():
         where = (f"artifact {artifact_id}, but this worker has no artifact store"
                  if artifact_id else "no artifact store was configured")
@@ -219,7 +233,7 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
             "rather than training it again")
     teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
     assert teacher is not None
-    study.set_user_attr(TRAINED_BY_ATTR, {**study.user_attrs.get(TRAINED_BY_ATTR, {}),
-                                          key: worker_id()})
+    set_study_attr(study, TRAINED_BY_ATTR, {**study_attr(study, TRAINED_BY_ATTR, {}),
+                                            key: worker_id()})
     return teacher
 

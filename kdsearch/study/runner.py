@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch import record
+from kdsearch.errors import KdsearchError, StorageError, StudyFileError
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord
 from kdsearch.search import baselines
@@ -24,14 +27,15 @@ from kdsearch.search.objective import make_objective
 from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
 from kdsearch.study.shutdown import Shutdown, ShutdownRequested
-from kdsearch.study.storage import open_storage, redact
+from kdsearch.study.storage import open_storage, probe_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
-from kdsearch.training.teacher_cache import StopSignal, Teacher
+from kdsearch.training.teacher_cache import StopSignal, Teacher, load_file_teacher
 
 OBJECTIVES = ("val_accuracy", "params")
 DIRECTIONS = ("maximize", "minimize")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STREAM_STRIDE = 7919  # a prime: stream k seeds the sampler with seed + 7919 k
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -45,12 +49,18 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
-    """The study file's sampler, seeded by the study seed plus the trials already run.
+def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
+    """The study file's sampler, seeded for one of the study's sampler streams.
 
-    The offset keeps a resumed run from drawing the same random start-up points again.
+    Every process that joins a study draws the next stream number from a counter in the
+    database (`create_study`), so workers started separately, all with worker index 0 (what
+    `docker compose up --scale worker=4` does), never share a random stream and never draw the
+    same students; a resumed run gets a new stream and does not repeat its start-up points.
+    The trade-off: the study seed and the run's order fix each stream, so a lone worker's
+    first run (stream 0, seeded with the study seed itself) and each later run are
+    reproducible, but which worker of a concurrent start gets which stream is a race.
     """
-    seed = spec.seed + offset
+    seed = (spec.seed + STREAM_STRIDE * stream) % 2**32
     if spec.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(
             seed=seed, population_size=max(8, min(50, spec.search.n_trials // 4)))
@@ -61,8 +71,11 @@ def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
 
         return _AskTellGridSampler(sweep_grid(spec), seed=seed)
     # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
-    # constant_liar keeps parallel workers from all sampling the same point.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+    # constant_liar keeps parallel workers from all sampling the same point. Curve-blind: the
+    # trials' stored learning curves would otherwise crash it (search/curves.py).
+    from kdsearch.search.curves import CurveBlindTPESampler
+
+    return CurveBlindTPESampler(seed=seed, multivariate=True, constant_liar=True,
                                       n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
 
 
@@ -70,52 +83,149 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def study_note(spec: StudySpec, teacher: Teacher) -> str:
-    m = teacher.record
+def study_note(spec: StudySpec, teacher: Teacher | None) -> str:
+    """The study's note in optuna-dashboard: the teacher's numbers and the study file."""
+    if teacher is None:
+        about = "**Teacher**: not trained yet.\n\n"
+    else:
+        m = teacher.record
+        params = f"{m.params:,}" if m.params else "unknown"
+        macs = f"{m.macs:,}" if m.macs else "unknown"
+        about = (f"**Teacher** `{m.description}`: {params} params, {macs} MACs, "
+                 f"val acc {m.val_accuracy:.4f}, test acc {m.test_accuracy:.4f} "
+                 f"(cache key `{m.key}`).\n\n")
+    file_seed = tomllib.loads(spec.source).get("seed", 0) if spec.source else spec.seed
+    seed = f" (run with --seed {spec.seed})" if file_seed != spec.seed else ""
     return (
-        f"# {spec.name}\n\n{spec.description}\n\n"
-        f"**Teacher** `{m.description}`: {m.params:,} params, {m.macs:,} MACs, "
-        f"val acc {m.val_accuracy:.4f}, test acc {m.test_accuracy:.4f} "
-        f"(cache key `{m.key}`).\n\n"
+        f"# {spec.name}\n\n{spec.description}\n\n{about}"
         f"Objectives: **val_accuracy** (maximize) and **params** (minimize).\n\n"
-        f"## Study file\n\n```toml\n{spec.source.strip()}\n```\n"
+        f"## Study file{seed}\n\n```toml\n{spec.source.strip()}\n```\n"
     )
 
 
-def create_study(spec: StudySpec, opts: Options, storage) -> optuna.Study:
-    """Create the study, or join it if another worker (or an earlier run) created it."""
-    existing = 0
+def definition(spec: StudySpec) -> dict:
+    """What a study is, as JSON: the parsed spec but its name, description and the run's
+    target (n_trials, timeout), which a later run may change without changing the study."""
+    out = spec.model_dump(mode="json", exclude={"source", "name", "description"})
+    out["search"] = {k: v for k, v in out["search"].items() if k not in ("n_trials", "timeout")}
+    return out
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def changed_keys(before: dict, after: dict) -> list[str]:
+    """The dotted keys, as the study file names them, whose values differ."""
+    a, b = _flat(before), _flat(after)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...))
+    return [k.replace("teacher_train", "teacher.train").replace("student.space", "student")
+            for k in keys]
+
+
+def spec_changes(study: optuna.Study, spec: StudySpec) -> list[str]:
+    """The keys in which `spec` differs from the one the stored study was created with.
+
+    The stored file is parsed again with this version of kdsearch, so a default added since
+    is not a change, nor is an edit of comments or whitespace; a `--seed` other than the
+    stored one is (it changes every result).
+    """
+    text = record.study_attr(study, record.STUDY_FILE)
+    stored = record.study_attr(study, record.STUDY_DEFINITION) or {}
+    if text == spec.source and stored.get("seed", spec.seed) == spec.seed:
+        return []
     try:
-        existing = len(optuna.load_study(study_name=opts.study_name, storage=storage).trials)
+        before = definition(record.stored_spec(study))
+    except KdsearchError:  # the stored file no longer loads: compare what was stored
+        before = {k: v for k, v in stored.items() if k not in ("name", "description")}
+        before["search"] = {k: v for k, v in (before.get("search") or {}).items()
+                            if k not in ("n_trials", "timeout")}
+    return changed_keys(before, definition(spec))
+
+
+def refuse_changed(spec: StudySpec, opts: Options, changes: list[str],
+                   stored_seed: int | None) -> StudyFileError:
+    shown = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
+    file = spec.path or f"{spec.name}.toml"
+    seed = f" with --seed {stored_seed}" if "seed" in changes and stored_seed is not None else ""
+    return StudyFileError(
+        f"{file}: study '{opts.study_name}' in {redact(opts.storage)} was created from a "
+        f"different version of this study (differs in {shown}); to search the changed one, "
+        f"give it a new --study-name NAME; to go on with the stored study, run the file it "
+        f"was made from{seed} (its note in 'kdsearch dashboard' shows it)")
+
+
+def check_stored(spec: StudySpec, opts: Options, storage) -> None:
+    """Refuse, before anything is loaded or written, a study stored under this name that
+    kdsearch did not make, or that was made from a different study file."""
+    try:
+        study = optuna.load_study(study_name=opts.study_name, storage=storage)
     except KeyError:
-        pass
-    study = optuna.create_study(
-        storage=storage, study_name=opts.study_name, directions=list(DIRECTIONS),
-        sampler=make_sampler(spec, existing + 7919 * opts.worker), load_if_exists=True)
+        return
+    _check_joinable(study, spec, opts)
+
+
+def _check_joinable(study: optuna.Study, spec: StudySpec, opts: Options) -> None:
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE,
-                                  optuna.study.StudyDirection.MINIMIZE]:
-        from kdsearch.errors import StorageError
+                                  optuna.study.StudyDirection.MINIMIZE] or (
+            not record.is_kdsearch_study(study) and study.get_trials(deepcopy=False)):
+        raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} was not made "
+                           "by kdsearch (other objectives, or trials but no study file); "
+                           "choose another --study-name")
+    changes = spec_changes(study, spec) if record.is_kdsearch_study(study) else []
+    if changes:
+        stored_seed = (record.study_attr(study, record.STUDY_DEFINITION) or {}).get("seed")
+        raise refuse_changed(spec, opts, changes, stored_seed)
 
-        raise StorageError(f"study '{opts.study_name}' in {redact(opts.storage)} has other "
-                           "objectives; choose another --study-name")
-    if not study.metric_names:
-        study.set_metric_names(list(OBJECTIVES))
-    return study
+
+def create_study(spec: StudySpec, opts: Options, storage) -> tuple[optuna.Study, int]:
+    """Create the study, or join it if another worker (or an earlier run) created it.
+
+    Under the study's claim lock: the study file is stored with the study when it is created,
+    and compared with the stored one when it is joined (a changed file is refused, nothing
+    written); and this process takes the next sampler stream from the study's counter.
+    Returns the study, sampling from that stream, and the stream's number.
+    """
+    with coordination.claim_lock(storage, opts.storage, opts.study_name):
+        study = optuna.create_study(storage=storage, study_name=opts.study_name,
+                                    directions=list(DIRECTIONS), load_if_exists=True)
+        _check_joinable(study, spec, opts)
+        if not record.is_kdsearch_study(study):
+            record.set_study_attr(study, record.STUDY_DEFINITION, definition_json(spec))
+            record.set_study_attr(study, record.STUDY_FILE, spec.source)
+            record.set_study_attr(study, record.STUDY_PATH,
+                                  str(Path(spec.path).resolve()) if spec.path else "")
+            study.set_metric_names(list(OBJECTIVES))
+            _save_note(study, study_note(spec, None))
+        stream = record.study_attr(study, record.SAMPLER_STREAMS, 0)
+        record.set_study_attr(study, record.SAMPLER_STREAMS, stream + 1)
+    study = optuna.load_study(study_name=opts.study_name, storage=storage,
+                              sampler=make_sampler(spec, stream))
+    return study, stream
 
 
-def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> None:
-    for key, value in {
-        record.STUDY_FILE: spec.source,
-        record.STUDY_SPEC: spec.model_dump(mode="json", exclude={"source"}),
-        record.TEACHER: teacher.record.summary(),
-    }.items():
-        study.set_user_attr(key, value)
+def definition_json(spec: StudySpec) -> dict:
+    """The parsed spec as stored with the study (the --seed it runs with included)."""
+    return spec.model_dump(mode="json", exclude={"source"})
+
+
+def _save_note(study: optuna.Study, note: str) -> None:
     try:
         from optuna_dashboard import save_note
 
-        save_note(study, study_note(spec, teacher))
+        save_note(study, note)
     except Exception:  # the note is a nicety; never fail a run over it
         pass
+
+
+def annotate_study(study: optuna.Study, spec: StudySpec, teacher: Teacher) -> None:
+    """Store the study's teacher and show it in the dashboard's note (the study file was
+    stored when the study was created)."""
+    if record.study_attr(study, record.TEACHER) != teacher.record.summary():
+        record.set_study_attr(study, record.TEACHER, teacher.record.summary())
+        _save_note(study, study_note(spec, teacher))
 
 
 def trial_line(trial: FrozenTrial) -> str:
@@ -148,27 +258,38 @@ def prepare_teacher(spec: StudySpec, opts: Options, log: Callable[[str], None]) 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A study ready for trials: its data, storage, Optuna study and teacher."""
+    """A study ready for trials: its data, storage, Optuna study, sampler stream and teacher."""
 
     data: Dataset
     storage: optuna.storages.RDBStorage
     study: optuna.Study
+    stream: int  # this process's sampler stream (`make_sampler`), recorded on its trials
     teacher: Teacher
 
 
 def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
             stop: StopSignal | None = None) -> Prepared:
-    """The one route to a study's teacher: data, storage, study, then the teacher, trained by
-    exactly one worker and shared with the rest (coordination.obtain_teacher)."""
+    """The one route to a study's teacher: storage, data, study, then the teacher, trained by
+    exactly one worker and shared with the rest (coordination.obtain_teacher).
+
+    The storage is checked first, read-only: an unreachable database, a study that kdsearch
+    did not make or a changed study file end the run before the data set is loaded, and
+    nothing is written to the storage until the data has loaded.
+    """
     device = resolve_device(opts.device)
+    stored = probe_storage(opts.storage)  # reachable? the study joinable? nothing written
+    if stored is not None:
+        check_stored(spec, opts, stored)
     data = load_logged(spec, opts, log)
     baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
+    if spec.teacher_file is not None:  # a file that does not fit the data: one line, no study
+        load_file_teacher(spec, data, device)
     storage = open_storage(opts.storage, opts.heartbeats)
-    study = create_study(spec, opts, storage)
+    study, stream = create_study(spec, opts, storage)
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)
     annotate_study(study, spec, teacher)
-    return Prepared(data, storage, study, teacher)
+    return Prepared(data, storage, study, stream, teacher)
 
 
 def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print,
@@ -180,8 +301,77 @@ def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print
     resumes), and `ShutdownRequested` is raised (exit code 130 / 143).
     """
     shutdown = Shutdown()
+    start = time.monotonic()
     with shutdown.installed():
-        return _run(spec, opts, log, on_epoch, shutdown)
+        study = _run(spec, opts, log, on_epoch, shutdown)
+    for line in closing_summary(study, time.monotonic() - start):
+        log(line)
+    return study
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _value(v: float) -> str:
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 10 else f"{v:.4f}"
+
+
+def closing_summary(study: optuna.Study, seconds: float, front_lines: int = 5) -> list[str]:
+    """What a run leaves behind, in a few lines: the study's trials by state, this run's wall
+    time, and the head of the Pareto front (the counts say how much early stopping cut).
+    """
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    lines = [f"run-study '{study.study_name}' done in {_duration(seconds)}: "
+             f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
+             f"{count[TrialState.FAIL]} failed ({len(trials)} trials in the study)"]
+    front = [t for t in study.best_trials if t.values is not None]
+    if not front:
+        return [*lines, "Pareto front: empty (no complete trial)"]
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    front.sort(key=lambda t: t.values[0], reverse=study.directions[0].name == "MAXIMIZE")
+    lines.append(f"Pareto front: {len(front)} trial{'s' * (len(front) > 1)}, best "
+                 f"{names[0]} first")
+    for t in front[:front_lines]:
+        values = "  ".join(f"{n} {_value(v)}" for n, v in zip(names, t.values, strict=False))
+        lines.append(f"  trial {t.number:>3}  {values}  {TrialRecord.of(t).arch_summary}")
+    if len(front) > front_lines:
+        lines.append(f"  ... and {len(front) - front_lines} more ('kdsearch best' lists all)")
+    return lines
+
+
+def run_estimate(durations: dict[TrialState, list[float]], remaining: int,
+                 running_fraction: float | None = None) -> float | None:
+    """Seconds until `remaining` more trials finish (one of them running, `running_fraction`
+    done), or None before any trial has completed.
+
+    Complete and pruned trials are averaged apart and mixed in the proportion seen so far: a
+    trial pruned before training takes 0.4 s against minutes for a complete one, so one mean
+    rate (or tqdm's moving average) swings with every streak of pruned trials. The running
+    trial is counted as a complete one: it may yet be pruned, so the estimate leans long.
+    """
+    complete, pruned = durations.get(TrialState.COMPLETE, []), durations.get(TrialState.PRUNED, [])
+    if not complete or remaining <= 0:
+        return None if not complete else 0.0
+    mean_complete = sum(complete) / len(complete)
+    mean_pruned = sum(pruned) / len(pruned) if pruned else 0.0
+    share = len(pruned) / (len(pruned) + len(complete))
+    per_trial = (1 - share) * mean_complete + share * mean_pruned
+    if running_fraction is None:
+        return remaining * per_trial
+    return (remaining - 1) * per_trial + (1 - running_fraction) * mean_complete
+
+
+def _durations(trials: list[FrozenTrial]) -> dict[TrialState, list[float]]:
+    out: dict[TrialState, list[float]] = {state: [] for state in FINISHED}
+    for t in trials:
+        if t.state in out and t.datetime_start and t.datetime_complete:
+            out[t.state].append((t.datetime_complete - t.datetime_start).total_seconds())
+    return out
 
 
 def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
@@ -191,6 +381,7 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
     device = resolve_device(opts.device)
     prepared = prepare(spec, opts, log, stop=shutdown)
     data, storage, study, teacher = prepared.data, prepared.storage, prepared.study, prepared.teacher
+    say = _writer(log)
     picked = baselines.resolve(spec, data.input_shape)
     if picked:
         with coordination.claim_lock(storage, opts.storage, study.study_name):
@@ -218,22 +409,54 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         if stopper is not None and not TrialRecord.of(trial).baseline:
             stopper(trial, epoch, val_acc)
 
-    objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook)
+    # The bar's own ETA is off: its moving average swings with every pruned trial. The postfix
+    # carries the running trial's epoch and share done, and `run_estimate` for the whole run.
     bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                              "[{elapsed}{postfix}]")
+    epochs = spec.student.train.epochs
+    durations = _durations(study.get_trials(deepcopy=False, states=FINISHED))
+    current: dict = {"number": None, "fraction": 0.0, "epoch": 1}
+
+    def show() -> None:
+        left = target - bar.n
+        parts = []
+        if current["number"] is not None:
+            parts.append(f"trial {current['number']}: epoch {current['epoch']}/{epochs} "
+                         f"{current['fraction']:.0%}")
+        eta = run_estimate(durations, left, current["fraction"]
+                           if current["number"] is not None else None)
+        if eta is not None and left > 0:
+            parts.append(f"run ~{_duration(eta)} left")
+        bar.set_postfix_str(", ".join(parts))
+
+    def batches(epoch: int, done_batches: int, per_epoch: int) -> None:
+        current["epoch"] = epoch
+        current["fraction"] = ((epoch - 1) * per_epoch + done_batches) / (epochs * per_epoch)
+        show()
+
+    objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook,
+                               on_batches=batches)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.monotonic()
     waiting_said = False
     try:
         while opts.timeout is None or time.monotonic() - start < opts.timeout:
             with shutdown.deferring():
-                claim = coordination.claim_trial(study, storage, opts.storage, target)
+                claim = coordination.claim_trial(study, storage, opts.storage, target,
+                                                 stream=prepared.stream)
                 if isinstance(claim, optuna.Trial):
-                    frozen = _run_trial(study, storage, opts, claim, objective, shutdown)
-                    bar.write(trial_line(frozen), file=sys.stderr)
+                    current.update(number=claim.number, fraction=0.0, epoch=1)
+                    show()
+                    frozen = _run_trial(study, storage, opts, claim, objective, shutdown, say)
+                    current["number"] = None
+                    if frozen is not None:
+                        bar.write(trial_line(frozen), file=sys.stderr)
                     waiting_said = False
-            bar.n = min(finished_count(study), target)
-            bar.refresh()
+            finished = study.get_trials(deepcopy=False, states=FINISHED)
+            durations = _durations(finished)
+            bar.n = min(len(finished), target)
+            show()
             shutdown.check()
             if claim == coordination.DONE:
                 break
@@ -251,23 +474,67 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
 WAIT_POLL_SECONDS = 1.0  # how often an idle worker looks for failed trials to retry
 
 
+def _writer(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log`, clearing the progress bar around the line so that the two do not garble."""
+    from tqdm import tqdm
+
+    def say(message: str) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):
+            log(message)
+
+    return say
+
+
+def _taken_over(storage, trial: optuna.Trial) -> bool:
+    return storage.get_trial(trial._trial_id).state.is_finished()
+
+
 def _run_trial(study: optuna.Study, storage, opts: Options, trial: optuna.Trial,
-               objective: Callable, shutdown: Shutdown) -> FrozenTrial:
-    """Run one claimed trial to a recorded end state: never left RUNNING by an exception."""
+               objective: Callable, shutdown: Shutdown,
+               say: Callable[[str], None]) -> FrozenTrial | None:
+    """Run one claimed trial to a recorded end state: never left RUNNING by an exception.
+
+    None when the trial was taken over: this worker fell silent past the grace period (a
+    paused laptop, a stopped container) and another worker failed the trial and queued its
+    retry. Its result no longer belongs in the study; the worker drops it and goes on.
+    """
+    def dropped() -> None:
+        say(f"warning: trial {trial.number} was taken over while this worker was silent past "
+            f"the grace period (another worker failed it and queued a retry); dropping it and "
+            f"going on")
+
     try:
         with coordination.Heartbeat(storage, trial._trial_id):
             shutdown.check()
             values = objective(trial)
     except optuna.TrialPruned:
-        return study.tell(trial, state=TrialState.PRUNED)
+        return _tell(study, storage, trial, dropped, state=TrialState.PRUNED)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        dropped()  # a write to the trial found it finished: someone else has failed it
+        return None
     except ShutdownRequested as e:
         coordination.abandon_trial(study, storage, opts.storage, trial,
                                    f"interrupted by {e.signum_name}", retry=True)
         raise ShutdownRequested(e.signum, f"trial {trial.number} marked FAIL and queued for "
                                 f"retry; run the same command again to resume") from None
     except BaseException as e:
+        if not isinstance(e, KeyboardInterrupt) and _taken_over(storage, trial):
+            dropped()  # an error that followed the takeover is not this trial's to record
+            return None
         # A bug or an unexpected error: record it on the trial, then let it surface.
         reason = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         coordination.abandon_trial(study, storage, opts.storage, trial, reason[:300], retry=False)
         raise
-    return study.tell(trial, values)
+    return _tell(study, storage, trial, dropped, values=values)
+
+
+def _tell(study: optuna.Study, storage, trial: optuna.Trial, dropped: Callable[[], None],
+          **outcome) -> FrozenTrial | None:
+    """`study.tell`, or None (and the warning) when the trial was finished by another worker."""
+    try:
+        return study.tell(trial, **outcome)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        if not _taken_over(storage, trial):
+            raise
+        dropped()
+        return None

@@ -89,11 +89,51 @@ def _sqlite_immediate_transactions(engine) -> None:
     engine.dispose()  # connections opened while Optuna created the tables lack the hooks
 
 
-def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBStorage:
-    """Open (creating tables if needed) the storage at `url`; one-line errors, no password.
+class NoStudiesError(StorageError):
+    """A storage, opened read-only, that holds no Optuna tables (or no SQLite file) yet."""
 
-    Without `heartbeats` (read-only commands) no trial is ever failed as stale.
+
+def _no_studies(url: str) -> NoStudiesError:
+    return NoStudiesError(f"no kdsearch studies in {redact(url)} (run 'kdsearch run-study' "
+                          "with this --storage first)")
+
+
+def _sqlite_has_tables(url: str) -> bool:
+    """Whether the SQLite file at `url` exists and holds Optuna's tables; read without
+    creating, writing or locking anything (opening a missing file would create it)."""
+    import sqlite3
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return False
+    path = Path(database)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                "AND name = 'studies'").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:  # not a database at all: RDBStorage names the problem
+        return True
+
+
+def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats(),
+                 read_only: bool | None = None) -> RDBStorage:
+    """Open the storage at `url` (creating its tables if needed); one-line errors, no password.
+
+    Without `heartbeats` no trial is ever failed as stale. Read-only (by default: without
+    heartbeats, as `best`, `export` and `dashboard` open it) never writes to the storage: a
+    storage without Optuna's tables, or an SQLite file that does not exist, is refused with
+    one line instead of being created.
     """
+    if read_only is None:
+        read_only = heartbeats is None
     kwargs: dict = {}
     sqlite = url.startswith("sqlite")
     if sqlite:
@@ -106,19 +146,27 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBS
     if heartbeats is not None:
         hb = dict(heartbeat_interval=heartbeats.interval, grace_period=heartbeats.grace,
                   heartbeat_stale_trial_callback=retry_failed_trial)
+    if read_only and sqlite and not _sqlite_has_tables(url):
+        raise _no_studies(url)
     try:
-        # Workers starting together would all create the tables; Optuna's table creation is
-        # not safe against that ("UNIQUE constraint failed: alembic_version"), so take turns.
-        lock_engine = create_engine(url, **kwargs)
-        try:
-            with db_lock(lock_engine, url, "kdsearch:create-tables"):
-                storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
-        finally:
-            lock_engine.dispose()
-        if sqlite:
-            with storage.engine.connect() as conn:  # WAL persists in the file: readers never block
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            _sqlite_immediate_transactions(storage.engine)
+        if read_only:
+            storage = _open_read_only(url, kwargs, hb)
+        else:
+            # Workers starting together would all create the tables; Optuna's table creation
+            # is not safe against that ("UNIQUE constraint failed: alembic_version"), so take
+            # turns.
+            lock_engine = create_engine(url, **kwargs)
+            try:
+                with db_lock(lock_engine, url, "kdsearch:create-tables"):
+                    storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+            finally:
+                lock_engine.dispose()
+            if sqlite:
+                with storage.engine.connect() as conn:  # WAL persists: readers never block
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                _sqlite_immediate_transactions(storage.engine)
+    except StorageError:
+        raise
     except ImportError as e:
         raise StorageError(f"storage {redact(url)}: missing database driver ({e.name or e})") from None
     except Exception as e:  # sqlalchemy / driver errors: connection refused, bad password, bad URL
@@ -126,12 +174,52 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats()) -> RDBS
     return storage
 
 
+def _open_read_only(url: str, kwargs: dict, hb: dict) -> RDBStorage:
+    """RDBStorage on existing tables only: checked first, never created."""
+    from sqlalchemy import inspect
+
+    engine = create_engine(url, **kwargs)
+    try:
+        has_tables = inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+    if not has_tables:
+        raise _no_studies(url)
+    return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True, **hb)
+
+
+def probe_storage(url: str) -> RDBStorage | None:
+    """The storage at `url`, read-only, or None if it is reachable but holds nothing yet.
+
+    `run-study` asks this before it loads any data, so that an unreachable database, or a
+    stored study it may not join, ends the run at once; and it writes nothing, so that a run
+    refused later (bad data) leaves no database behind.
+    """
+    try:
+        return open_storage(url, heartbeats=None, read_only=True)
+    except NoStudiesError:
+        pass
+    if url.startswith("sqlite"):
+        from pathlib import Path
+
+        from sqlalchemy.engine import make_url
+
+        folder = Path(make_url(url).database or ".").parent
+        if not folder.is_dir():
+            raise StorageError(f"cannot open storage {redact(url)}: folder {folder} does not "
+                               "exist") from None
+    return None
+
+
 def load_study(url: str, study_name: str) -> optuna.Study:
+    """A stored study, for reading (best, export, compress): one line, and nothing written,
+    for a storage without it. (report.rows refuses a study that kdsearch did not make.)"""
     storage = open_storage(url, heartbeats=None)
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise StorageError(
             f"no study '{study_name}' in {redact(url)} (studies there: {', '.join(names) or 'none'})"
         ) from None
+    return study

@@ -3,9 +3,11 @@
 The parent prepares what all workers share (data cache, teacher cache, the study row in
 storage) once, with every core, so that no worker waits for a teacher another is training;
 then it starts N copies of the same `run-study` command, each with `cores // N` torch
-threads and its own worker index (which offsets the sampler's seed, so that workers started
-together do not draw the same students). Each worker stops when the study holds the target
-number of finished trials. The parent waits for all of them and prints the Pareto table once.
+threads and its own worker index. Each takes its own sampler stream from a counter in the
+database when it joins the study (`runner.create_study`), so workers never draw the same
+students, whether started here or separately (`docker compose up --scale worker=4`). Each
+worker stops when the study holds the target number of finished trials. The parent waits for
+all of them and prints the Pareto table once.
 
 Why processes and not threads: a trial is a Python loop around small tensor operations, so
 threads would serialise on the GIL; separate processes also keep a crashed worker from

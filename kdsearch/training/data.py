@@ -85,6 +85,35 @@ def _synthetic(spec: SyntheticSpec, seed: int):
     return (*draw(spec.n_train), *draw(spec.n_test))
 
 
+# Where torchvision looks under its root for each named data set's files, as a user without
+# internet must lay them out. MNIST-style sets: the four gunzipped files of the official site.
+# CIFAR: the folder that the official python tarball unpacks to; torchvision unpickles those
+# batches, but only after each file matches its published MD5, so no other file is unpickled.
+_IDX = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+TORCHVISION_LAYOUT = {
+    "mnist": "MNIST/raw/ holding " + _IDX + " (gunzipped)",
+    "fashion_mnist": "FashionMNIST/raw/ holding " + _IDX + " (gunzipped)",
+    "cifar10": ("cifar-10-batches-py/ as cifar-10-python.tar.gz unpacks it (data_batch_1..5, "
+                "test_batch, batches.meta; only the official files pass torchvision's MD5 check)"),
+    "cifar100": ("cifar-100-python/ as cifar-100-python.tar.gz unpacks it (train, test, meta; "
+                 "only the official files pass torchvision's MD5 check)"),
+}
+
+
+def missing_data_message(name: str, root: Path, download: bool, error: BaseException) -> str:
+    """One line: why the named data set did not load and the two layouts that would."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    first = first.replace(" You can use download=True to download it", "")[:120]
+    if download:
+        why = (f"the download failed ({first}); on a machine without internet set "
+               "KDSEARCH_OFFLINE=1 and put the files there yourself")
+    else:
+        why = f"KDSEARCH_OFFLINE is set, so nothing is downloaded, and the files are not there ({first})"
+    return (f"cannot load {name} from {root}: {why}. Either {root}/{TORCHVISION_LAYOUT[name]}, "
+            f"or an ImageFolder {root}/train/<class>/*, {root}/test/<class>/*; "
+            f"pass --data-dir DIR or set KDSEARCH_DATA_DIR to use another folder")
+
+
 def _torchvision(name: str, root: Path, download: bool):
     import torchvision
 
@@ -95,12 +124,7 @@ def _torchvision(name: str, root: Path, download: bool):
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except (RuntimeError, OSError) as e:  # torchvision raises these for missing / failed download
-        raise DataError(
-            f"cannot load {name} from {root} ({str(e).splitlines()[0][:120]}): on a machine "
-            f"without internet put the torchvision files for {cls_name} under {root} "
-            f"(e.g. {root}/{cls_name}/raw/ for MNIST) or an ImageFolder (train/<class>/*, "
-            f"test/<class>/*) there, and pass --data-dir {root} or set KDSEARCH_DATA_DIR"
-        ) from None
+        raise DataError(missing_data_message(name, root, download, e)) from None
 
     def tensors(ds):
         x = torch.as_tensor(np.asarray(ds.data))

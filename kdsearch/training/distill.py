@@ -8,6 +8,12 @@ so without the factor a high temperature would silently turn the soft targets of
 the *loss* term by T^2 multiplies exactly the soft-target gradients by T^2 (differentiation is
 linear), so "multiply the loss by T^2" and "multiply the soft gradients by T^2" are the same
 update; `tests/test_distill.py::test_t_squared_in_loss_equals_scaling_soft_gradients` proves it.
+
+Label smoothing (Szegedy et al. 2016), when the recipe asks for it, replaces the one-hot target
+of the CE term only, by (1 - eps) on the true class and eps / K on each class. The soft term is
+left alone: the teacher's distribution is already soft, and smoothing it too would blur what the
+student is distilling. So with eps > 0 the hard term's target is itself a mixture, and
+alpha still weighs the teacher against it: alpha = 0 is plain training with smoothed labels.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Hinton et al. (2015) distillation loss, averaged over the batch.
 
@@ -31,8 +38,9 @@ def kd_loss(
         labels: (N,) true classes.
         temperature: T > 0; softens both distributions in the soft term.
         alpha: weight of the soft term in [0, 1]; 0 is plain training on the labels.
+        label_smoothing: eps in [0, 1) for the hard term's target (see the module's docstring).
     """
-    hard = F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if alpha == 0:
         return hard
     t = float(temperature)

@@ -2,9 +2,10 @@
 
 The whole split sits in memory (on the GPU when there is one) as uint8; each epoch draws a
 permutation and slices batches by index; augmentation runs on whole batches as tensor ops.
-A distilled student reads its teacher's logits from the cache, unless it augments its inputs,
-in which case the cached logits no longer describe what it sees and the teacher runs live
-under no-grad.
+A distilled student reads its teacher's logits from the cache. With fixed views
+(`recipe.views`, see views.py) it is shown each image in one of its views with the teacher's
+cached logits for exactly that view; under random augmentation the cached logits no longer
+describe what it sees, so the teacher runs live under no-grad.
 
 Speed choices, each measured on a 2-core CPU (docs/PERFORMANCE.md has the figures):
 channels_last weights for CNNs (+30-35% at 1 thread, no change at 2), fused Adam/SGD
@@ -33,6 +34,7 @@ from kdsearch.spec import TrainRecipe
 from kdsearch.training.data import Dataset, Split
 from kdsearch.training.distill import kd_loss
 from kdsearch.training.models import Normalize
+from kdsearch.training.views import ViewSet, render_views
 
 # Evaluation batch: 512 keeps the widest CNN students' activations small (peak RSS of a CIFAR-10
 # trial of a 32-32-64-64-128-128 student: 1,219 MiB at 512 against 1,881 MiB at 2,048), at the
@@ -45,6 +47,7 @@ PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most thi
 # 2 cores: 784-400-400 (61M per batch of 128) 0.84-0.97x as fast on two threads as on one,
 # 784-800-800 (163M) 1.06-1.42x faster on two.
 ONE_THREAD_MAX_MACS = 100_000_000
+BATCH_PROGRESS_SECONDS = 0.25  # how often `on_batches` hears, at most: a clock read per batch
 STATE_FORMAT = 1  # of the state `train` hands to `checkpoint`; bump when its keys change
 
 
@@ -93,11 +96,12 @@ def hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Te
 def augment(x: torch.Tensor, recipe: TrainRecipe) -> torch.Tensor:
     if recipe.hflip:
         x = hflip(x)
-    return jitter(x, recipe.jitter)
+    return jitter(x, recipe.jitter or recipe.translate)
 
 
 def augments(recipe: TrainRecipe) -> bool:
-    return recipe.jitter > 0 or recipe.hflip
+    """Random augmentation in every epoch: without fixed views, a shift or a flip."""
+    return recipe.augments()
 
 
 @torch.inference_mode()
@@ -119,19 +123,57 @@ def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
     return correct / max(len(split), 1)
 
 
+def param_groups(model: nn.Module, recipe: TrainRecipe) -> list[dict]:
+    """The optimizer's parameter groups: one, or with `decay_norms_and_biases = false`, the
+    conv and linear weights (decayed) apart from biases and batch-norm scales and shifts (not).
+
+    Decay pulls a weight towards 0 to keep the function simple; a batch-norm scale or a bias
+    sets no complexity, and the layer after a batch norm does not see its weights' scale, so
+    decaying them only fights the fit (He et al. 2019, "Bag of tricks", section 3.1).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.decay_norms_and_biases or recipe.weight_decay == 0:
+        return [{"params": params, "weight_decay": recipe.weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def _make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     """Fused implementations (one kernel for all parameters) where this torch has them."""
+    groups = param_groups(model, recipe)
     for fused in (True, False):
         try:
             if recipe.optimizer == "sgd":
-                return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                       weight_decay=recipe.weight_decay, nesterov=True,
+                # Nesterov needs momentum: torch refuses it with none.
+                return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+                                       nesterov=recipe.nesterov and recipe.momentum > 0,
                                        fused=fused or None)
-            return torch.optim.Adam(model.parameters(), lr=recipe.lr,
-                                    weight_decay=recipe.weight_decay, fused=fused or None)
+            return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
         except (RuntimeError, TypeError, ValueError):  # fused unsupported for this device/torch
             continue
     raise AssertionError("unreachable")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate at optimizer step `step` of `total`, as a fraction of the recipe's.
+
+    A linear warm-up over the first `warmup` steps (large early steps on freshly initialised
+    weights, with batch norm's statistics still settling, can throw a short run off for good),
+    then: constant; cosine down to 0; or onecycle, linearly down to 0 (Smith & Topin 2019:
+    within a few epochs, the triangle reaches more than any fixed rate).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(step - warmup, total - warmup) / max(total - warmup, 1)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _is_cnn(model: nn.Module) -> bool:
@@ -305,14 +347,23 @@ def train(
     keep_best: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     progress: Callable[[int, float, float], None] | None = None,
+    on_batches: Callable[[int, int, int], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    views: ViewSet | None = None,
 ) -> TrainResult:
     """Train `model` on `data.train` (or `train_split`), distilling when `alpha > 0`.
 
     `teacher_logits` must be aligned with the training split's images; with augmentation,
-    pass `teacher` instead. `on_epoch(epoch, val_accuracy)` may raise to stop (pruning).
+    pass `teacher` instead. With `views` (aligned with the split), each epoch shows every image
+    in one of its fixed views, drawn per image from the seeded generator, and distils from the
+    cached logits of that view: no teacher runs. `on_epoch(epoch, val_accuracy)` may raise to
+    stop (pruning).
     With `keep_best`, the weights of the best validation epoch are restored at the end.
+    `on_batches(epoch, batches_done, batches_per_epoch)` hears within an epoch, at most every
+    BATCH_PROGRESS_SECONDS and once when its last batch is queued, so a progress bar moves
+    during long epochs (one CIFAR-10 teacher epoch: 87 s on 2 cores) at the cost of a clock
+    read per batch; on CUDA it counts batches queued, not finished (no host sync is added).
     Small MLPs train on one thread (see `train_threads`).
 
     `checkpoint(state)`, if given, receives after each epoch (before `on_epoch`, so a stop
@@ -324,13 +375,19 @@ def train(
     # Setup: the data on the device once, a seeded generator for the batch order.
     split = train_split or data.train
     x, y = split.x.to(device), split.y.to(device)
-    augmenting = augments(recipe)
+    augmenting = augments(recipe) and views is None
     distilling = alpha > 0
+    if views is not None and len(views) != len(split):
+        raise ValueError(f"views of {len(views)} images for a split of {len(split)}")
+    if views is not None:  # the table on the device too: no host sync per batch
+        views = ViewSet(views.table.to(device), views.logits)
+        view_logits = views.logits.to(device) if distilling else None
+        teacher, teacher_logits = None, None
     if distilling and augmenting and teacher is None:
         raise ValueError("augmented distillation needs the teacher model, not cached logits")
-    if distilling and teacher is None and teacher_logits is None:
+    if distilling and teacher is None and teacher_logits is None and views is None:
         raise ValueError("distillation needs teacher_logits or a teacher")
-    soft = teacher_logits.to(device) if (distilling and teacher is None) else None
+    soft = teacher_logits.to(device) if (distilling and teacher_logits is not None) else None
     if teacher is not None:
         teacher.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -341,7 +398,7 @@ def train(
         model.to(memory_format=torch.channels_last)
     # Inputs: normalised once when small and not augmented (augmentation pads in pixel space).
     net: nn.Module = model
-    pre = None if augmenting else _prenormalise(model, x)
+    pre = None if augmenting or views is not None else _prenormalise(model, x)
     if pre is not None:
         net, x = pre
     amp = _amp_dtype(device)
@@ -354,10 +411,15 @@ def train(
     optimizer = _make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(split) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
+    warmup_steps = min(round(recipe.warmup() * steps_per_epoch), total_steps)
     schedule = None
-    if recipe.lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    if recipe.lr_schedule != "constant" or warmup_steps:
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            lr_factor, total=total_steps, warmup=warmup_steps, schedule=recipe.lr_schedule))
+    # Batch norm in training mode cannot normalise a batch of one image on a 1x1 map (and on
+    # larger maps gets one image's statistics): such a last batch is skipped; its image is in
+    # other batches in the other epochs' permutations.
+    skip_single = _has_batch_norm(model)
 
     start = time.perf_counter()
     curve: list[float] = []
@@ -375,23 +437,34 @@ def train(
         # device and read once per epoch, so no batch waits for the host.
         model.train()
         order = torch.randperm(len(split), generator=gen).to(device)
+        if views is not None:  # each image's view this epoch, drawn from the same stream
+            shown = torch.randint(0, views.table.k, (len(split),), generator=gen).to(device)
         running = torch.zeros((), device=device)
-        for i in range(0, len(split), recipe.batch_size):
+        told = time.monotonic()
+        for step, i in enumerate(range(0, len(split), recipe.batch_size), start=1):
             idx = order[i : i + recipe.batch_size]
+            if skip_single and len(idx) == 1:
+                continue
             xb, yb = x[idx], y[idx]
             if augmenting:
                 xb = augment(xb, recipe)
+            if views is not None:  # the pixels of exactly the view whose logits are cached
+                vb = shown[idx]
+                xb = render_views(xb, views.table, idx, vb)
             with autocast():
                 logits = net(xb)
                 if not distilling:
-                    loss = F.cross_entropy(logits, yb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 else:
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher(xb)
+                    elif views is not None:
+                        t_logits = view_logits[vb, idx]
                     else:
                         t_logits = soft[idx]
-                    loss = kd_loss(logits, t_logits, yb, temperature, alpha)
+                    loss = kd_loss(logits, t_logits, yb, temperature, alpha,
+                                   label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -405,6 +478,10 @@ def train(
             if recipe.max_norm is not None:
                 _apply_max_norm(model, recipe.max_norm)
             running += loss.detach().float() * len(idx)
+            if on_batches is not None and (step == steps_per_epoch or
+                                           time.monotonic() - told >= BATCH_PROGRESS_SECONDS):
+                on_batches(epoch, step, steps_per_epoch)
+                told = time.monotonic()
         epoch_loss = float(running) / max(len(split), 1)
         if not math.isfinite(epoch_loss):
             _restore_layout(model, cnn)

@@ -15,6 +15,7 @@ from kdsearch.spec import TrainRecipe
 from kdsearch.training.data import Dataset, Split
 from kdsearch.training.engine import TrainResult, augments, train
 from kdsearch.training.teacher_cache import Teacher
+from kdsearch.training.views import ViewSet
 
 SEED_STRIDE = 100_003  # a prime: studies with nearby seeds never share a student's seed
 
@@ -32,17 +33,27 @@ def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.
             teacher: Teacher, *, seed: int, temperature: float, alpha: float,
             train_split: Split | None = None, teacher_logits: torch.Tensor | None = None,
             on_epoch: Callable[[int, float], None] | None = None,
-            progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
-    """Train `model` from the teacher: cached logits, or the teacher run live.
+            progress: Callable[[int, float, float], None] | None = None,
+            on_batches: Callable[[int, int, int], None] | None = None,
+            views: ViewSet | None = None) -> TrainResult:
+    """Train `model` from the teacher: cached logits, per fixed view or un-augmented, or live.
 
-    Cached logits belong to un-augmented images; under random augmentation a distilled student
-    must see the teacher's logits for the very pixels it is given, so the teacher runs live.
-    A plain student (alpha 0) needs no teacher at all. `teacher_logits` defaults to the
-    cached logits of the training split (`compress` passes those of train + validation).
+    A distilled student must see the teacher's logits for the very pixels it is given. With
+    `recipe.views` it trains on the fixed views whose logits are cached (`views`, default the
+    training split's); under random augmentation the teacher runs live. A plain student
+    (alpha 0) needs no teacher at all. `teacher_logits` defaults to the cached logits of the
+    training split (`compress` passes those, and the views, of train + validation).
     """
+    if recipe.views:
+        views = views if views is not None else teacher.views["train"]
+        return train(model, data, recipe, device, seed=seed, train_split=train_split,
+                     views=views, temperature=temperature, alpha=alpha, on_epoch=on_epoch,
+                     progress=progress, on_batches=on_batches)
     live = augments(recipe) and alpha > 0
+    if live and teacher.model is None:  # the study file refuses this; a guard for code callers
+        raise ValueError("random augmentation needs a live teacher; a teacher file needs views")
     cached = teacher.logits["train"] if teacher_logits is None else teacher_logits
     return train(model, data, recipe, device, seed=seed, train_split=train_split,
                  teacher_logits=None if live or alpha == 0 else cached,
                  teacher=teacher.model if live else None, temperature=temperature, alpha=alpha,
-                 on_epoch=on_epoch, progress=progress)
+                 on_epoch=on_epoch, progress=progress, on_batches=on_batches)

@@ -4,7 +4,10 @@ from optuna.trial import TrialState
 
 from kdsearch.errors import StudyFileError
 from kdsearch.options import Options
-from kdsearch.report import plots, reports
+from kdsearch.report import plots
+from kdsearch.report.rows import pareto_data, read_rows
+from kdsearch.report.summary import summary_markdown
+from kdsearch.report.tables import best_table, write_trials_csv
 from kdsearch.search import baselines
 from kdsearch.spec import parse_study
 from kdsearch.study.runner import run_study
@@ -83,15 +86,16 @@ def test_the_baseline_runs_first_in_full_once_and_is_marked(tmp_path):
     assert sum(t.user_attrs.get("baseline") == "my pick" for t in study.trials) == 1
 
     # marked on the Pareto plot, in the best table, the CSV and the summary
-    data = reports.pareto_data(study)
+    snap = read_rows(study)
+    data = pareto_data(snap)
     assert [r.number for r in data.baselines] == [0]
     fig = plots.pareto_figure(data)
     marked = [t for t in fig.data if t.name == "hand-picked"]
     assert marked and list(marked[0].text) == ["my pick"]
-    summary = reports.summary_markdown(study)
+    summary = summary_markdown(snap)
     assert "## Hand-picked baselines" in summary and "| my pick | 0 |" in summary
-    assert "my pick" in reports.best_table(study)
-    reports.write_csv(study, tmp_path / "t.csv")
+    assert "my pick" in best_table(snap)
+    write_trials_csv(snap, tmp_path / "t.csv")
     assert "my pick" in (tmp_path / "t.csv").read_text().splitlines()[1]
 
 

@@ -9,7 +9,9 @@ import pytest
 
 from kdsearch.errors import StudyFileError
 from kdsearch.options import Options
-from kdsearch.report.reports import DISTILLED, PLAIN, accuracy_by, sweep_table
+from kdsearch.report.accuracy import accuracy_by
+from kdsearch.report.rows import DISTILLED, PLAIN, is_distilled, read_rows
+from kdsearch.report.tables import sweep_table
 from kdsearch.search.sweep import sweep_grid, sweep_size, swept_params, trials_wanted
 from kdsearch.spec import load_study
 from kdsearch.study.runner import run_study
@@ -91,20 +93,20 @@ def test_sweep_runs_every_grid_point_once(swept):
 
 
 def test_sweep_plot_data_is_mean_over_seeds_per_setting(swept):
-    data = accuracy_by(swept, "layers")
+    data = accuracy_by(read_rows(swept), "layers")
     assert data.statistic == "mean" and set(data.groups) == {DISTILLED, PLAIN}
     trials = swept.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     for line, points in data.groups.items():
         assert [p.x for p in points] == [1, 2]
         for p in points:
             expected = [t.user_attrs["val_accuracy"] for t in trials if t.params["depth"] == p.x
-                        and (t.params["alpha"] == 0.0) == (line == PLAIN)]
+                        and (not is_distilled(t.params["alpha"])) == (line == PLAIN)]
             assert sorted(p.values) == sorted(expected) and len(expected) == 2
             assert p.mean == pytest.approx(statistics.fmean(expected))
 
 
 def test_sweep_table_lists_each_setting_with_its_seeds(swept):
-    table = sweep_table(swept)
+    table = sweep_table(read_rows(swept))
     lines = table.splitlines()
     assert "val acc (mean ± sd)" in lines[0] and len(lines) == 1 + 4
     assert all(" 2 " in line for line in lines[1:])  # two seeds per setting

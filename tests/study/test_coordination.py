@@ -118,6 +118,7 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
     """A worker that cannot see the teacher (no shared cache, no artifact store) refuses to
     train a second one and says how to share it; with the store it fetches it."""
     from kdsearch.errors import CacheError
+    from kdsearch.record import set_study_attr, study_attr
     from kdsearch.spec import load_study
     from kdsearch.training.data import load_data
     from kdsearch.training.teacher_cache import teacher_key
@@ -137,8 +138,8 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
                                         study=study, storage=storage)
     assert not first.reused
     key = teacher_key(spec, data)
-    trained_by = study.user_attrs[coordination.TRAINED_BY_ATTR]
-    study.set_user_attr(coordination.TRAINED_BY_ATTR, {key: "elsewhere:1"})  # as if remote
+    trained_by = study_attr(study, coordination.TRAINED_BY_ATTR)
+    set_study_attr(study, coordination.TRAINED_BY_ATTR, {key: "elsewhere:1"})  # as if remote
     assert trained_by[key] == coordination.worker_id()
     # "Machine B" without the store: a clear refusal, not a second teacher.
     with pytest.raises(CacheError, match="give every worker the same --artifact-dir"):

@@ -16,10 +16,19 @@ def _opts(tmp_path, n_trials, name="tiny"):
                       timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 
-def test_study_runs_resumes_and_records_everything(tmp_path):
+def test_study_runs_resumes_and_records_everything(tmp_path, capsys):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     logs = []
     study = run_study(spec, _opts(tmp_path, 2), log=logs.append)
+    # progress on stderr: within the running trial, and for the run once a trial is complete
+    err = capsys.readouterr().err
+    assert f"trial 0: epoch {spec.student.train.epochs}/{spec.student.train.epochs} 100%" in err
+    assert "run ~" in err and "left" in err
+    # the closing summary: counts, wall time, the front
+    assert "2 complete, 0 pruned, 0 failed (2 trials in the study)" in logs[-len(study.best_trials) - 2]
+    assert logs[-len(study.best_trials) - 1].startswith("Pareto front: ")
+    assert {int(line.split()[1]) for line in logs[-len(study.best_trials):]} == \
+        {t.number for t in study.best_trials}
     trials = study.get_trials(states=[TrialState.COMPLETE])
     assert len(trials) == 2
     assert study.metric_names == ["val_accuracy", "params"]
@@ -31,6 +40,8 @@ def test_study_runs_resumes_and_records_everything(tmp_path):
         for key in ("macs", "test_accuracy", "train_seconds", "architecture", "val_curve"):
             assert key in t.user_attrs
         assert len(t.user_attrs["val_curve"]) == spec.student.train.epochs
+        # the learning curve optuna-dashboard draws: epoch -> validation accuracy
+        assert t.intermediate_values == dict(enumerate(t.user_attrs["val_curve"], start=1))
     teacher = study_teacher(study)
     assert teacher.params > 0 and 0 <= teacher.val_accuracy <= 1
 
@@ -49,6 +60,24 @@ def test_study_runs_resumes_and_records_everything(tmp_path):
     # nothing more to do at the same target
     study = run_study(spec, _opts(tmp_path, 4), log=logs.append)
     assert len(study.trials) == 4
+
+
+def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
+    """Multi-objective studies refuse Trial.report; the curve is written through storage."""
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    assert spec.student.train.epochs >= 2
+
+    def prune_after_first(trial, epoch, val_acc):
+        raise optuna.TrialPruned("test")
+
+    logs = []
+    study = run_study(spec, _opts(tmp_path, 1), log=logs.append, on_epoch=prune_after_first)
+    assert "0 complete, 1 pruned, 0 failed" in logs[-2]
+    assert logs[-1] == "Pareto front: empty (no complete trial)"
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    assert trial.intermediate_values[1] == trial.user_attrs["val_curve"][0]
 
 
 def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, monkeypatch):
@@ -125,3 +154,131 @@ def test_optuna_storage_is_plain_sqlite(tmp_path):
     run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
     loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db")
     assert len(loaded.trials) == 1
+
+
+def test_run_estimate_averages_complete_and_pruned_trials_apart():
+    from kdsearch.study.runner import run_estimate
+
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    assert run_estimate({C: [], P: [0.4]}, 5) is None  # nothing complete: no honest guess
+    assert run_estimate({C: [10.0]}, 0) == 0.0
+    # 2 complete at 10 s, 2 pruned at 0.4 s: half the trials cost 10 s, half 0.4 s
+    seen = {C: [10.0, 10.0], P: [0.4, 0.4]}
+    assert run_estimate(seen, 4) == pytest.approx(4 * 5.2)
+    # the running trial, 30% done, is counted as a complete one: 7 s left of it
+    assert run_estimate(seen, 4, running_fraction=0.3) == pytest.approx(3 * 5.2 + 7.0)
+    # more pruned trials seen -> a shorter estimate, whatever order they came in
+    assert run_estimate({C: [10.0], P: [0.4] * 3}, 4) < run_estimate(seen, 4)
+
+
+def test_tpe_samples_after_pruned_trials_that_carry_learning_curves():
+    """Optuna's TPE ranks pruned trials by their last intermediate value through
+    `study.direction`, which a multi-objective study refuses; kdsearch's TPE must go on."""
+    from kdsearch.search.curves import CurveBlindTPESampler
+
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=CurveBlindTPESampler(seed=0, n_startup_trials=2,
+                                                             multivariate=True,
+                                                             constant_liar=True))
+    for i in range(4):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.storage.set_trial_intermediate_value(trial._trial_id, 1, x)
+        if i % 2:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, [x, 1.0 - x])
+    trial = study.ask()  # TPE proper now: past the two start-up trials
+    assert 0.0 <= trial.suggest_float("x", 0.0, 1.0) <= 1.0
+    pruned = study.get_trials(states=[TrialState.PRUNED])
+    assert all(t.intermediate_values for t in pruned)  # storage keeps them: only TPE is blind
+
+
+def test_a_changed_study_file_is_refused_naming_the_keys_and_nothing_is_written(tmp_path):
+    from kdsearch import record
+    from kdsearch.errors import StudyFileError
+    from tests.helpers import TINY_MLP_STUDY
+
+    text = TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1")
+    spec = parse_study(text, tmp_path / "tiny.toml")
+    run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
+    url = f"sqlite:///{tmp_path}/s.db"
+
+    def attempt(new_text, n_trials=1, seed=None):
+        changed = parse_study(new_text, tmp_path / "tiny.toml").with_overrides(seed=seed)
+        return run_study(changed, _opts(tmp_path, n_trials), log=lambda m: None)
+
+    edits = {"student.width": text.replace("[4, 8, 16]", "[4, 8]"),
+             "student.train.epochs": text.replace("epochs = 1\nbatch_size = 32",
+                                                  "epochs = 2\nbatch_size = 32")}
+    for key, new_text in edits.items():
+        with pytest.raises(StudyFileError, match=r"differs in " + key.replace(".", r"\.")) as e:
+            attempt(new_text, n_trials=3)
+        assert "--study-name" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(StudyFileError, match=r"differs in seed\)"):
+        attempt(text, n_trials=3, seed=5)  # another seed draws other students: another study
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # no FAIL, no new trial
+    assert record.study_attr(study, record.STUDY_FILE) == text  # the stored copy kept
+
+    # Comments, blank lines, the description, the stored seed given again and the target
+    # (n_trials) are not the study's definition: the run goes on.
+    same = ("# edited\n" + text.replace('description = "tests: a few-second study"',
+                                        'description = "renamed"') + "\n\n")
+    assert len(attempt(same, n_trials=2, seed=0).trials) == 2
+
+
+def test_study_attributes_are_short_and_the_study_file_reads_back(tmp_path):
+    """`optuna studies` prints every user attribute of every study on one row."""
+    import json
+
+    from kdsearch.record import stored_spec
+
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml").with_overrides(seed=3)
+    study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
+    assert len(json.dumps(study.user_attrs)) < 150, study.user_attrs
+    back = stored_spec(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db"))
+    assert back.source == spec.source and back.seed == 3
+    assert back.student == spec.student
+
+
+def test_storage_is_checked_before_the_data_loads(tmp_path, monkeypatch):
+    import kdsearch.study.runner as runner
+    from kdsearch.errors import StorageError
+
+    def no_data(*a, **k):
+        raise AssertionError("data loaded before the storage was checked")
+
+    monkeypatch.setattr(runner, "load_data", no_data)
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    opts = Options(storage="postgresql+psycopg://nobody@127.0.0.1:1/none", study_name="tiny",
+                   cache_dir=tmp_path / "c", device="cpu")
+    with pytest.raises(StorageError, match="cannot open storage"):
+        runner.prepare(spec, opts, log=lambda m: None)
+
+
+def test_a_trial_taken_over_by_another_worker_is_dropped_with_a_warning(tmp_path):
+    """This worker was silent past the grace period; another failed its trial and queued the
+    retry. Its next write finds the trial finished: it warns, drops it and goes on."""
+    from kdsearch.study.storage import open_storage, retry_failed_trial
+
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")  # 2 epochs per trial
+    url = f"sqlite:///{tmp_path}/s.db"
+    taken: list[int] = []
+
+    def other_worker_takes_over(trial, epoch, val_acc):
+        if not taken:
+            taken.append(trial.number)
+            storage = open_storage(url, heartbeats=None, read_only=False)
+            other = optuna.load_study(study_name="tiny", storage=storage)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            retry_failed_trial(other, storage.get_trial(trial._trial_id))
+
+    logs: list[str] = []
+    study = run_study(spec, _opts(tmp_path, 2), log=logs.append, on_epoch=other_worker_takes_over)
+    warned = [m for m in logs if "taken over" in m]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: trial {taken[0]} ")
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 2
+    failed = next(t for t in study.trials if t.state == TrialState.FAIL)
+    assert any(t.params == failed.params and t.state == TrialState.COMPLETE for t in study.trials)

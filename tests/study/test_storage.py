@@ -10,7 +10,15 @@ import pytest
 from kdsearch.errors import StorageError
 from kdsearch.options import Heartbeats
 from kdsearch.study.storage import open_storage, redact
-from tests.helpers import BACKENDS, PG_SERVER, REPO, require_pg, scratch_storage, tiny_study
+from tests.helpers import (
+    BACKENDS,
+    PG_SERVER,
+    REPO,
+    require_pg,
+    scratch_pg,
+    scratch_storage,
+    tiny_study,
+)
 
 ROOT = REPO
 SECRET = "s3cr3t-Pa55"
@@ -100,3 +108,28 @@ def test_workers_creating_the_tables_together(backend, tmp_path):
         for t in threads:
             t.join(60)
         assert not errors, errors
+
+
+def test_read_only_opening_never_creates_a_sqlite_file_or_its_tables(tmp_path):
+    from kdsearch.study.storage import load_study
+
+    missing, empty = tmp_path / "missing.db", tmp_path / "empty.db"
+    empty.touch()
+    for path in (missing, empty):
+        with pytest.raises(StorageError, match=r"no kdsearch studies in sqlite:///"):
+            load_study(f"sqlite:///{path}", "tiny")
+    assert not missing.exists() and empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]  # no -wal, no lock files
+
+
+def test_read_only_opening_never_creates_postgresql_tables():
+    from sqlalchemy import create_engine, inspect
+
+    from kdsearch.study.storage import load_study
+
+    with scratch_pg() as url:
+        with pytest.raises(StorageError, match="no kdsearch studies in postgresql"):
+            load_study(url, "tiny")
+        engine = create_engine(url)
+        assert inspect(engine).get_table_names() == []
+        engine.dispose()

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from kdsearch.options import Heartbeats, Options
 from kdsearch.study.workers import THREADS_ENV, threads_per_worker, worker_args, worker_env
-from tests.helpers import REPO
+from tests.helpers import BACKENDS, REPO, cli_argv, cli_env, scratch_storage, tiny_study
 
 REPO = REPO
 
@@ -85,3 +86,28 @@ def test_two_workers_fill_one_study(tmp_path):
     # Workers started together must not draw the same first student (their seeds differ).
     first_two = [t.params for t in sorted(study.trials, key=lambda t: t.number)[:2]]
     assert first_two[0] != first_two[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_workers_started_separately_never_draw_the_same_student(backend, tmp_path):
+    """What `docker compose up --scale worker=3` does: three `run-study` processes, each with
+    worker index 0, on one storage. Each takes its own sampler stream from the database."""
+    study_file = tiny_study(tmp_path, epochs=1, n_trials=6)
+    with scratch_storage(backend, tmp_path) as url:
+        env = cli_env({"KDSEARCH_STORAGE": url, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+                       "KDSEARCH_THREADS": "1"})
+        procs = [subprocess.Popen(cli_argv("run-study", study_file, "--cache-dir", tmp_path / "c",
+                                           "--device", "cpu"), env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [e[-800:] for e in errors]
+        study = optuna.load_study(study_name="tiny", storage=url)
+        drawn = [t for t in study.trials if "failed_trial" not in t.system_attrs]  # not retries
+        assert len(drawn) >= 6
+        keys = [tuple(sorted(t.params.items())) for t in drawn]
+        assert len(set(keys)) == len(keys), keys
+        # One stream per process, never shared (0, 1, 2: the order they joined the study).
+        stream_of = {(t.user_attrs["worker"], t.user_attrs["sampler_stream"]) for t in drawn}
+        workers = {w for w, _ in stream_of}
+        streams = {s for _, s in stream_of}
+        assert len(stream_of) == len(workers) == len(streams) and streams <= {0, 1, 2}

@@ -63,6 +63,36 @@ def test_missing_data_says_where_to_put_it(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert "--data-dir" in message and str(tmp_path / "empty") in message
+    assert "KDSEARCH_OFFLINE is set" in message and "download=True" not in message
+    assert f"{tmp_path / 'empty'}/MNIST/raw/ holding train-images-idx3-ubyte" in message
+
+
+@pytest.mark.parametrize("name, folder, a_file", [
+    ("cifar10", "cifar-10-batches-py/", "data_batch_1"),
+    ("cifar100", "cifar-100-python/", "meta"),
+    ("fashion_mnist", "FashionMNIST/raw/", "t10k-labels-idx1-ubyte"),
+])
+def test_missing_data_names_each_data_sets_own_layout(tmp_path, name, folder, a_file):
+    """The folder named is where torchvision looks (checked: its root/base_folder)."""
+    import torchvision
+
+    from kdsearch.training.data import NAMED
+
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset=name), tmp_path, offline=True)
+    message = str(info.value)
+    assert f"{tmp_path}/{folder}" in message and a_file in message
+    cls = getattr(torchvision.datasets, NAMED[name][0])
+    where = getattr(cls, "base_folder", None) or f"{cls.__name__}/raw"
+    assert folder.rstrip("/") == where
+
+
+def test_a_failed_download_suggests_kdsearch_offline(tmp_path):
+    from kdsearch.training.data import missing_data_message
+
+    message = missing_data_message("cifar10", tmp_path, True, OSError("Name resolution failed"))
+    assert "download failed (Name resolution failed)" in message
+    assert "KDSEARCH_OFFLINE=1" in message and f"{tmp_path}/cifar-10-batches-py/" in message
 
 
 def _image_folder(root, n_per_class=6, classes=("cat", "dog", "emu")):

@@ -80,3 +80,19 @@ def test_soft_gradient_shrinks_as_one_over_t_squared_without_the_factor():
                  log_target=True).backward()
         norms.append(s.grad.norm().item())
     assert 3.6 < norms[0] / norms[1] < 4.4
+
+
+def test_label_smoothing_softens_the_hard_term_only():
+    """eps on the labels: the hard term's target is (1 - eps) one-hot + eps / K; the soft
+    term, and so alpha = 1, is unchanged."""
+    s, t = [1.0, 2.0, 0.5], [0.2, 3.0, -1.0]
+    T, alpha, y, eps = 4.0, 0.7, 1, 0.1
+    p_t, p_s = _softmax(t, T), _softmax(s, T)
+    kl = sum(a * math.log(a / b) for a, b in zip(p_t, p_s, strict=True))
+    target = [(1 - eps) * (k == y) + eps / 3 for k in range(3)]
+    ce = -sum(q * math.log(p) for q, p in zip(target, _softmax(s, 1.0), strict=True))
+    args = torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), T
+    got = kd_loss(*args, alpha, label_smoothing=eps)
+    assert abs(got.item() - (alpha * T * T * kl + (1 - alpha) * ce)) < 1e-5
+    assert abs(got.item() - kd_loss(*args, alpha).item()) > 1e-3  # smoothing did change it
+    assert torch.allclose(kd_loss(*args, 1.0, label_smoothing=eps), kd_loss(*args, 1.0))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from kdsearch.architecture import CNNArch, ConvLayer, MLPArch
+from kdsearch.architecture import CNNArch, ConvLayer, MLPArch, ResNetArch
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
 from kdsearch.training.data import load_data
@@ -14,6 +16,8 @@ from kdsearch.training.engine import (
     _make_optimizer,
     _prenormalise,
     accuracy,
+    lr_factor,
+    param_groups,
     predict_logits,
     train,
     train_threads,
@@ -231,3 +235,78 @@ def test_a_state_from_another_recipe_or_format_is_refused(data):
     wider = MLPArch(hidden=[64], dropout=0.3, input_dropout=0.1)
     with pytest.raises(ResumeError, match="RuntimeError"):
         train(_model(data, wider), data, recipe, CPU, seed=3, resume=states[0])
+
+
+def test_schedules_warm_up_then_decay_and_cosine_is_unchanged_without_warm_up():
+    total = 100
+    # cosine without warm-up: the formula every existing study was trained with
+    for step in (0, 1, 37, 99, 100, 120):
+        old = 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        assert lr_factor(step, total, 0, "cosine") == pytest.approx(old)
+    assert [lr_factor(s, total, 4, "onecycle") for s in (0, 1, 3)] == [0.25, 0.5, 1.0]
+    assert lr_factor(4, total, 4, "onecycle") == 1.0  # the peak, then linearly down
+    assert lr_factor(52, total, 4, "onecycle") == pytest.approx(0.5)
+    assert lr_factor(total, total, 4, "onecycle") == 0.0
+    assert lr_factor(4, total, 4, "cosine") == 1.0 and lr_factor(3, total, 4, "constant") == 1.0
+    assert lr_factor(50, total, 4, "constant") == 1.0
+    assert TrainRecipe(epochs=10, lr_schedule="onecycle").warmup() == 3.0  # unset: 30%
+    assert TrainRecipe(epochs=10, lr_schedule="cosine").warmup() == 0.0
+
+
+def test_no_decay_on_norms_and_biases_and_nesterov_as_asked(data):
+    model = _model(data, ResNetArch(blocks=[1], base_width=4))
+    recipe = TrainRecipe(optimizer="sgd", weight_decay=5e-4, decay_norms_and_biases=False,
+                         nesterov=False)
+    decayed, free = param_groups(model, recipe)
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+             for p in m.parameters()}
+    assert decayed["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
+    assert norms <= {id(p) for p in free["params"]} and not norms & {id(p) for p in decayed["params"]}
+    assert {p.ndim for p in decayed["params"]} == {2, 4}  # conv and linear weights only
+    assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
+    assert len(param_groups(model, recipe.model_copy(update={"decay_norms_and_biases": True}))) == 1
+    opt = _make_optimizer(model, recipe)
+    assert opt.defaults["nesterov"] is False and len(opt.param_groups) == 2
+    assert _make_optimizer(model, recipe.model_copy(update={"nesterov": True})).defaults["nesterov"]
+    # Nesterov without momentum is refused by torch; the recipe then runs plain SGD.
+    assert not _make_optimizer(model, TrainRecipe(optimizer="sgd", momentum=0)).defaults["nesterov"]
+
+
+def test_a_batch_norm_model_skips_a_final_batch_of_one(data):
+    """400 training images in batches of 133: the last holds one image, which batch norm in
+    training mode cannot normalise where the map is 1x1 ('Expected more than 1 value per
+    channel'): the fourth stage of an 8x8 input."""
+    assert len(data.train) % 133 == 1
+    model = _model(data, ResNetArch(blocks=[1, 1, 1, 1], base_width=4))
+    recipe = TrainRecipe(epochs=2, batch_size=133, optimizer="sgd", lr=0.05,
+                         lr_schedule="onecycle", label_smoothing=0.1)
+    result = train(model, data, recipe, CPU, seed=0)
+    assert result.epochs_run == 2 and 0.0 <= result.val_accuracy <= 1.0
+
+
+def test_batch_progress_reports_within_each_epoch_and_leaves_training_unchanged(data,
+                                                                                monkeypatch):
+    """Progress bars move inside an epoch; listening must not change what is learned."""
+    import kdsearch.training.engine as engine
+
+    recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.01)
+    quiet = train(_model(data, CNN), data, recipe, CPU, seed=3)
+    monkeypatch.setattr(engine, "BATCH_PROGRESS_SECONDS", 0.0)  # hear every batch
+    heard = []
+    loud = train(_model(data, CNN), data, recipe, CPU, seed=3,
+                 on_batches=lambda *a: heard.append(a))
+    steps = -(-len(data.train) // recipe.batch_size)
+    assert steps > 1
+    assert heard == [(e, s, steps) for e in (1, 2) for s in range(1, steps + 1)]
+    assert loud.curve == quiet.curve
+
+
+def test_batch_progress_always_hears_the_end_of_each_epoch(data, monkeypatch):
+    import kdsearch.training.engine as engine
+
+    monkeypatch.setattr(engine, "BATCH_PROGRESS_SECONDS", 1e9)  # never by time
+    heard = []
+    recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.01)
+    train(_model(data, MLPArch(hidden=[8])), data, recipe, CPU, on_batches=lambda *a: heard.append(a))
+    steps = -(-len(data.train) // recipe.batch_size)
+    assert heard == [(1, steps, steps), (2, steps, steps)]

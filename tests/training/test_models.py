@@ -1,4 +1,3 @@
-import warnings
 
 import pydantic
 import pytest
@@ -283,15 +282,15 @@ def test_torch_export_matches_eager(arch):
                          ids=["resnet-B", "resnet-A", "mobilenet"])
 def test_compress_exports_run_and_match(arch, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from kdsearch.compress import _export_onnx, _export_torchscript
+    from kdsearch.compress import _export_onnx, _export_pt2
 
     model, x = _trained_ish(arch)
     with torch.no_grad():
         expected = model(x)
-    assert _export_torchscript(model, x[:1], tmp_path / "m.pt") is None
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still exported
-        assert torch.allclose(torch.jit.load(str(tmp_path / "m.pt"))(x), expected, atol=1e-5)
+    assert _export_pt2(model, x[:2], tmp_path / "m.pt2") is None  # batch 4 below, exported at 2
+    with torch.no_grad():
+        loaded = torch.export.load(str(tmp_path / "m.pt2")).module()
+        assert torch.allclose(loaded(x), expected, atol=1e-5)
     assert _export_onnx(model, x[:1], tmp_path / "m.onnx") is None
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"images": x.numpy()})  # batch 4, exported at batch 1

@@ -244,3 +244,63 @@ def test_ctrl_c_during_the_teacher_stops_at_an_epoch_and_the_rerun_resumes(tmp_p
     assert f"resuming teacher from epoch {done} of 300" in again.stderr
     assert not partial.exists()
     assert len([p for p in cache.glob("teachers/*") if p.is_dir()]) == 1
+
+
+# --- a teacher from a file, and the views' logits -------------------------------------------------
+
+
+def _file_setup(tmp_path, student_train: str = ""):
+    """A tiny study whose teacher is a TorchScript file next to it, with the model it holds."""
+    text = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
+                                     '[teacher]\nfile = "t.pt"\n[teacher.input]\nmean = [0.5]')
+    text = text.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
+    text = text.replace("[student.train]\n", f"[student.train]\n{student_train}\n")
+    spec = parse_study(text, tmp_path / "s.toml")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "t.pt"))
+    return spec, load_data(spec.data), net
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_a_teacher_file_is_measured_cached_and_keyed_by_its_content(tmp_path):
+    spec, data, net = _file_setup(tmp_path)
+    cache, logs = tmp_path / "cache", []
+    first = tc.get_teacher(spec, data, cache, CPU, log=logs.append)
+    with torch.no_grad():
+        want = net(data.val.x.float() / 255.0 - 0.5)
+    torch.testing.assert_close(first.logits["val"], want)
+    assert first.model is None and first.record.kind == "file" and first.record.params == 64 * 3 + 3
+    assert first.record.val_accuracy == float((want.argmax(1) == data.val.y).float().mean())
+    again = tc.get_teacher(spec, data, cache, CPU, log=logs.append)
+    assert again.reused and torch.equal(again.logits["test"], first.logits["test"])
+    key = tc.teacher_key(spec, data)
+    with torch.no_grad():
+        net[1].weight.add_(1.0)
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "t.pt"))  # re-exported, same name
+    assert tc.teacher_key(spec, data) != key
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_views_logits_are_the_teachers_on_each_view_cached_by_views(tmp_path, monkeypatch):
+    from kdsearch.training.views import render_views
+
+    spec, data, net = _file_setup(tmp_path, "views = 3\nhflip = true\ntranslate = 1")
+    cache = tmp_path / "cache"
+    teacher = tc.attach_views(tc.get_teacher(spec, data, cache, CPU, log=lambda m: None),
+                              spec, data, cache, CPU, log=lambda m: None)
+    for split in ("train", "val"):
+        v = teacher.views[split]
+        assert v.logits.shape == (3, len(data.split(split)), 3)
+        torch.testing.assert_close(v.logits[0], teacher.logits[split])  # view 0: the image
+        idx = torch.arange(len(data.split(split)))
+        with torch.no_grad():
+            shown = render_views(data.split(split).x, v.table, idx, torch.full_like(idx, 2))
+            torch.testing.assert_close(v.logits[2], net(shown.float() / 255.0 - 0.5))
+
+    monkeypatch.setattr(tc, "view_logits", lambda *a, **k: pytest.fail("views recomputed"))
+    again = tc.attach_views(tc.get_teacher(spec, data, cache, CPU, log=lambda m: None),
+                            spec, data, cache, CPU, log=lambda m: None)
+    assert torch.equal(again.views["train"].logits, teacher.views["train"].logits)
+    other = spec.model_copy(update={"seed": 1})
+    assert tc.views_key(teacher.record.key, other) != tc.views_key(teacher.record.key, spec)

@@ -1,0 +1,130 @@
+"""The import graph of kdsearch/: every module imports, no cycle, nothing reaches upstream.
+
+Read from the source with an AST walk, so an import inside a function (the CLI imports lazily;
+the old report cycle hid in one) counts as much as one at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+PACKAGE = REPO / "kdsearch"
+
+# Data flows training -> search -> study -> report; a subpackage must not import a later one.
+UPSTREAM_OF = {
+    "training": {"search", "study", "report"},
+    "search": {"study", "report"},
+    "study": {"report"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The kdsearch modules that `name` imports anywhere in its source."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = name.split(".") if is_package else name.split(".")[:-1]
+                here = here[: len(here) - (node.level - 1)]
+                base = ".".join(here + ([base] if base else []))
+            # `from kdsearch.report import plots` imports the module kdsearch.report.plots
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                       for a in node.names]
+        for target in targets:
+            while target and target not in known:  # kdsearch.x.y.Z -> kdsearch.x.y
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a path a -> ... -> a, or None. Packages import their own modules freely
+    (`__init__` re-exports), so an edge from a package to a module inside it is left out."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt.startswith(node + "."):
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_and_the_report_cycle_is_gone():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    graph = import_graph()
+    assert "kdsearch.report.rows" in graph["kdsearch.report.plots"]  # the walk sees imports
+    assert "kdsearch.report.plots" not in graph["kdsearch.report.rows"]
+
+
+def test_no_import_cycle_between_kdsearch_modules():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_nothing_imports_upstream():
+    wrong = []
+    for name, targets in import_graph().items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in UPSTREAM_OF:
+            continue
+        for target in sorted(targets):
+            tparts = target.split(".")
+            if len(tparts) > 1 and tparts[1] in UPSTREAM_OF[parts[1]]:
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, "; ".join(wrong)
+
+
+def test_the_report_modules_import_nothing_but_storage_below_them():
+    """Reports read only from storage: no training, no search run, no study runner."""
+    for name, targets in import_graph().items():
+        if name.startswith("kdsearch.report."):
+            for target in targets:
+                assert not target.startswith(("kdsearch.training", "kdsearch.study.runner",
+                                              "kdsearch.cli")), f"{name} imports {target}"
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_every_module_imports(name):
+    importlib.import_module(name)
