@@ -385,6 +385,9 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
             raise _Stopped
 
     objective = make_objective(spec, data, teacher, device, on_epoch=on_epoch)
+    # Each config runs as a trial of an in-memory study (queued, so its values are the config's):
+    # the objective reads the trial's number and writes its curve to the trial's storage.
+    study = optuna.create_study(directions=["maximize", "minimize"])
     trial_id = 0
     while time.perf_counter() - start < budget:
         suggestion = scheduler.suggest()
@@ -392,7 +395,8 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
                       creation_time=datetime.datetime.now())
         scheduler.on_trial_add(trial)
         current["trial"] = trial
-        fixed = optuna.trial.FixedTrial(suggestion.config, number=trial_id)
+        study.enqueue_trial(suggestion.config)
+        fixed = study.ask()
         complete, acc = False, 0.0
         try:
             acc, _ = objective(fixed)

@@ -8,7 +8,7 @@ a JSON file written by bench_peers.py holding the study (as `StudySpec` JSON), t
 cache folders and the torch threads.
 
 The trial is kdsearch's own objective (`make_objective`: the same builder, the same engine,
-the same cached teacher logits), run on an `optuna.trial.FixedTrial` holding the config, with
+the same cached teacher logits), run on an in-memory Optuna trial holding the config, with
 an epoch hook that reports `epoch`, `error` (1 - validation accuracy) and `params` to Syne
 Tune. MOASHA stops a trial by killing this process; a trial that reaches the last epoch
 reports it and returns.
@@ -63,7 +63,14 @@ def main() -> None:
         report(epoch=epoch, error=1.0 - val_acc, params=float(trial.user_attrs["params"]))
 
     objective = make_objective(spec, data, teacher, device, on_epoch=on_epoch)
-    trial = optuna.trial.FixedTrial(config, number=trial_id)
+    # The config as an Optuna trial numbered by the trial id (kdsearch's objective reads the
+    # number and writes its curve to the trial's storage): an in-memory study, the config queued.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(trial_id):
+        study.ask()
+    study.enqueue_trial(config)
+    trial = study.ask()
     try:
         objective(trial)
     except optuna.TrialPruned:
