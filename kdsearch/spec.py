@@ -625,6 +625,10 @@ class EarlyStoppingSpec(_Frozen):
     min_trials: int = Field(default=6, ge=1)  # peers at the rung before anything stops there
     quantile: float = Field(default=0.0, ge=0.0, le=1.0)  # share of no-larger peers that must win
     min_dominators: int = Field(default=1, ge=1)  # and at least this many of them
+    # "rung": compare accuracies at the rung; "reachable": compare the accuracy a trial could
+    # still reach by the last epoch (its curve extended at its steepest recent slope) with
+    # what its no-larger peers already reached (early_stopping.py). Prototype, issue 13.
+    judge: Literal["rung", "reachable"] = "rung"
 
     @field_validator("rungs")
     @classmethod

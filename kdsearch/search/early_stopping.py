@@ -25,12 +25,19 @@ PRUNED with `stopped_reason` and `stopped_at_rung` in their user attributes.
 With other or several cost objectives (`[search] objectives`, e.g. MACs and latency, all known
 before training), "smaller" reads "no worse on every cost": a dominator has at most this
 trial's value of each cost and a higher accuracy at the rung.
+
+`judge = "reachable"` (a prototype, issue 13) asks instead whether the trial can still reach
+the front: its accuracy at the rung, extended to the last epoch at the steeper of its last two
+per-epoch gains (the first gain counts from 0, so nothing stops at rung 1), capped at 1, is
+compared with the latest accuracy of each no-larger peer; the same count decides. A learning
+curve that flattens gains less per epoch later on, so the bound is optimistic and a slow
+starter still climbing steeply is kept; one that has flattened below its smaller peers stops.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -73,9 +80,18 @@ def should_stop(costs: Costs, accuracy: float, peers: list[Peer], rule: EarlySto
     return n_better >= max(rule.min_dominators, math.ceil(rule.quantile * n_smaller))
 
 
+def reachable(curve: Sequence[float], epochs: int) -> float:
+    """The accuracy a trial could still end with: its curve extended to `epochs` at the
+    steeper of its last two per-epoch gains (the first counted from 0), capped at 1."""
+    gains = [b - a for a, b in zip((0.0, *curve), curve, strict=False)]
+    slope = max(0.0, *gains[-2:])
+    return min(1.0, curve[-1] + slope * (epochs - len(curve)))
+
+
 def rung_peers(study: optuna.Study, rung: int, exclude: int,
-               costs: tuple[str, ...] = objectives.DEFAULT) -> list[Peer]:
-    """Each other trial's (costs, accuracy after `rung` epochs), from its record."""
+               costs: tuple[str, ...] = objectives.DEFAULT, latest: bool = False) -> list[Peer]:
+    """Each other trial's (costs, accuracy after `rung` epochs), from its record; with
+    `latest`, the accuracy of its last epoch so far instead."""
     peers = []
     for t in study.get_trials(deepcopy=False, states=PEER_STATES):
         if t.number == exclude:
@@ -83,7 +99,7 @@ def rung_peers(study: optuna.Study, rung: int, exclude: int,
         r = TrialRecord.of(t)
         values = objectives.costs_of(r, costs)
         if len(r.val_curve) >= rung and values is not None:
-            peers.append(Peer(values, float(r.val_curve[rung - 1])))
+            peers.append(Peer(values, float(r.val_curve[-1 if latest else rung - 1])))
     return peers
 
 
@@ -97,22 +113,28 @@ class ParetoEarlyStopper:
                  costs: tuple[str, ...] = objectives.DEFAULT):
         self.rule = rule
         self.costs = tuple(costs)
+        self.epochs = epochs
         self.rungs = frozenset(r for r in rule.rungs if r < epochs) if rule.enabled else frozenset()
 
     def __call__(self, trial: optuna.Trial, epoch: int, val_accuracy: float) -> None:
         if epoch not in self.rungs:
             return
-        mine = objectives.costs_of(TrialRecord.of(trial), self.costs)
+        record = TrialRecord.of(trial)
+        mine = objectives.costs_of(record, self.costs)
         if mine is None:
             return
-        peers = rung_peers(trial.study, epoch, exclude=trial.number, costs=self.costs)
-        if not should_stop(mine, val_accuracy, peers, self.rule):
+        judged, what = val_accuracy, "val acc"
+        if self.rule.judge == "reachable":
+            judged, what = reachable(record.val_curve or (val_accuracy,), self.epochs), "reachable acc"
+        peers = rung_peers(trial.study, epoch, exclude=trial.number, costs=self.costs,
+                           latest=self.rule.judge == "reachable")
+        if not should_stop(mine, judged, peers, self.rule):
             return
-        n_smaller, n_better = dominators(mine, val_accuracy, peers)
+        n_smaller, n_better = dominators(mine, judged, peers)
         bounds = " and ".join(f"<= {COST[c].format(v)}" for c, v in zip(self.costs, mine,
                                                                           strict=True))
         reason = (
-            f"dominated at rung {epoch}: val acc {val_accuracy:.4f} beaten by {n_better} of "
+            f"dominated at rung {epoch}: {what} {judged:.4f} beaten by {n_better} of "
             f"{n_smaller} trials with {bounds}"
         )
         set_trial(trial, stopped_reason=reason, stopped_at_rung=epoch, epochs=epoch)

@@ -12,6 +12,7 @@ from kdsearch.search.early_stopping import (
     Peer,
     dominators,
     make_stopper,
+    reachable,
     rung_peers,
     should_stop,
 )
@@ -165,6 +166,37 @@ def test_hook_on_a_macs_study_compares_macs_not_params():
     with pytest.raises(optuna.TrialPruned, match=r"beaten by 4 of 4 trials with <= 50,000 MACs"):
         by_macs(trial, 1, 0.3)
     assert trial.study.trials[-1].user_attrs["stopped_at_rung"] == 1
+
+
+def test_reachable_extends_the_curve_at_its_steeper_last_gain():
+    assert reachable([0.30], 10) == 1.0  # one epoch: the gain from 0 says nothing; never stops
+    assert reachable([0.50, 0.60, 0.62], 10) == 1.0  # 0.62 + 0.10 x 7, capped
+    assert reachable([0.50, 0.60, 0.62], 5) == pytest.approx(0.62 + 0.10 * 2)
+    assert reachable([0.70, 0.72, 0.73], 9) == pytest.approx(0.73 + 0.02 * 6)
+    assert reachable([0.70, 0.72, 0.71], 9) == pytest.approx(0.71 + 0.02 * 6)  # a dip: no less
+    assert reachable([0.60, 0.60, 0.60], 9) == pytest.approx(0.60)  # flat: nothing more to come
+
+
+def test_reachable_judge_keeps_a_slow_starter_and_stops_a_flat_one():
+    """At rung 3 of 10 a trial of 9,000 params at 0.58 or 0.53 is behind 3 of its 4 smaller
+    peers (0.50, 0.60, 0.70, 0.75 at rung 3, which is also their last epoch), so the rung rule
+    stops it. The reachable rule compares what it could still reach with those accuracies."""
+    rule = RULE.model_copy(update={"judge": "reachable"})
+    for judge, curve, stops in [
+        (RULE, [0.30, 0.45, 0.58], True),
+        (rule, [0.30, 0.45, 0.58], False),  # climbing 0.13 an epoch: could reach 1.0
+        (rule, [0.50, 0.52, 0.53], True),  # gaining 0.02: 0.67 at best, beaten by 2 of 4
+    ]:
+        study = _study_with_peers()
+        stopper = make_stopper(judge, epochs=10)
+        trial = study.ask()
+        trial.set_user_attr("params", 9_000)
+        trial.set_user_attr("val_curve", curve)
+        if stops:
+            with pytest.raises(optuna.TrialPruned, match="rung 3"):
+                stopper(trial, 3, curve[-1])
+        else:
+            stopper(trial, 3, curve[-1])
 
 
 TINY = """
