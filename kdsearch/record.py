@@ -58,21 +58,18 @@ TRIAL_KEYS = frozenset(f.name for f in dataclasses.fields(TrialRecord))
 KEEP_ON_RETRY = ("baseline",)  # a retried trial is still the same hand-picked student
 
 
-def set_trial(trial: optuna.Trial, **values: Any) -> None:
-    """Store fields of the trial's record in storage (where reports and workers read them)."""
-    unknown = set(values) - TRIAL_KEYS
-    if unknown:
-        raise TypeError(f"not fields of TrialRecord: {sorted(unknown)}")
-    for key, value in values.items():
-        trial.set_user_attr(key, list(value) if isinstance(value, tuple) else value)
-
-
 def trial_attrs(**values: Any) -> dict[str, Any]:
     """User attributes for a trial created or enqueued whole (a baseline, a retry)."""
     unknown = set(values) - TRIAL_KEYS
     if unknown:
         raise TypeError(f"not fields of TrialRecord: {sorted(unknown)}")
-    return dict(values)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def set_trial(trial: optuna.Trial, **values: Any) -> None:
+    """Store fields of the trial's record in storage (where reports and workers read them)."""
+    for key, value in trial_attrs(**values).items():
+        trial.set_user_attr(key, value)
 
 
 @dataclass(frozen=True)
