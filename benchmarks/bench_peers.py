@@ -76,6 +76,9 @@ from kdsearch.search.space import suggest_student  # noqa: E402
 from kdsearch.spec import StudySpec, parse_study  # noqa: E402
 from kdsearch.study.runner import prepare, run_study  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import study_text  # noqa: E402
+
 try:  # report/ split into modules; the public function keeps its name
     from kdsearch.report.hypervolume import hypervolume  # noqa: E402
 except ImportError:  # before the split
@@ -95,46 +98,11 @@ TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5
 PROBES = 400  # random draws of the search space that reveal every parameter it can suggest
 GRID = 400  # points of the time axis on which seeds are averaged
 
-# The small real workload: MLP students on a 20,000-image MNIST subset, as bench_search.py.
-MNIST_STUDY = """
-description = "bench_peers: MLP students on MNIST"
-seed = 0
-
-[data]
-dataset = "mnist"
-val_size = 2000
-train_limit = 20000
-
-[teacher]
-family = "mlp"
-hidden = [256, 256]
-dropout = 0.2
-
-[teacher.train]
-epochs = 8
-batch_size = 128
-lr = 0.001
-
-[student]
-family = "mlp"
-depth = { low = 1, high = 3 }
-width = { choices = [8, 16, 32, 64, 128, 256] }
-dropout = { choices = [0.0, 0.3, 0.6] }
-temperature = { low = 1.0, high = 20.0, log = true }
-alpha = { low = 0.0, high = 1.0 }
-
-[student.train]
-epochs = 9
-batch_size = 128
-lr = 0.002
-
-[search]
-n_trials = 40  # what the budget affords: sizes TPE's start-up (10) and NSGA-II's population (10)
-sampler = "tpe"
-
-[search.early_stopping]  # the defaults: rungs [1, 3, 9], min_trials 6, quantile 0, min_dominators 1
-enabled = true
-"""
+# The small real workload: bench_search.py's (MLP students on a 20,000-image MNIST subset, early
+# stopping on), with the trial count the budget affords: it sizes TPE's start-up (10) and
+# NSGA-II's population (10).
+MNIST_STUDY = study_text(enabled=True, mnist=True, seed=0).replace("n_trials = 100000",
+                                                                    "n_trials = 40")
 
 
 @dataclass(frozen=True)
