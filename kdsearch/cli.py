@@ -217,7 +217,10 @@ def cmd_run_study(args) -> int:
             print(line, file=sys.stderr)
         print(best_table(read_rows(study)))
         return code
-    study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr))
+    from kdsearch.report.dashboard import publish_learning_curves
+
+    study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr),
+                      after_trial=publish_learning_curves)
     snap = read_rows(study)  # the table and the sweep from one read
     print(best_table(snap))
     if spec.search.sampler == "grid":

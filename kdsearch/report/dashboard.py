@@ -90,3 +90,22 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080,
         server.serve_forever()
     finally:
         server.server_close()
+
+
+LEARNING_CURVES = "learning-curves"  # the dashboard graph's id: each update replaces it
+
+
+def publish_learning_curves(study: optuna.Study) -> None:
+    """Draw every trial's learning curve into the study's page in optuna-dashboard.
+
+    Called after each trial. A nicety: a failure to draw never stops a run.
+    """
+    from kdsearch.report.plots import learning_curves_figure
+
+    try:
+        from optuna_dashboard import save_plotly_graph_object
+
+        figure = learning_curves_figure(study.get_trials(deepcopy=False))
+        save_plotly_graph_object(study, figure, graph_object_id=LEARNING_CURVES)
+    except Exception:  # noqa: BLE001
+        pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from kdsearch.objectives import COST
+from kdsearch.record import TrialRecord
 from kdsearch.report.accuracy import AccuracyBy, Point
 from kdsearch.report.hypervolume import HypervolumeHistory
 from kdsearch.report.rows import PLAIN, ParetoData, Row
@@ -174,4 +175,36 @@ def accuracy_figure(data: AccuracyBy) -> go.Figure:
         yaxis=dict(title="validation accuracy"),
         legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"),  # below: never on the data
         **LAYOUT)
+    return fig
+
+
+CURVE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#bbbbbb", "FAIL": "#d62728", "RUNNING": "#2ca02c"}
+
+
+def learning_curves_figure(trials) -> go.Figure:
+    """Every trial's validation accuracy per epoch, one line each, coloured by how it ended.
+
+    optuna-dashboard draws intermediate values only for single-objective studies, so kdsearch
+    draws its own curves for the dashboard (and for stopped trials, where they end shows the
+    rung that stopped them).
+    """
+    fig = go.Figure()
+    shown: set[str] = set()
+    for t in trials:
+        curve = list(t.intermediate_values.items()) or list(
+            enumerate(TrialRecord.of(t).val_curve, start=1))
+        if not curve:
+            continue
+        state = t.state.name
+        fig.add_trace(go.Scatter(
+            x=[step for step, _ in sorted(curve)], y=[v for _, v in sorted(curve)],
+            mode="lines+markers", line=dict(color=CURVE_COLORS.get(state, "#999999"), width=1),
+            marker=dict(size=4), name=state.lower(), legendgroup=state,
+            showlegend=state not in shown, hovertemplate=f"trial {t.number}<br>epoch %{{x}}"
+            "<br>val acc %{y:.4f}<extra></extra>"))
+        shown.add(state)
+    fig.update_layout(title="Learning curves: validation accuracy per epoch",
+                      xaxis_title="epoch", yaxis_title="validation accuracy",
+                      legend=dict(orientation="h", y=-0.2), template="plotly_white")
+    fig.update_xaxes(dtick=1)
     return fig

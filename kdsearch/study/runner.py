@@ -341,8 +341,12 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
 
 
 def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print,
-              on_epoch: Callable | None = None) -> optuna.Study:
+              on_epoch: Callable | None = None,
+              after_trial: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
     """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
+
+    `after_trial(study)` runs after each trial this worker ends (the CLI draws the learning
+    curves into the dashboard there: the report side, which the runner does not import).
 
     SIGINT / SIGTERM stop at the next epoch boundary: the running trial is marked FAIL and
     queued for retry (a teacher in training keeps its checkpoint, which the same command
@@ -351,7 +355,7 @@ def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print
     shutdown = Shutdown()
     start = time.monotonic()
     with shutdown.installed():
-        study = _run(spec, opts, log, on_epoch, shutdown)
+        study = _run(spec, opts, log, on_epoch, shutdown, after_trial)
     for line in closing_summary(study, time.monotonic() - start):
         log(line)
     return study
@@ -424,7 +428,8 @@ def _durations(trials: list[FrozenTrial]) -> dict[TrialState, list[float]]:
 
 
 def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
-         on_epoch: Callable | None, shutdown: Shutdown) -> optuna.Study:
+         on_epoch: Callable | None, shutdown: Shutdown,
+         after_trial: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
     from tqdm import tqdm
 
     device = resolve_device(opts.device)
@@ -503,6 +508,8 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
                     if frozen is not None:
                         bar.write(trial_line(frozen, spec.search.objectives),
                                   file=sys.stderr)
+                    if after_trial is not None:
+                        after_trial(study)
                     waiting_said = False
             finished = study.get_trials(deepcopy=False, states=FINISHED)
             durations = _durations(finished)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdsearch.options import Options
-from kdsearch.report.dashboard import is_loopback
+from kdsearch.report.dashboard import LEARNING_CURVES, is_loopback, publish_learning_curves
 from kdsearch.spec import load_study
 from kdsearch.study.runner import run_study
 from tests.helpers import ARTIFACTS, REPO, TINY_SEARCH, write_study
@@ -30,7 +30,7 @@ def storage(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp / 'study.db'}"
     run_study(spec, Options(storage=url, study_name="dashtiny", n_trials=4, timeout=None,
                                data_dir=None, cache_dir=tmp / "cache", device="cpu"),
-              log=lambda m: None)
+              log=lambda m: None, after_trial=publish_learning_curves)
     return url
 
 
@@ -109,6 +109,9 @@ def test_page_renders_study_and_trials_in_chromium(server):
             # The study page: the Pareto front's axes carry the objective names.
             page.get_by_text("Pareto Front").first.wait_for(timeout=60_000)
             page.get_by_text("val_accuracy").first.wait_for(timeout=60_000)
+            # kdsearch's own learning-curves graph (the dashboard draws none for two objectives)
+            page.get_by_text("Learning curves: validation accuracy per epoch").first.wait_for(
+                timeout=60_000)
             page.wait_for_timeout(1000)  # let the plots finish drawing
             page.screenshot(path=str(ARTIFACTS / "dashboard_study.png"), full_page=True)
             study_url = page.url.rstrip("/")
@@ -141,6 +144,21 @@ def test_page_renders_study_and_trials_in_chromium(server):
     steps = [line.split() for line in rows.splitlines() if line.strip()]
     assert [int(step) for step, _ in steps] == [1, 2]  # the tiny study trains 2 epochs
     assert all(0.0 <= float(value) <= 1.0 for _, value in steps)
+
+
+def test_learning_curves_graph_holds_every_trials_curve(storage):
+    import optuna
+
+    study = optuna.load_study(study_name="dashtiny", storage=storage)
+    system = study._storage.get_study_system_attrs(study._study_id)
+    prefix = f"dashboard:plot_data:{LEARNING_CURVES}:"  # optuna-dashboard stores it in chunks
+    chunks = sorted((int(k[len(prefix):]), v) for k, v in system.items() if k.startswith(prefix))
+    assert [i for i, _ in chunks] == list(range(len(chunks)))
+    figure = json.loads("".join(v for _, v in chunks))  # one graph, replaced after each trial
+    curves = sorted((tuple(t["x"]), tuple(t["y"])) for t in figure["data"])
+    expected = sorted((tuple(range(1, len(t.user_attrs["val_curve"]) + 1)),
+                       tuple(t.user_attrs["val_curve"])) for t in study.trials)
+    assert len(curves) == 4 and curves == expected
 
 
 def test_busy_port_is_one_line_error(storage):
