@@ -83,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "machines (env KDSEARCH_ARTIFACT_DIR)")
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="worker processes sharing the storage, cores divided among them (default 1)")
-    p.add_argument("--worker-index", type=_nonneg_int, default=0, help=argparse.SUPPRESS)
 
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
@@ -187,7 +186,7 @@ def _options(args, spec=None):
         device=getattr(args, "device", "auto"), threads=env.threads or available_cores(),
         heartbeats=env.heartbeats,
         artifact_dir=getattr(args, "artifact_dir", None) or env.artifact_dir,
-        worker=getattr(args, "worker_index", 0), workers=getattr(args, "workers", 1))
+        workers=getattr(args, "workers", 1))
 
 
 def _threads(opts) -> None:

@@ -59,7 +59,6 @@ class Options:
     threads: int = 1
     heartbeats: Heartbeats = field(default_factory=Heartbeats)
     artifact_dir: Path | None = None
-    worker: int = 0  # index among `--workers` processes (the sampler stream comes from the DB)
     workers: int = 1
 
 

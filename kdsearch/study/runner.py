@@ -54,7 +54,7 @@ def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
     """The study file's sampler, seeded for one of the study's sampler streams.
 
     Every process that joins a study draws the next stream number from a counter in the
-    database (`create_study`), so workers started separately, all with worker index 0 (what
+    database (`create_study`), so workers started separately as identical commands (what
     `docker compose up --scale worker=4` does), never share a random stream and never draw the
     same students; a resumed run gets a new stream and does not repeat its start-up points.
     The trade-off: the study seed and the run's order fix each stream, so a lone worker's

@@ -3,7 +3,7 @@
 The parent prepares what all workers share (data cache, teacher cache, the study row in
 storage) once, with every core, so that no worker waits for a teacher another is training;
 then it starts N copies of the same `run-study` command, each with `cores // N` torch
-threads and its own worker index. Each takes its own sampler stream from a counter in the
+threads. Each takes its own sampler stream from a counter in the
 database when it joins the study (`runner.create_study`), so workers never draw the same
 students, whether started here or separately (`docker compose up --scale worker=4`). Each
 worker stops when the study holds the target number of finished trials. The parent waits for
@@ -36,7 +36,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
-def worker_args(study: str, opts: Options, seed: int | None, worker: int) -> list[str]:
+def worker_args(study: str, opts: Options, seed: int | None) -> list[str]:
     """The `run-study` command line for one worker: every option of the parent's.
 
     The storage URL travels in the environment (KDSEARCH_STORAGE), never on a command line
@@ -45,8 +45,7 @@ def worker_args(study: str, opts: Options, seed: int | None, worker: int) -> lis
     """
     argv = [sys.executable, "-m", "kdsearch.cli", "run-study", study,
             "--study-name", opts.study_name, "--n-trials", str(opts.n_trials),
-            "--device", opts.device, "--cache-dir", str(opts.cache_dir),
-            "--worker-index", str(worker)]
+            "--device", opts.device, "--cache-dir", str(opts.cache_dir)]
     for flag, value in (
         ("--data-dir", opts.data_dir),
         ("--seed", seed),
@@ -91,8 +90,8 @@ def run_workers(study_arg: str, spec: StudySpec, opts: Options, seed: int | None
     threads = threads_per_worker(n)
     log(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each")
     env = worker_env(environ, opts, threads)
-    procs = [subprocess.Popen(worker_args(study_arg, opts, seed, i), env=env,
-                              stdout=subprocess.DEVNULL) for i in range(n)]
+    procs = [subprocess.Popen(worker_args(study_arg, opts, seed), env=env,
+                              stdout=subprocess.DEVNULL) for _ in range(n)]
     codes = []
     try:
         for p in procs:

@@ -30,11 +30,11 @@ def test_workers_get_every_option_and_the_storage_url_only_in_the_environment():
     opts = Options(storage=url, study_name="s", n_trials=5, timeout=30.0, data_dir=Path("/d"),
                    cache_dir=Path("/c"), device="cpu", artifact_dir=Path("/a"),
                    heartbeats=Heartbeats(4, 12), offline=True, workers=2)
-    argv = worker_args("smoke", opts, seed=7, worker=1)
+    argv = worker_args("smoke", opts, seed=7)
     assert not any("hunter2" in a for a in argv)
     flags = dict(zip(argv[5::2], argv[6::2], strict=True))
     assert flags == {"--study-name": "s", "--n-trials": "5", "--device": "cpu",
-                     "--cache-dir": "/c", "--worker-index": "1", "--data-dir": "/d",
+                     "--cache-dir": "/c", "--data-dir": "/d",
                      "--seed": "7", "--timeout": "30.0", "--artifact-dir": "/a"}
     # Every flag of run-study but --workers itself reaches the workers.
     from kdsearch.cli import build_parser
@@ -90,8 +90,8 @@ def test_two_workers_fill_one_study(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_started_separately_never_draw_the_same_student(backend, tmp_path):
-    """What `docker compose up --scale worker=3` does: three `run-study` processes, each with
-    worker index 0, on one storage. Each takes its own sampler stream from the database."""
+    """What `docker compose up --scale worker=3` does: three identical `run-study`
+    processes on one storage. Each takes its own sampler stream from the database."""
     study_file = tiny_study(tmp_path, epochs=1, n_trials=6)
     with scratch_storage(backend, tmp_path) as url:
         env = cli_env({"KDSEARCH_STORAGE": url, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
