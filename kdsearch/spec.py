@@ -414,6 +414,16 @@ class MLPSpace(_Frozen):
     alpha: Alpha = FloatRange(low=0.0, high=1.0)
 
 
+def _last_channels_fit(width: int, growth: float, layers: int, unit: str,
+                       keys: tuple[str, str, str]) -> None:
+    """Refuse a space whose widest corner has more than MAX_CHANNELS in its last block/stage."""
+    channels = round(width * growth ** (layers - 1))
+    if channels > MAX_CHANNELS:
+        raise _refuse(f"at most {MAX_CHANNELS:,} channels in the last {unit} ({keys[0]} x "
+                      f"{keys[1]}^({keys[2]} - 1))",
+                      f"{width} x {growth:g}^{layers - 1} = {channels:,}", keys[0])
+
+
 class CNNSpace(_Frozen):
     family: Literal["cnn"]
     # conv blocks, each ending in a 2x2 max-pool
@@ -437,12 +447,8 @@ class CNNSpace(_Frozen):
 
     @model_validator(mode="after")
     def _channels_fit(self) -> CNNSpace:
-        width, depth = _high(self.width), _high(self.depth)
-        channels = width * self.channel_growth ** (depth - 1)
-        if channels > MAX_CHANNELS:
-            raise _refuse(f"at most {MAX_CHANNELS:,} channels in the last block (width x "
-                          f"channel_growth^(depth - 1))",
-                          f"{width} x {self.channel_growth}^{depth - 1} = {channels:,}", "width")
+        _last_channels_fit(_high(self.width), self.channel_growth, _high(self.depth), "block",
+                           ("width", "channel_growth", "depth"))
         return self
 
 
@@ -519,13 +525,8 @@ class _StagedShape(_Frozen):
 
     @model_validator(mode="after")
     def _channels_fit(self) -> _StagedShape:
-        width, growth, stages = _high(self.base_width), _float_values(self.width_growth)[-1], \
-            _high(self.stages)
-        channels = round(width * growth ** (stages - 1))
-        if channels > MAX_CHANNELS:
-            raise _refuse(f"at most {MAX_CHANNELS:,} channels in the last stage (base_width x "
-                          f"width_growth^(stages - 1))",
-                          f"{width} x {growth:g}^{stages - 1} = {channels:,}", "base_width")
+        _last_channels_fit(_high(self.base_width), _float_values(self.width_growth)[-1],
+                           _high(self.stages), "stage", ("base_width", "width_growth", "stages"))
         return self
 
 
