@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     _add_storage(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--compare", action="append", default=[], metavar="STUDY|FRONT.csv",
+                   help="also draw fronts.html/.png/.svg: this study's front beside another "
+                   "study's in the same storage, or beside a front saved with 'kdsearch best "
+                   "--format csv' (repeatable)")
 
     p = sub.add_parser("studies", help="list the shipped study files")
 
@@ -261,11 +265,17 @@ def cmd_best(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from kdsearch.report.compare import resolve_front
     from kdsearch.report.export import export
     from kdsearch.report.images import ImageExportError
+    from kdsearch.report.rows import read_rows
+    from kdsearch.study.storage import load_study
 
+    storage = args.storage or _environment().storage
+    compare = [resolve_front(source, lambda name: read_rows(load_study(storage, name)))
+               for source in args.compare]
     try:
-        export(_load(args), args.out)
+        export(_load(args), args.out, compare=compare)
     except ImageExportError as e:
         raise KdsearchError(f"HTML, CSV and summary written; {e}") from None
     return 0

@@ -1,6 +1,7 @@
 """`kdsearch export`: the trials read once, then every file written from that one snapshot.
 
-The folder holds trials.csv, summary.md, and each figure as .html, .png and .svg. The HTML
+The folder holds trials.csv, summary.md, and each figure as .html, .png and .svg (`fronts` too
+when other studies' fronts are given to compare with). The HTML
 files share one plotly.js, written once beside them as `plotly.min.js` (4.7 MB, instead of a
 copy inside every file): the folder works offline and can be moved whole, but an HTML file
 copied out of it alone shows no plot.
@@ -15,6 +16,7 @@ import optuna
 
 from kdsearch.errors import KdsearchError
 from kdsearch.report import images, plots
+from kdsearch.report.compare import Front, check_cost, snapshot_front
 from kdsearch.report.accuracy import accuracy_axes, accuracy_by
 from kdsearch.report.hypervolume import HypervolumeHistory, hypervolume_history
 from kdsearch.report.rows import Snapshot, pareto_data, read_rows
@@ -24,9 +26,12 @@ from kdsearch.report.tables import write_trials_csv
 PLOTLY_JS = "plotly.min.js"  # beside the HTML files, which reference it by this name
 
 
-def figures(snap: Snapshot, history: HypervolumeHistory | None = None) -> dict[str, object]:
+def figures(snap: Snapshot, history: HypervolumeHistory | None = None,
+            compare: list[Front] = ()) -> dict[str, object]:
     """Every figure `export` writes, by file stem; plots with a single setting are left out."""
     figs: dict[str, object] = {"pareto": plots.pareto_figure(pareto_data(snap))}
+    if compare:
+        figs["fronts"] = plots.fronts_figure([snapshot_front(snap), *compare], snap.objectives[0])
     history = history if history is not None else hypervolume_history(snap)
     if history.numbers:
         figs["hypervolume"] = plots.hypervolume_figure(history)
@@ -51,8 +56,10 @@ def _out_folder(out: Path) -> None:
         raise KdsearchError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
-def export(study: optuna.Study, out: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Write trials.csv, summary.md and each figure as .html, .png and .svg into `out`.
+def export(study: optuna.Study, out: Path, log: Callable[[str], None] = print,
+           compare: list[Front] = ()) -> list[Path]:
+    """Write trials.csv, summary.md and each figure as .html, .png and .svg into `out`;
+    `compare` adds `fronts`: this study's front beside each of theirs.
 
     A study with no complete trial is refused (an empty plot says nothing) before anything is
     written. HTML and CSV need nothing but plotly; when PNG/SVG fail (no Chrome for kaleido),
@@ -70,16 +77,18 @@ def export(study: optuna.Study, out: Path, log: Callable[[str], None] = print) -
             raise KdsearchError(f"study '{snap.study_name}' has no complete trial to export "
                                 f"({n} trial{'' if n == 1 else 's'}"
                                 f"{': ' + states if states else ''})")
+        check_cost(list(compare), snap.objectives[0])
         _out_folder(out)
-        return _write(snap, out, log)
+        return _write(snap, out, log, list(compare))
 
 
-def _write(snap: Snapshot, out: Path, log: Callable[[str], None]) -> list[Path]:
+def _write(snap: Snapshot, out: Path, log: Callable[[str], None],
+           compare: list[Front]) -> list[Path]:
     written: list[Path] = []
     write_trials_csv(snap, out / "trials.csv")
     written.append(out / "trials.csv")
     history = hypervolume_history(snap)
-    figs = figures(snap, history)
+    figs = figures(snap, history, compare)
     (out / "summary.md").write_text(
         summary_markdown(snap, [f"{stem}.png" for stem in figs], history))
     written.append(out / "summary.md")

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from kdsearch.objectives import COST
 from kdsearch.record import TrialRecord
 from kdsearch.report.accuracy import AccuracyBy, Point
+from kdsearch.report.compare import Front
 from kdsearch.report.hypervolume import HypervolumeHistory
 from kdsearch.report.rows import PLAIN, ParetoData, Row
 
@@ -95,6 +96,37 @@ def pareto_figure(data: ParetoData) -> go.Figure:
                  "students on the front of all objectives</sup>"),
         legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"),  # below: never on the data
         **{**LAYOUT, "width": LAYOUT["width"] if joined else 520 * len(costs)})
+    return fig
+
+
+def fronts_figure(fronts: list[Front], cost: str) -> go.Figure:
+    """Each study's front as its own staircase on one cost axis: which space gives the better
+    trade-off, at every size. Hand-picked students on a front are labelled diamonds."""
+    fig = go.Figure()
+    for i, front in enumerate(fronts):
+        color = [FRONT, *LINE_COLORS][i % (len(LINE_COLORS) + 1)]
+        points = sorted(front.points, key=lambda p: (p.costs[cost], p.number))
+        fig.add_trace(go.Scatter(
+            x=[p.costs[cost] for p in points], y=[p.val_accuracy for p in points],
+            mode="lines+markers", name=f"{front.name} ({len(points)} on the front)",
+            line=dict(color=color, width=2, shape="hv"), marker=dict(color=color, size=9),
+            hovertext=[f"{front.name} trial {p.number}<br>{p.architecture}<br>val acc "
+                       f"{p.val_accuracy:.4f} · test acc {p.test_accuracy:.4f}<br>"
+                       f"{COST[cost].format(p.costs[cost])}" for p in points],
+            hoverinfo="text"))
+        picked = [p for p in points if p.baseline]
+        if picked:
+            fig.add_trace(go.Scatter(
+                x=[p.costs[cost] for p in picked], y=[p.val_accuracy for p in picked],
+                mode="markers+text", text=[p.baseline for p in picked], textposition="top left",
+                marker=dict(symbol="diamond", size=13, color=color,
+                            line=dict(width=1, color="black")),
+                showlegend=False, hoverinfo="skip"))
+    fig.update_layout(
+        title=f"Pareto fronts: validation accuracy vs {COST[cost].label}",
+        xaxis=dict(title=f"{COST[cost].label} (log scale)", type="log"),
+        yaxis=dict(title="validation accuracy"),
+        legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"), **LAYOUT)
     return fig
 
 
