@@ -2,10 +2,15 @@
 
     python benchmarks/bench_trial.py --quick --data-dir ../shared/data/cifar10-jpeg
 
-Workloads (the seed's two students, each with its teacher):
+Workloads (the seed's two students, each with its teacher, and the new families' two):
   cifar10  CNN 8-8-16-16 + dense 128 (79,442 params), teacher CNN 32-32-64-64 + dense 512
            (1,250,858 params); 32x32 RGB images.
   mnist    MLP 32-32 (26,506 params), teacher MLP 128-128 (118,282 params); 28x28 grey.
+  resnet   ResNet-8 (1-1-1 w16, shortcut B, 78,042 params: batch norm, residual additions),
+           teacher ResNet-20 (269,722 params); the CIFAR-10 images.
+  mobilenet  MobileNetV2 blocks 1-1-1 w16 x2, expansion 4, kernel 3 (depthwise convolutions,
+           batch norm, ReLU6), teacher ResNet-20; the CIFAR-10 images.
+--workloads picks some (default: all four).
 
 Loops, each distilling (T=4, alpha=0.5, Adam, batch 128) and scoring the same validation
 images after every epoch:
@@ -27,7 +32,7 @@ torchvision's layout at --mnist-dir, or beside the CIFAR-10 folder), else random
 same shape, which cost the same to train on.
 
 The last line is `engine_vs_naive=<x> engine_vs_minimal=<y>`: the images/s ratios of each
-workload (median rounds), combined over the two workloads by their geometric mean; the
+workload (median rounds), combined over the workloads run by their geometric mean; the
 per-workload ratios are printed just above it.
 """
 
@@ -48,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdsearch.architecture import CNNArch, ConvLayer, MLPArch  # noqa: E402
+from kdsearch.architecture import CNNArch, ConvLayer, MLPArch, MobileNetArch, ResNetArch  # noqa: E402
 from kdsearch.search.space import cnn_arch  # noqa: E402
 from kdsearch.spec import TrainRecipe  # noqa: E402
 from kdsearch.training.data import IMAGE_SUFFIXES, Dataset, Split  # noqa: E402
@@ -71,6 +76,10 @@ CIFAR_TEACHER = CNNArch(
 CIFAR_STUDENT = cnn_arch(2, 2, 8, 2, [3, 3, 3, 3], 128, 32)
 MNIST_TEACHER = MLPArch(hidden=[128, 128], dropout=0.2)
 MNIST_STUDENT = MLPArch(hidden=[32, 32])
+RESNET_TEACHER = ResNetArch(blocks=[3, 3, 3], base_width=16, shortcut="A")  # ResNet-20
+RESNET_STUDENT = ResNetArch(blocks=[1, 1, 1], base_width=16, shortcut="B")  # ResNet-8
+MOBILENET_STUDENT = MobileNetArch(blocks=[1, 1, 1], base_width=16, expansion=4)
+WORKLOADS = ("cifar10", "mnist", "resnet", "mobilenet")
 
 
 # --- data: the same uint8 images for every loop ------------------------------------------------
@@ -367,7 +376,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     ap.add_argument("--augment", action="store_true", help="also time augmented training")
     ap.add_argument("--scaling", action="store_true", help="also time larger and smaller students")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)")
     args = ap.parse_args(argv)
+    chosen = args.workloads.split(",")
+    if not chosen or any(w not in WORKLOADS for w in chosen):
+        ap.error(f"--workloads: expected names from {', '.join(WORKLOADS)}, found {args.workloads!r}")
 
     from kdsearch.options import available_cores
 
@@ -381,10 +395,14 @@ def main(argv: list[str] | None = None) -> None:
     c_train, c_val, c_src = cifar_images(args.data_dir, cifar_n, 512)
     m_train, m_val, m_src = mnist_images(args.mnist_dir, args.data_dir, mnist_n, 1000)
     log(f"cifar10 images: {c_src}\nmnist images: {m_src}")
-    results = [
-        run_workload("cifar10", CIFAR_TEACHER, CIFAR_STUDENT, c_train, c_val, epochs, rounds, log),
-        run_workload("mnist", MNIST_TEACHER, MNIST_STUDENT, m_train, m_val, epochs, rounds, log),
-    ]
+    runs = {
+        "cifar10": (CIFAR_TEACHER, CIFAR_STUDENT, c_train, c_val),
+        "mnist": (MNIST_TEACHER, MNIST_STUDENT, m_train, m_val),
+        "resnet": (RESNET_TEACHER, RESNET_STUDENT, c_train, c_val),
+        "mobilenet": (RESNET_TEACHER, MOBILENET_STUDENT, c_train, c_val),
+    }
+    names = [w for w in WORKLOADS if w in chosen]
+    results = [run_workload(n, *runs[n], epochs, rounds, log) for n in names]
     if args.augment:
         augment_cost(c_train, c_val, epochs, log)
     if args.scaling:
@@ -398,10 +416,10 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(
             f"{n} engine_vs_naive={r['naive'] / r['engine']:.2f} "
             f"engine_vs_minimal={r['minimal'] / r['engine']:.3f}"
-            for n, r in zip(("cifar10", "mnist"), results, strict=True)
+            for n, r in zip(names, results, strict=True)
         )
     )
-    log("the line below: geometric means over the two workloads")
+    log(f"the line below: geometric means over {len(names)} workload(s)")
     print(f"engine_vs_naive={vs_naive:.2f} engine_vs_minimal={vs_minimal:.3f}")
 
 
