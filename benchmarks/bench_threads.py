@@ -4,7 +4,7 @@
     python benchmarks/bench_threads.py
 
 Times a training step (batch 128, Adam, channels_last weights for CNNs, as the engine does)
-of MLPs and CNNs of growing size on random data, at one thread and at every core, the two
+of MLPs, CNNs, ResNet-8 (full and half width) and a MobileNetV2-block student on random data, at one thread and at every core, the two
 settings interleaved per model; prints ms per step (best of the repeats) and the speed-up of
 all cores over one. Small MLPs lose with more threads (each tiny matrix product pays the
 threads' hand-off); CNNs and large MLPs gain.
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kdsearch.architecture import MLPArch  # noqa: E402
+from kdsearch.architecture import MLPArch, MobileNetArch, ResNetArch  # noqa: E402
 from kdsearch.search.space import cnn_arch  # noqa: E402
 from kdsearch.study.workers import available_cores  # noqa: E402
 from kdsearch.training.engine import ONE_THREAD_MAX_MACS, train_threads  # noqa: E402
@@ -54,6 +54,11 @@ def main() -> None:
               for w, steps in ((32, 300), (128, 300), (400, 150), (800, 80), (1200, 50))]
     models += [(f"cnn {c}-{c}-{2 * c}-{2 * c} + 128", cnn_arch(2, 2, c, 2, [3] * 4, 128, 32), cifar, steps)
                for c, steps in ((4, 40), (8, 30), (16, 20))]
+    # The residual and depthwise families (batch norm, residual additions, depthwise convs).
+    models += [(f"resnet-8 w{w}", ResNetArch(blocks=[1, 1, 1], base_width=w, shortcut="B"), cifar, 15)
+               for w in (8, 16)]
+    models += [("mobilenet 1-1-1 w16 t4", MobileNetArch(blocks=[1, 1, 1], base_width=16, expansion=4),
+                cifar, 8)]
     for name, arch, shape, steps in models:
         torch.manual_seed(0)
         model = build_model(arch, shape, 10)
