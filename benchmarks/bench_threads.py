@@ -4,10 +4,10 @@
     python benchmarks/bench_threads.py
 
 Times a training step (batch 128, Adam, channels_last weights for CNNs, as the engine does)
-of MLPs, CNNs, ResNet-8 (full and half width) and a MobileNetV2-block student on random data, at one thread and at every core, the two
-settings interleaved per model; prints ms per step (best of the repeats) and the speed-up of
-all cores over one. Small MLPs lose with more threads (each tiny matrix product pays the
-threads' hand-off); CNNs and large MLPs gain.
+of MLPs, CNNs, ResNet-8 (full and half width) and a MobileNetV2-block student on random data,
+at one thread and at every core, the two settings interleaved per model; prints ms per step
+(best of the repeats) and the speed-up of all cores over one. Small MLPs lose with more
+threads (each tiny matrix product pays the threads' hand-off); CNNs and large MLPs gain.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import optuna
 
 from kdsearch.errors import KdsearchError
 from kdsearch.report import images, plots
-from kdsearch.report.compare import Front, check_cost, snapshot_front
 from kdsearch.report.accuracy import accuracy_axes, accuracy_by
+from kdsearch.report.compare import Front, check_cost, snapshot_front
 from kdsearch.report.hypervolume import HypervolumeHistory, hypervolume_history
 from kdsearch.report.rows import Snapshot, pareto_data, read_rows
 from kdsearch.report.summary import summary_markdown
