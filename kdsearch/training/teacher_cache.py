@@ -452,13 +452,19 @@ def attach_views(teacher: Teacher, spec: StudySpec, data: Dataset, cache_dir: Pa
                 except _Corrupt as e:
                     log(f"warning: cached views {vkey} are corrupt ({e}); rebuilding them")
                     shutil.rmtree(folder, ignore_errors=True)
+            from tqdm import tqdm
+
             forward = _view_forward(teacher, spec, data, device)
             start = time.perf_counter()
             views = {}
-            for split in VIEW_SPLITS:
-                table = make_views(len(data.split(split)), recipe.views, recipe.hflip,
-                                   recipe.translate, views_seed(spec.seed, split))
-                views[split] = ViewSet(table, view_logits(forward, data.split(split).x, table))
+            total = recipe.views * sum(len(data.split(split)) for split in VIEW_SPLITS)
+            with tqdm(total=total, desc=f"teacher on {recipe.views} views", unit="img",
+                      file=sys.stderr, dynamic_ncols=True, unit_scale=True) as bar:
+                for split in VIEW_SPLITS:
+                    table = make_views(len(data.split(split)), recipe.views, recipe.hflip,
+                                       recipe.translate, views_seed(spec.seed, split))
+                    views[split] = ViewSet(table, view_logits(forward, data.split(split).x, table,
+                                                              progress=bar.update))
             _save_views(folder, views, {"key": vkey, "teacher": teacher.record.key,
                                         **views_settings(spec)})
             log(f"teacher logits on {recipe.views} views of {sum(map(len, views.values())):,} "

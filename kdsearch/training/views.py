@@ -109,10 +109,12 @@ class ViewSet:
 
 @torch.inference_mode()
 def view_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                table: ViewTable, batch_size: int = VIEW_BATCH) -> torch.Tensor:
+                table: ViewTable, batch_size: int = VIEW_BATCH,
+                progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """The teacher's logits on every view of x (uint8 (N, C, H, W)): (K, N, classes) float32.
 
-    `forward` maps a uint8 batch to logits (a kdsearch model, a loaded teacher file).
+    `forward` maps a uint8 batch to logits (a kdsearch model, a loaded teacher file);
+    `progress(n)` hears after each batch of n images (8 views of CIFAR-10 take minutes).
     """
     per_view = []
     for v in range(table.k):
@@ -121,5 +123,7 @@ def view_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
             idx = torch.arange(i, min(i + batch_size, len(x)))
             xb = render_views(x[i : i + batch_size], table, idx, torch.full_like(idx, v))
             outs.append(forward(xb).float().cpu())
+            if progress is not None:
+                progress(len(xb))
         per_view.append(torch.cat(outs))
     return torch.stack(per_view)
