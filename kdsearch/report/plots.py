@@ -65,7 +65,11 @@ def pareto_figure(data: ParetoData) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=x(data.baselines), y=[r.val_accuracy for r in data.baselines],
                 mode="markers+text", name="hand-picked", text=[r.baseline for r in data.baselines],
-                textposition="top center", marker=dict(symbol="diamond", size=13, color=BASELINE,
+                # Right of the diamond, free to reach into the margin: centred, the smallest
+                # student's label was cut at the plot's left edge. Panels keep it centred, so
+                # it stays out of the neighbour panel.
+                textposition="top right" if joined else "top center", cliponaxis=not joined,
+                marker=dict(symbol="diamond", size=13, color=BASELINE,
                                                        line=dict(width=1, color="black")),
                 showlegend=first, legendgroup="baseline",
                 hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines],
@@ -118,7 +122,8 @@ def fronts_figure(fronts: list[Front], cost: str) -> go.Figure:
         if picked:
             fig.add_trace(go.Scatter(
                 x=[p.costs[cost] for p in picked], y=[p.val_accuracy for p in picked],
-                mode="markers+text", text=[p.baseline for p in picked], textposition="top left",
+                mode="markers+text", text=[p.baseline for p in picked],
+                textposition="top right", cliponaxis=False,  # a label may reach into the margin
                 marker=dict(symbol="diamond", size=13, color=color,
                             line=dict(width=1, color="black")),
                 showlegend=False, hoverinfo="skip"))
