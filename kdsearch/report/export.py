@@ -1,15 +1,15 @@
 """`kdsearch export`: the trials read once, then every file written from that one snapshot.
 
 The folder holds trials.csv, summary.md, and each figure as .html, .png and .svg (`fronts` too
-when other studies' fronts are given to compare with). The HTML
-files share one plotly.js, written once beside them as `plotly.min.js` (4.7 MB, instead of a
-copy inside every file): the folder works offline and can be moved whole, but an HTML file
-copied out of it alone shows no plot.
+when other studies' fronts are given to compare with). The HTML files share one plotly.js,
+written once beside them as `plotly.min.js` (4.7 MB, instead of a copy inside every file): the
+folder works offline and can be moved whole, but an HTML file copied out of it alone shows no
+plot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
@@ -27,7 +27,7 @@ PLOTLY_JS = "plotly.min.js"  # beside the HTML files, which reference it by this
 
 
 def figures(snap: Snapshot, history: HypervolumeHistory | None = None,
-            compare: list[Front] = ()) -> dict[str, object]:
+            compare: Sequence[Front] = ()) -> dict[str, object]:
     """Every figure `export` writes, by file stem; plots with a single setting are left out."""
     figs: dict[str, object] = {"pareto": plots.pareto_figure(pareto_data(snap))}
     if compare:
@@ -57,7 +57,7 @@ def _out_folder(out: Path) -> None:
 
 
 def export(study: optuna.Study, out: Path, log: Callable[[str], None] = print,
-           compare: list[Front] = ()) -> list[Path]:
+           compare: Sequence[Front] = ()) -> list[Path]:
     """Write trials.csv, summary.md and each figure as .html, .png and .svg into `out`;
     `compare` adds `fronts`: this study's front beside each of theirs.
 

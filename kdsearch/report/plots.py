@@ -70,7 +70,7 @@ def pareto_figure(data: ParetoData) -> go.Figure:
                 # it stays out of the neighbour panel.
                 textposition="top right" if joined else "top center", cliponaxis=not joined,
                 marker=dict(symbol="diamond", size=13, color=BASELINE,
-                                                       line=dict(width=1, color="black")),
+                            line=dict(width=1, color="black")),
                 showlegend=first, legendgroup="baseline",
                 hovertext=[f"{r.baseline}<br>{_hover(r)}" for r in data.baselines],
                 hoverinfo="text"), row=1, col=col)
