@@ -250,10 +250,11 @@ def cmd_teacher(args) -> int:
     return 0
 
 
-def _load(args):
+def _load(args, name: str | None = None):
+    """The command's study, or the study `name` in the same storage."""
     from kdsearch.study.storage import load_study
 
-    return load_study(args.storage or _environment().storage, _study_name(args))
+    return load_study(args.storage or _environment().storage, name or _study_name(args))
 
 
 def cmd_best(args) -> int:
@@ -269,10 +270,8 @@ def cmd_export(args) -> int:
     from kdsearch.report.export import export
     from kdsearch.report.images import ImageExportError
     from kdsearch.report.rows import read_rows
-    from kdsearch.study.storage import load_study
 
-    storage = args.storage or _environment().storage
-    compare = [resolve_front(source, lambda name: read_rows(load_study(storage, name)))
+    compare = [resolve_front(source, lambda name: read_rows(_load(args, name)))
                for source in args.compare]
     try:
         export(_load(args), args.out, compare=compare)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kdsearch.errors import KdsearchError
+from kdsearch.objectives import COSTS
 from kdsearch.report.rows import Snapshot
 from kdsearch.report.tables import FRONT_KEYS
 
@@ -31,8 +32,7 @@ class Front(NamedTuple):
 
 
 def snapshot_front(snap: Snapshot) -> Front:
-    points = [FrontPoint(r.number, {k: v for k in ("params", "macs", "latency_ms")
-                                    if (v := r.cost(k)) is not None},
+    points = [FrontPoint(r.number, {k: v for k in COSTS if (v := r.cost(k)) is not None},
                          r.val_accuracy or 0.0, r.test_accuracy or 0.0, r.arch, r.baseline)
               for r in snap.front]
     return Front(snap.study_name, points)
@@ -55,7 +55,7 @@ def read_front_csv(path: Path) -> Front:
     points = []
     for line, row in enumerate(rows, start=2):
         try:
-            costs = {k: float(row[k]) for k in ("params", "macs", "latency_ms") if row[k]}
+            costs = {k: float(row[k]) for k in COSTS if row[k]}
             points.append(FrontPoint(int(row["number"]), costs, float(row["val_accuracy"]),
                                      float(row["test_accuracy"]), row["architecture"],
                                      row["baseline"]))
