@@ -23,6 +23,11 @@ Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `benc
                     data load per trial
     kdsearch-reachable  (only when named in --methods) kdsearch with the prototype stopping
                     rule `judge = "reachable"` (search/early_stopping.py); not a peer
+    kdsearch-in-warmup  (only when named) kdsearch judging at rungs inside the learning-rate
+                    warm-up too (`after_warmup = false`, the rule before issue 13); not a peer
+
+MOASHA's rungs are kdsearch's: grace period = the first rung kdsearch judges at (after the
+warm-up), reduction factor = the ratio of its first two rungs.
 
 MOASHA runs as Syne Tune ships it. In its non-dominated sort (0.16) each front is indexed with
 the epsilon-net's ranks where its order is meant, and MOASHA's bracket reads the result as a
@@ -84,6 +89,12 @@ try:  # report/ split into modules; the public function keeps its name
 except ImportError:  # before the split
     from kdsearch.report.reports import hypervolume  # type: ignore[no-redef]  # noqa: E402
 
+try:  # rungs inside the warm-up are skipped (issue 13)
+    from kdsearch.search.early_stopping import judged_rungs  # noqa: E402
+except ImportError:  # before: every rung before the last epoch
+    def judged_rungs(rule, epochs, warmup=0.0):  # type: ignore[misc]
+        return [r for r in rule.rungs if r < epochs]
+
 try:  # a searched learning rate and batch size, where the study file asks for them
     from kdsearch.search.space import suggest_recipe  # noqa: E402
 except ImportError:  # before recipes were searchable
@@ -91,7 +102,9 @@ except ImportError:  # before recipes were searchable
 
 METHODS = ("kdsearch", "kdsearch-no-es", "nsga2", "random", "moasha", "moasha-inproc")
 PEERS = METHODS[1:]
-VARIANTS = ("kdsearch-reachable",)  # kdsearch with `judge = "reachable"` (the prototype rule)
+# kdsearch with `judge = "reachable"` (the prototype rule); kdsearch judging at every rung,
+# those inside the learning-rate warm-up included (`after_warmup = false`: the rule before)
+VARIANTS = ("kdsearch-reachable", "kdsearch-in-warmup")
 OURS = "kdsearch"
 TRIAL_SCRIPT = Path(__file__).resolve().parent / "peers_trial.py"
 TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5 s, idles the core)
@@ -137,7 +150,8 @@ def load_workload(args: argparse.Namespace) -> StudySpec:
         return parse_study(MNIST_STUDY, Path("bench_peers_mnist.toml"))
     path = Path(args.study)
     spec = parse_study(path.read_text(), path)
-    data = spec.data.model_copy(update={"train_limit": args.train_limit})
+    data = spec.data.model_copy(update={"train_limit": args.train_limit,
+                                        "val_size": args.val_size or spec.data.val_size})
     train = spec.student.train
     if args.epochs is not None:
         train = train.model_copy(update={"epochs": args.epochs})
@@ -151,6 +165,8 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
     early = search.early_stopping
     if method == "kdsearch-reachable":
         early = early.model_copy(update={"enabled": True, "judge": "reachable"})
+    elif method == "kdsearch-in-warmup":
+        early = early.model_copy(update={"enabled": True, "after_warmup": False})
     elif method != OURS:
         early = early.model_copy(update={"enabled": False})
     sampler = {"nsga2": "nsga2", "random": "random"}.get(method, search.sampler)
@@ -160,7 +176,9 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
 
 
 def rungs(spec: StudySpec) -> list[int]:
-    return [r for r in spec.search.early_stopping.rungs if r < spec.student.train.epochs]
+    """The rungs kdsearch as shipped judges at (MOASHA's are matched to them)."""
+    rule = spec.search.early_stopping.model_copy(update={"enabled": True})
+    return judged_rungs(rule, spec.student.train.epochs, spec.student.train.warmup())
 
 
 def moasha_settings(spec: StudySpec) -> tuple[int, float]:
@@ -491,11 +509,13 @@ def main(argv: list[str] | None = None) -> None:
                          "root or a CIFAR-10 ImageFolder (default: the study's own)")
     ap.add_argument("--train-limit", type=int, default=5000,
                     help="cifar: training images per epoch (default 5000: the reduced budget)")
+    ap.add_argument("--val-size", type=int, default=None,
+                    help="cifar: validation images, scored after every epoch (default: the study's)")
     ap.add_argument("--epochs", type=int, default=None, help="cifar: student epochs (default: the study's)")
     ap.add_argument("--budget", type=float, default=90.0, help="seconds per method and seed (default 90)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help=f"comma-separated, of {', '.join(METHODS + VARIANTS)} (default: all but the last)")
+                    help=f"comma-separated, of {', '.join(METHODS + VARIANTS)} (default: all but the variants)")
     ap.add_argument("--moasha-priority", choices=("shipped", "ranks"), default="shipped",
                     help="MOASHA's non-dominated priority as Syne Tune ships it, or as ranks")
     ap.add_argument("--threads", type=int, help="torch threads for every method (default: all cores)")

@@ -19,8 +19,13 @@ only while it is on the Pareto front of the trials that reached that rung. In
 benchmarks/bench_search.py that stopped 60-70% of the trials, about what MOASHA with eta = 3
 (keep the best third at each rung) would. Raise `min_dominators` or `quantile` for a gentler
 rule. The smallest student seen so far is never stopped (nothing dominates it). A rung at or
-after a trial's last epoch is skipped: stopping there would save nothing. Stopped trials end
-PRUNED with `stopped_reason` and `stopped_at_rung` in their user attributes.
+after a trial's last epoch is skipped: stopping there would save nothing. So is a rung at or
+before the end of the learning-rate warm-up (`after_warmup`, on by default): while the step
+size still climbs, students are ranked by how fast they warm up, not by where they end. On
+cifar_resnet (warm-up 2 of 10 epochs) a 386k-param student was behind both smaller baselines
+after epoch 1 (0.35 against 0.49 and 0.47) and ahead of both from epoch 2; docs/PERFORMANCE.md
+section 2b measures the difference. Stopped trials end PRUNED with `stopped_reason` and
+`stopped_at_rung` in their user attributes.
 
 With other or several cost objectives (`[search] objectives`, e.g. MACs and latency, all known
 before training), "smaller" reads "no worse on every cost": a dominator has at most this
@@ -88,6 +93,14 @@ def reachable(curve: Sequence[float], epochs: int) -> float:
     return min(1.0, curve[-1] + slope * (epochs - len(curve)))
 
 
+def judged_rungs(rule: EarlyStoppingSpec, epochs: int, warmup: float = 0.0) -> list[int]:
+    """The rungs a trial of `epochs` epochs with `warmup` warm-up epochs is judged at."""
+    if not rule.enabled:
+        return []
+    first = warmup if rule.after_warmup else 0.0
+    return [r for r in rule.rungs if first < r < epochs]
+
+
 def rung_peers(study: optuna.Study, rung: int, exclude: int,
                costs: tuple[str, ...] = objectives.DEFAULT, latest: bool = False) -> list[Peer]:
     """Each other trial's (costs, accuracy after `rung` epochs), from its record; with
@@ -110,11 +123,11 @@ class ParetoEarlyStopper:
     """
 
     def __init__(self, rule: EarlyStoppingSpec, epochs: int,
-                 costs: tuple[str, ...] = objectives.DEFAULT):
+                 costs: tuple[str, ...] = objectives.DEFAULT, warmup: float = 0.0):
         self.rule = rule
         self.costs = tuple(costs)
         self.epochs = epochs
-        self.rungs = frozenset(r for r in rule.rungs if r < epochs) if rule.enabled else frozenset()
+        self.rungs = frozenset(judged_rungs(rule, epochs, warmup))
 
     def __call__(self, trial: optuna.Trial, epoch: int, val_accuracy: float) -> None:
         if epoch not in self.rungs:
@@ -141,8 +154,8 @@ class ParetoEarlyStopper:
         raise optuna.TrialPruned(reason)
 
 
-def make_stopper(rule: EarlyStoppingSpec, epochs: int,
-                 costs: tuple[str, ...] = objectives.DEFAULT) -> ParetoEarlyStopper | None:
-    """The hook for a study, or None when early stopping is off (or no rung precedes the end)."""
-    stopper = ParetoEarlyStopper(rule, epochs, costs)
+def make_stopper(rule: EarlyStoppingSpec, epochs: int, costs: tuple[str, ...] = objectives.DEFAULT,
+                 warmup: float = 0.0) -> ParetoEarlyStopper | None:
+    """The hook for a study, or None when early stopping is off (or no rung is left to judge)."""
+    stopper = ParetoEarlyStopper(rule, epochs, costs, warmup)
     return stopper if stopper.rungs else None

@@ -23,7 +23,7 @@ from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord
 from kdsearch.search import baselines
-from kdsearch.search.early_stopping import make_stopper
+from kdsearch.search.early_stopping import judged_rungs, make_stopper
 from kdsearch.search.objective import make_objective, measures_latency
 from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
@@ -340,6 +340,22 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     return Prepared(data, storage, study, stream, teacher)
 
 
+def _stopping_line(spec: StudySpec) -> str:
+    """Where trials are judged, and which rungs the warm-up or the budget leaves out."""
+    rule, train = spec.search.early_stopping, spec.student.train
+    if not rule.enabled:
+        return "early stopping: off"
+    judged = judged_rungs(rule, train.epochs, train.warmup())
+    line = (f"early stopping: trials judged after epoch{'s' * (len(judged) > 1)} "
+            f"{', '.join(map(str, judged))} of {train.epochs}" if judged
+            else f"early stopping: no rung left to judge in {train.epochs} epochs")
+    inside = [r for r in rule.rungs if r < train.epochs and r not in judged]
+    if inside:
+        line += (f" (not after {', '.join(map(str, inside))}: inside the {train.warmup():g}-epoch "
+                 f"warm-up; after_warmup = false judges there too)")
+    return line
+
+
 def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print,
               on_epoch: Callable | None = None,
               after_trial: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
@@ -456,7 +472,8 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         log("early stopping is off for grid sweeps: every point trains for its full budget")
     elif on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
         on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs,
-                                tuple(spec.search.objectives))
+                                tuple(spec.search.objectives), spec.student.train.warmup())
+        log(_stopping_line(spec))
     stopper = on_epoch
 
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from kdsearch.search.early_stopping import (
     Peer,
     dominators,
+    judged_rungs,
     make_stopper,
     reachable,
     rung_peers,
@@ -68,6 +69,26 @@ def test_switched_off_never_stops():
 def test_rungs_at_or_after_the_last_epoch_are_skipped():
     assert make_stopper(RULE, epochs=3).rungs == {1}
     assert make_stopper(RULE.model_copy(update={"rungs": [5]}), epochs=5) is None
+
+
+def test_rungs_at_or_before_the_end_of_the_warmup_are_skipped():
+    assert make_stopper(RULE, epochs=10, warmup=0.5).rungs == {1, 3}
+    assert make_stopper(RULE, epochs=10, warmup=2).rungs == {3}
+    assert make_stopper(RULE, epochs=10, warmup=3) is None  # rung 3 ends the warm-up: skipped
+    anywhere = RULE.model_copy(update={"after_warmup": False})
+    assert make_stopper(anywhere, epochs=10, warmup=3).rungs == {1, 3}
+    assert judged_rungs(RULE.model_copy(update={"enabled": False}), 10) == []
+
+
+def test_a_slow_starter_inside_its_warmup_runs_on_and_is_judged_after_it():
+    study = _study_with_peers()
+    stopper = make_stopper(RULE, epochs=10, warmup=2)
+    trial = study.ask()
+    trial.set_user_attr("params", 50_000)
+    stopper(trial, 1, 0.35)  # behind every smaller peer, but inside the warm-up
+    assert "stopped_at_rung" not in study.trials[-1].user_attrs
+    with pytest.raises(optuna.TrialPruned, match="rung 3"):
+        stopper(trial, 3, 0.40)  # still behind once the step size has peaked: stopped
 
 
 def test_study_file_table_is_validated():
@@ -234,12 +255,18 @@ min_dominators = 1
 """
 
 
-def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
-    """Sequential run: each trial's fate must equal the rule applied to the earlier trials."""
+@pytest.mark.parametrize("warmup", [None, 1])
+def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path, warmup):
+    """Sequential run: each trial's fate must equal the rule applied to the earlier trials, at
+    the rungs after the warm-up (none with warm-up 1 judges at rung 1)."""
     from kdsearch.options import Options
     from kdsearch.study.runner import run_study
 
-    spec = parse_study(TINY, tmp_path / "tiny.toml")
+    text = TINY if warmup is None else TINY.replace("lr = 0.003", f"lr = 0.003\nwarmup_epochs = {warmup}")
+    spec = parse_study(text, tmp_path / "tiny.toml")
+    rungs = judged_rungs(spec.search.early_stopping, 3, spec.student.train.warmup())
+    assert rungs == ([1, 2] if warmup is None else [2])
+    lines: list[str] = []
     opts = Options(
         storage=f"sqlite:///{tmp_path}/s.db",
         study_name="tiny",
@@ -249,7 +276,11 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
         cache_dir=tmp_path / "cache",
         device="cpu",
     )
-    study = run_study(spec, opts, log=lambda m: None)
+    study = run_study(spec, opts, log=lines.append)
+    said = [line for line in lines if line.startswith("early stopping")]
+    assert said == ["early stopping: trials judged after epochs 1, 2 of 3"] if warmup is None else [
+        "early stopping: trials judged after epoch 2 of 3 (not after 1: inside the 1-epoch "
+        "warm-up; after_warmup = false judges there too)"]
     trials = study.get_trials()
     stopped = [t for t in trials if "stopped_at_rung" in t.user_attrs]
     assert stopped, "the rule never fired on 10 random students: not a working early stopper"
@@ -257,7 +288,7 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path):
     for t in trials:
         curve = t.user_attrs.get("val_curve", [])
         fate = None
-        for rung in spec.search.early_stopping.rungs:
+        for rung in rungs:
             if len(curve) < rung:
                 break
             earlier = [
