@@ -24,7 +24,9 @@ Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `benc
     kdsearch-reachable  (only when named in --methods) kdsearch with the prototype stopping
                     rule `judge = "reachable"` (search/early_stopping.py); not a peer
     kdsearch-in-warmup  (only when named) kdsearch judging at rungs inside the learning-rate
-                    warm-up too (`after_warmup = false`, the rule before issue 13); not a peer
+                    warm-up too (`after_warmup = false`); not a peer
+    kdsearch-front-only (only when named) kdsearch letting only a rung's Pareto front go on
+                    (`keep = 0`; with the one above, the rule before issue 13); not a peer
 
 MOASHA's rungs are kdsearch's: grace period = the first rung kdsearch judges at (after the
 warm-up), reduction factor = the ratio of its first two rungs.
@@ -103,8 +105,9 @@ except ImportError:  # before recipes were searchable
 METHODS = ("kdsearch", "kdsearch-no-es", "nsga2", "random", "moasha", "moasha-inproc")
 PEERS = METHODS[1:]
 # kdsearch with `judge = "reachable"` (the prototype rule); kdsearch judging at every rung,
-# those inside the learning-rate warm-up included (`after_warmup = false`: the rule before)
-VARIANTS = ("kdsearch-reachable", "kdsearch-in-warmup")
+# those inside the learning-rate warm-up included (`after_warmup = false`); kdsearch letting
+# only a rung's Pareto front go on (`keep = 0`). The last two together: the rule before issue 13.
+VARIANTS = ("kdsearch-reachable", "kdsearch-in-warmup", "kdsearch-front-only")
 OURS = "kdsearch"
 TRIAL_SCRIPT = Path(__file__).resolve().parent / "peers_trial.py"
 TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5 s, idles the core)
@@ -167,6 +170,8 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
         early = early.model_copy(update={"enabled": True, "judge": "reachable"})
     elif method == "kdsearch-in-warmup":
         early = early.model_copy(update={"enabled": True, "after_warmup": False})
+    elif method == "kdsearch-front-only":
+        early = early.model_copy(update={"enabled": True, "keep": 0.0})
     elif method != OURS:
         early = early.model_copy(update={"enabled": False})
     sampler = {"nsga2": "nsga2", "random": "random"}.get(method, search.sampler)
@@ -401,7 +406,8 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
 RUNNERS: dict[str, Callable[..., Run]] = {
     "kdsearch": run_kdsearch, "kdsearch-no-es": run_kdsearch, "nsga2": run_kdsearch,
     "random": run_kdsearch, "moasha": run_moasha, "moasha-inproc": run_moasha_inproc,
-    "kdsearch-reachable": run_kdsearch,
+    "kdsearch-reachable": run_kdsearch, "kdsearch-in-warmup": run_kdsearch,
+    "kdsearch-front-only": run_kdsearch,
 }
 
 
@@ -569,7 +575,8 @@ def main(argv: list[str] | None = None) -> None:
         f"search space ({len(common['space'])} parameters)\n"
         f"early stopping: kdsearch rungs {rungs(base)} (min_trials "
         f"{base.search.early_stopping.min_trials}, quantile {base.search.early_stopping.quantile}, "
-        f"min_dominators {base.search.early_stopping.min_dominators}); MOASHA max_t {train.epochs}, "
+        f"min_dominators {base.search.early_stopping.min_dominators}, keep "
+        f"{base.search.early_stopping.keep:.3g}); MOASHA max_t {train.epochs}, "
         f"grace_period {grace}, reduction_factor {factor:g}, random configurations "
         f"(its own searcher), non-dominated priority {args.moasha_priority}; tuner poll "
         f"{TUNER_SLEEP} s\n"

@@ -626,6 +626,10 @@ class EarlyStoppingSpec(_Frozen):
     min_trials: int = Field(default=6, ge=1)  # peers at the rung before anything stops there
     quantile: float = Field(default=0.0, ge=0.0, le=1.0)  # share of no-larger peers that must win
     min_dominators: int = Field(default=1, ge=1)  # and at least this many of them
+    # and the trials ahead of it in the rung's non-dominated order (front by front) fill at
+    # least this share of the rung: the first fronts always go on, as MOASHA keeps the best
+    # 1/eta. 0: only the front goes on, which stops ever more trials as a study grows.
+    keep: float = Field(default=1 / 3, ge=0.0, lt=1.0)
     # "rung": compare accuracies at the rung; "reachable": compare the accuracy a trial could
     # still reach by the last epoch (its curve extended at its steepest recent slope) with
     # what its no-larger peers already reached (early_stopping.py). Prototype, issue 13.

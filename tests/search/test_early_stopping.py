@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from kdsearch.search.early_stopping import (
     Peer,
+    ahead,
     dominators,
     judged_rungs,
     make_stopper,
@@ -58,6 +59,47 @@ def test_min_trials_guard():
     few = PEERS[:3]  # 3 peers, all smaller and better: dominated, but too few to judge
     assert not should_stop(50_000, 0.10, few, RULE)
     assert should_stop(50_000, 0.10, few, RULE.model_copy(update={"min_trials": 3}))
+
+
+def test_ahead_counts_the_trials_in_earlier_fronts():
+    peers = [Peer(1, 0.90), Peer(2, 0.95),  # front 0
+             Peer(2, 0.85),  # front 1: behind (1, 0.90)
+             Peer(3, 0.80)]  # front 2: behind (2, 0.85)
+    assert ahead(3, 0.86, peers) == 2  # beaten by front 0 alone: front 1, with (2, 0.85)
+    assert ahead(3, 0.70, peers) == 4  # behind (3, 0.80): front 3
+    assert ahead(0.5, 0.10, peers) == 0  # smallest: front 0
+    assert ahead(3, 0.86, [Peer(1, 0.90)]) == 1
+    assert ahead((3, 9), 0.86, [Peer((1, 10), 0.90)]) == 0  # more of the second cost: no dominator
+
+
+def test_keep_lets_the_first_fronts_go_on():
+    # 11 peers: 2 on the front, then a dominated trial in front 1 with 2 ahead of it (2 < 12/3)
+    peers = [Peer(1_000, 0.70), Peer(2_000, 0.80)] + [Peer(3_000 + i, 0.50 - 0.01 * i)
+                                                       for i in range(9)]
+    rule = RULE.model_copy(update={"quantile": 0.0, "min_dominators": 1})
+    assert ahead(5_000, 0.75, peers) == 2
+    assert not should_stop(5_000, 0.75, peers, rule)  # keep 1/3: inside the best third
+    assert should_stop(5_000, 0.75, peers, rule.model_copy(update={"keep": 0.0}))  # front only
+    assert should_stop(5_000, 0.75, peers, rule.model_copy(update={"keep": 0.15}))  # 2 >= 1.8
+
+
+def test_keep_holds_the_share_that_goes_on_as_a_study_grows():
+    """Judged one after another, later trials face ever more peers: with keep 0 (only the
+    front goes on) fewer and fewer pass; with keep 1/3 about a third still do."""
+    import math
+    import random
+
+    rng = random.Random(0)
+    trials = [(p, 0.5 + 0.1 * math.log10(p) + rng.gauss(0, 0.05))
+              for p in (10 ** rng.uniform(3, 5) for _ in range(300))]
+
+    def share_going_on(keep: float, first: int, last: int) -> float:
+        rule = EarlyStoppingSpec(keep=keep)
+        return sum(not should_stop(p, a, [Peer(*t) for t in trials[:i]], rule)
+                   for i, (p, a) in enumerate(trials) if first <= i < last) / (last - first)
+
+    assert share_going_on(0.0, 200, 300) < 0.2
+    assert share_going_on(1 / 3, 200, 300) > 0.3
 
 
 def test_switched_off_never_stops():
