@@ -14,7 +14,8 @@ The study: MLP students on MNIST (a 20,000-image training subset, 2,000 validati
 when the data are found (--data-dir, default ../shared/data), else on a synthetic 16x16,
 10-class set; 9 epochs per trial. Early stopping as shipped (the defaults): rungs after epochs
 1 and 3 (9 is the last epoch, so it is no rung), a trial stopped when a trial no larger than
-itself was more accurate at the rung, once 6 trials have reached it. A trial's clock (`--budget`)
+itself was more accurate at the rung and it is not among the best third there (front by
+front), once 6 trials have reached it. A trial's clock (`--budget`)
 starts after the teacher is cached. The run-study timeout stops *starting* trials at the
 budget; a trial running then finishes, in both arms alike.
 
@@ -79,7 +80,7 @@ lr = {{ lr }}
 n_trials = 100000
 sampler = "tpe"
 
-[search.early_stopping]  # the defaults: rungs [1, 3, 9], min_trials 6, quantile 0, min_dominators 1
+[search.early_stopping]  # the defaults: rungs [1, 3, 9], min_trials 6, quantile 0, min_dominators 1, keep 1/3
 enabled = {enabled}
 """
 MNIST = 'dataset = "mnist"\nval_size = 2000\ntrain_limit = 20000'

@@ -634,10 +634,11 @@ class EarlyStoppingSpec(_Frozen):
     # still reach by the last epoch (its curve extended at its steepest recent slope) with
     # what its no-larger peers already reached (early_stopping.py). Prototype, issue 13.
     judge: Literal["rung", "reachable"] = "rung"
-    # Skip rungs at or before the end of the learning-rate warm-up (`warmup_epochs`, or 30% of a
-    # onecycle budget): accuracy while the step size still climbs ranks students by how fast
-    # they warm up, not by where they end (issue 13). false: judge at every rung.
-    after_warmup: bool = True
+    # true: skip rungs at or before the end of the learning-rate warm-up (`warmup_epochs`, or 30%
+    # of a onecycle budget), where students are ranked by how fast they warm up. Off by
+    # default: at a reduced CIFAR-10 budget it cost hypervolume (fewer, dearer stops;
+    # docs/PERFORMANCE.md section 2b).
+    after_warmup: bool = False
 
     @field_validator("rungs")
     @classmethod

@@ -352,7 +352,7 @@ def _stopping_line(spec: StudySpec) -> str:
     inside = [r for r in rule.rungs if r < train.epochs and r not in judged]
     if inside:
         line += (f" (not after {', '.join(map(str, inside))}: inside the {train.warmup():g}-epoch "
-                 f"warm-up; after_warmup = false judges there too)")
+                 f"warm-up, as after_warmup = true asks)")
     return line
 
 

@@ -20,6 +20,7 @@ the views), so changing the views never retrains a teacher.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -480,7 +481,9 @@ def _view_forward(teacher: Teacher, spec: StudySpec, data: Dataset,
     """uint8 batch -> logits: the trained model in eval mode, or the teacher file loaded."""
     if teacher.model is None:
         return load_file_teacher(spec, data, device)
-    model = teacher.model.eval()
+    # Weights in channels_last, as the engine trains CNNs: the convolutions pick the faster
+    # layout (benchmarks/bench_view_logits.py). A copy: the teacher's own model is left as is.
+    model = copy.deepcopy(teacher.model).eval().to(memory_format=torch.channels_last)
     return lambda xb: model(xb.to(device))
 
 

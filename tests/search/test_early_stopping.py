@@ -113,18 +113,20 @@ def test_rungs_at_or_after_the_last_epoch_are_skipped():
     assert make_stopper(RULE.model_copy(update={"rungs": [5]}), epochs=5) is None
 
 
-def test_rungs_at_or_before_the_end_of_the_warmup_are_skipped():
-    assert make_stopper(RULE, epochs=10, warmup=0.5).rungs == {1, 3}
-    assert make_stopper(RULE, epochs=10, warmup=2).rungs == {3}
-    assert make_stopper(RULE, epochs=10, warmup=3) is None  # rung 3 ends the warm-up: skipped
-    anywhere = RULE.model_copy(update={"after_warmup": False})
-    assert make_stopper(anywhere, epochs=10, warmup=3).rungs == {1, 3}
+AFTER_WARMUP = RULE.model_copy(update={"after_warmup": True})
+
+
+def test_with_after_warmup_rungs_at_or_before_its_end_are_skipped():
+    assert make_stopper(AFTER_WARMUP, epochs=10, warmup=0.5).rungs == {1, 3}
+    assert make_stopper(AFTER_WARMUP, epochs=10, warmup=2).rungs == {3}
+    assert make_stopper(AFTER_WARMUP, epochs=10, warmup=3) is None  # rung 3 ends the warm-up
+    assert make_stopper(RULE, epochs=10, warmup=3).rungs == {1, 3}  # the default: every rung
     assert judged_rungs(RULE.model_copy(update={"enabled": False}), 10) == []
 
 
 def test_a_slow_starter_inside_its_warmup_runs_on_and_is_judged_after_it():
     study = _study_with_peers()
-    stopper = make_stopper(RULE, epochs=10, warmup=2)
+    stopper = make_stopper(AFTER_WARMUP, epochs=10, warmup=2)
     trial = study.ask()
     trial.set_user_attr("params", 50_000)
     stopper(trial, 1, 0.35)  # behind every smaller peer, but inside the warm-up
@@ -144,6 +146,8 @@ def test_study_file_table_is_validated():
 
     with pytest.raises(StudyFileError, match="rungs.*increasing"):
         parse_study(base + "\n[search.early_stopping]\nrungs = [3, 3]\n", Path("x.toml"))
+    with pytest.raises(StudyFileError, match="keep': expected less than 1, found 1.5"):
+        parse_study(base + "\n[search.early_stopping]\nkeep = 1.5\n", Path("x.toml"))
 
 
 def _study_with_peers() -> optuna.Study:
@@ -300,11 +304,12 @@ min_dominators = 1
 @pytest.mark.parametrize("warmup", [None, 1])
 def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path, warmup):
     """Sequential run: each trial's fate must equal the rule applied to the earlier trials, at
-    the rungs after the warm-up (none with warm-up 1 judges at rung 1)."""
+    the rungs it judges (with after_warmup and a 1-epoch warm-up, none at rung 1)."""
     from kdsearch.options import Options
     from kdsearch.study.runner import run_study
 
-    text = TINY if warmup is None else TINY.replace("lr = 0.003", f"lr = 0.003\nwarmup_epochs = {warmup}")
+    text = TINY if warmup is None else (TINY.replace("lr = 0.003", f"lr = 0.003\nwarmup_epochs = {warmup}")
+                                        + "after_warmup = true\n")
     spec = parse_study(text, tmp_path / "tiny.toml")
     rungs = judged_rungs(spec.search.early_stopping, 3, spec.student.train.warmup())
     assert rungs == ([1, 2] if warmup is None else [2])
@@ -322,7 +327,7 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path, warmup):
     said = [line for line in lines if line.startswith("early stopping")]
     assert said == ["early stopping: trials judged after epochs 1, 2 of 3"] if warmup is None else [
         "early stopping: trials judged after epoch 2 of 3 (not after 1: inside the 1-epoch "
-        "warm-up; after_warmup = false judges there too)"]
+        "warm-up, as after_warmup = true asks)"]
     trials = study.get_trials()
     stopped = [t for t in trials if "stopped_at_rung" in t.user_attrs]
     assert stopped, "the rule never fired on 10 random students: not a working early stopper"
