@@ -3,6 +3,9 @@
     python benchmarks/bench_peers.py --workload mnist --budget 90 --seeds 3
     python benchmarks/bench_peers.py --workload cifar --study studies/cifar_compress.toml \\
         --data-dir ../shared/data/cifar10-jpeg --train-limit 5000 --budget 600 --seeds 3
+    python benchmarks/bench_peers.py --workload cifar --study studies/cifar_resnet.toml \\
+        --data-dir ../shared/data/cifar10-jpeg --train-limit 1000 --val-size 2000 --epochs 6 \\
+        --budget 480 --seeds 2 --methods kdsearch,kdsearch-no-es,moasha-inproc --moasha-priority ranks
 
 Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `bench` extra
 (`pip install -e .[bench]`: Syne Tune) for the two MOASHA methods. Methods, each run for
