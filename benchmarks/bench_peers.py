@@ -26,13 +26,15 @@ Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `benc
                     data load per trial
     kdsearch-reachable  (only when named in --methods) kdsearch with the prototype stopping
                     rule `judge = "reachable"` (search/early_stopping.py); not a peer
-    kdsearch-in-warmup  (only when named) kdsearch judging at rungs inside the learning-rate
-                    warm-up too (`after_warmup = false`); not a peer
+    kdsearch-after-warmup (only when named) kdsearch skipping the rungs inside the
+                    learning-rate warm-up (`after_warmup = true`); not a peer
     kdsearch-front-only (only when named) kdsearch letting only a rung's Pareto front go on
-                    (`keep = 0`; with the one above, the rule before issue 13); not a peer
+                    (`keep = 0`, the rule before issue 13); not a peer
+    kdsearch-min-trials-3 (only when named) kdsearch stopping trials once 3 trials, not 6,
+                    have reached a rung; not a peer
 
-MOASHA's rungs are kdsearch's: grace period = the first rung kdsearch judges at (after the
-warm-up), reduction factor = the ratio of its first two rungs.
+MOASHA's rungs are kdsearch's: grace period = the first rung kdsearch as shipped judges at,
+reduction factor = the ratio of its first two rungs.
 
 MOASHA runs as Syne Tune ships it. In its non-dominated sort (0.16) each front is indexed with
 the epsilon-net's ranks where its order is meant, and MOASHA's bracket reads the result as a
@@ -107,10 +109,11 @@ except ImportError:  # before recipes were searchable
 
 METHODS = ("kdsearch", "kdsearch-no-es", "nsga2", "random", "moasha", "moasha-inproc")
 PEERS = METHODS[1:]
-# kdsearch with `judge = "reachable"` (the prototype rule); kdsearch judging at every rung,
-# those inside the learning-rate warm-up included (`after_warmup = false`); kdsearch letting
-# only a rung's Pareto front go on (`keep = 0`). The last two together: the rule before issue 13.
-VARIANTS = ("kdsearch-reachable", "kdsearch-in-warmup", "kdsearch-front-only")
+# kdsearch with `judge = "reachable"` (the prototype rule); kdsearch skipping the rungs inside
+# the learning-rate warm-up (`after_warmup = true`); kdsearch letting
+# only a rung's Pareto front go on (`keep = 0`, the rule before issue 13); kdsearch stopping
+# once 3 trials (not 6) have reached a rung.
+VARIANTS = ("kdsearch-reachable", "kdsearch-after-warmup", "kdsearch-front-only", "kdsearch-min-trials-3")
 OURS = "kdsearch"
 TRIAL_SCRIPT = Path(__file__).resolve().parent / "peers_trial.py"
 TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5 s, idles the core)
@@ -171,10 +174,12 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
     early = search.early_stopping
     if method == "kdsearch-reachable":
         early = early.model_copy(update={"enabled": True, "judge": "reachable"})
-    elif method == "kdsearch-in-warmup":
-        early = early.model_copy(update={"enabled": True, "after_warmup": False})
+    elif method == "kdsearch-after-warmup":
+        early = early.model_copy(update={"enabled": True, "after_warmup": True})
     elif method == "kdsearch-front-only":
         early = early.model_copy(update={"enabled": True, "keep": 0.0})
+    elif method == "kdsearch-min-trials-3":
+        early = early.model_copy(update={"enabled": True, "min_trials": 3})
     elif method != OURS:
         early = early.model_copy(update={"enabled": False})
     sampler = {"nsga2": "nsga2", "random": "random"}.get(method, search.sampler)
@@ -409,8 +414,8 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
 RUNNERS: dict[str, Callable[..., Run]] = {
     "kdsearch": run_kdsearch, "kdsearch-no-es": run_kdsearch, "nsga2": run_kdsearch,
     "random": run_kdsearch, "moasha": run_moasha, "moasha-inproc": run_moasha_inproc,
-    "kdsearch-reachable": run_kdsearch, "kdsearch-in-warmup": run_kdsearch,
-    "kdsearch-front-only": run_kdsearch,
+    "kdsearch-reachable": run_kdsearch, "kdsearch-after-warmup": run_kdsearch,
+    "kdsearch-front-only": run_kdsearch, "kdsearch-min-trials-3": run_kdsearch,
 }
 
 
@@ -523,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=None, help="cifar: student epochs (default: the study's)")
     ap.add_argument("--budget", type=float, default=90.0, help="seconds per method and seed (default 90)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="start at this seed: one process per core, each with its own seeds")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated, of {', '.join(METHODS + VARIANTS)} (default: all but the variants)")
     ap.add_argument("--moasha-priority", choices=("shipped", "ranks"), default="shipped",
@@ -553,7 +560,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # The teachers (one per seed: the seed is part of the teacher's key), before any clock.
     ref_params, input_shape = 0.0, (1, 28, 28)
-    for seed in range(args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:
         warm = Options(storage=f"sqlite:///{work}/warm.db", study_name=f"warm-{seed}",
                        data_dir=args.data_dir, cache_dir=args.cache_dir, device="cpu")
         with _quiet(not args.verbose):
@@ -568,8 +576,8 @@ def main(argv: list[str] | None = None) -> None:
     train = base.student.train
     print(
         f"workload {args.workload} ({base.name}): {data_line}; teacher {int(ref_params):,} params "
-        f"(val acc {teacher_acc:.4f}, seed {args.seeds - 1})\n"
-        f"fairness: every method {args.budget:.0f} s of wall clock per seed, seeds 0..{args.seeds - 1}; "
+        f"(val acc {teacher_acc:.4f}, seed {seeds[-1]})\n"
+        f"fairness: every method {args.budget:.0f} s of wall clock per seed, seeds {seeds[0]}..{seeds[-1]}; "
         f"methods in turn, each seed starting one later; one trial at a time; {threads} torch "
         f"threads of {available_cores()} cores "
         f"(kdsearch's engine puts small MLPs on one thread, in every method alike); the same "
@@ -589,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True)
 
     runs: list[Run] = []
-    for seed in range(args.seeds):
+    for seed in seeds:
         # Each seed starts one method later: whatever the first run of a process or a burst of
         # load costs does not fall on one method every time.
         shift = seed % len(methods)
