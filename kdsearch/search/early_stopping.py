@@ -26,15 +26,15 @@ only the front goes on. In a short study the two agree (the front holds about a 
 few dozen trials); as a study grows the front holds ever fewer of them, and that rule stopped
 831 of 853 MNIST trials in 300 s, complete trials 22 against 165 without stopping, at a lower
 hypervolume (docs/PERFORMANCE.md section 2b). Raise `min_dominators`, `quantile` or `keep`
-for a gentler rule. The smallest student seen so far is never stopped (nothing dominates it). A rung at or
-after a trial's last epoch is skipped: stopping there would save nothing. With `after_warmup`
-so is a rung at or before the end of the learning-rate warm-up, where students are ranked by
-how fast they warm up: on cifar_resnet (warm-up 2 of 10 epochs) a 386k-param student was
-behind both smaller baselines after epoch 1 (0.35 against 0.49 and 0.47) and ahead of both
-from epoch 2. It is off by default because measured it lost: on a reduced cifar_resnet budget
-(docs/PERFORMANCE.md section 2b) the stops at epoch 1 bought twice the trials and the higher
-hypervolume on both seeds. Stopped trials end PRUNED with `stopped_reason` and
-`stopped_at_rung` in their user attributes.
+for a gentler rule. The smallest student seen so far is never stopped (nothing dominates it).
+A rung at or after a trial's last epoch is skipped: stopping there would save nothing. With
+`after_warmup` so is a rung at or before the end of the learning-rate warm-up, where students
+are ranked by how fast they warm up: on cifar_resnet (warm-up 2 of 10 epochs) a 386k-param
+student was behind both smaller baselines after epoch 1 (0.35 against 0.49 and 0.47) and
+ahead of both from epoch 2. It is off by default because measured it lost: on a reduced
+cifar_resnet budget (docs/PERFORMANCE.md section 2b) the stops at epoch 1 bought twice the
+trials and the higher hypervolume on both seeds. Stopped trials end PRUNED with
+`stopped_reason` and `stopped_at_rung` in their user attributes.
 
 With other or several cost objectives (`[search] objectives`, e.g. MACs and latency, all known
 before training), "smaller" reads "no worse on every cost": a dominator has at most this

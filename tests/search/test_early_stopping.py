@@ -325,9 +325,10 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path, warmup):
     )
     study = run_study(spec, opts, log=lines.append)
     said = [line for line in lines if line.startswith("early stopping")]
-    assert said == ["early stopping: trials judged after epochs 1, 2 of 3"] if warmup is None else [
-        "early stopping: trials judged after epoch 2 of 3 (not after 1: inside the 1-epoch "
-        "warm-up, as after_warmup = true asks)"]
+    expected = ("early stopping: trials judged after epochs 1, 2 of 3" if warmup is None else
+                "early stopping: trials judged after epoch 2 of 3 (not after 1: inside the "
+                "1-epoch warm-up, as after_warmup = true asks)")
+    assert said == [expected]
     trials = study.get_trials()
     stopped = [t for t in trials if "stopped_at_rung" in t.user_attrs]
     assert stopped, "the rule never fired on 10 random students: not a working early stopper"
