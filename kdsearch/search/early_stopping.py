@@ -102,14 +102,31 @@ def ahead(costs: Costs, accuracy: float, peers: Sequence[Peer]) -> int:
     return int((front[1:] < front[0]).sum())
 
 
-def should_stop(costs: Costs, accuracy: float, peers: list[Peer], rule: EarlyStoppingSpec) -> bool:
-    """The rule of the module docstring, for one trial at one rung."""
+@dataclass(frozen=True)
+class Stop:
+    """Why a trial stops: the counts its stopped_reason reports."""
+
+    smaller: int  # peers no worse on every cost
+    better: int  # of them, more accurate
+    ahead: int | None  # peers in fronts before its own (None: `keep` is 0, not counted)
+
+
+def judge_trial(costs: Costs, accuracy: float, peers: list[Peer],
+                rule: EarlyStoppingSpec) -> Stop | None:
+    """The rule of the module docstring, for one trial at one rung: None when it goes on."""
     if not rule.enabled or len(peers) < rule.min_trials:
-        return False
+        return None
     n_smaller, n_better = dominators(costs, accuracy, peers)
     if n_better < max(rule.min_dominators, math.ceil(rule.quantile * n_smaller)):
-        return False
-    return rule.keep == 0 or ahead(costs, accuracy, peers) >= rule.keep * (len(peers) + 1)
+        return None
+    if rule.keep == 0:
+        return Stop(n_smaller, n_better, None)
+    n_ahead = ahead(costs, accuracy, peers)
+    return Stop(n_smaller, n_better, n_ahead) if n_ahead >= rule.keep * (len(peers) + 1) else None
+
+
+def should_stop(costs: Costs, accuracy: float, peers: list[Peer], rule: EarlyStoppingSpec) -> bool:
+    return judge_trial(costs, accuracy, peers, rule) is not None
 
 
 def reachable(curve: Sequence[float], epochs: int) -> float:
@@ -168,18 +185,18 @@ class ParetoEarlyStopper:
             judged, what = reachable(record.val_curve or (val_accuracy,), self.epochs), "reachable acc"
         peers = rung_peers(trial.study, epoch, exclude=trial.number, costs=self.costs,
                            latest=self.rule.judge == "reachable")
-        if not should_stop(mine, judged, peers, self.rule):
+        stop = judge_trial(mine, judged, peers, self.rule)
+        if stop is None:
             return
-        n_smaller, n_better = dominators(mine, judged, peers)
         bounds = " and ".join(f"<= {COST[c].format(v)}" for c, v in zip(self.costs, mine,
                                                                           strict=True))
         reason = (
-            f"dominated at rung {epoch}: {what} {judged:.4f} beaten by {n_better} of "
-            f"{n_smaller} trials with {bounds}"
+            f"dominated at rung {epoch}: {what} {judged:.4f} beaten by {stop.better} of "
+            f"{stop.smaller} trials with {bounds}"
         )
-        if self.rule.keep:
+        if stop.ahead is not None:
             reason += (f", and not in the best {self.rule.keep:.0%} of the rung: "
-                       f"{ahead(mine, judged, peers)} of {len(peers)} trials in fronts before it")
+                       f"{stop.ahead} of {len(peers)} trials in fronts before it")
         set_trial(trial, stopped_reason=reason, stopped_at_rung=epoch, epochs=epoch)
         raise optuna.TrialPruned(reason)
 
