@@ -6,6 +6,7 @@
     python benchmarks/bench_peers.py --workload cifar --study studies/cifar_resnet.toml \\
         --data-dir ../shared/data/cifar10-jpeg --train-limit 1000 --val-size 2000 --epochs 6 \\
         --budget 480 --seeds 2 --methods kdsearch,kdsearch-no-es,moasha-inproc --moasha-priority ranks
+    python benchmarks/bench_peers.py --merge out/a/cifar/runs.json out/b/cifar/runs.json
 
 Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `bench` extra
 (`pip install -e .[bench]`: Syne Tune) for the two MOASHA methods. Methods, each run for
@@ -32,6 +33,11 @@ Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `benc
                     (`keep = 0`, the rule before issue 13); not a peer
     kdsearch-min-trials-3 (only when named) kdsearch stopping trials once 3 trials, not 6,
                     have reached a rung; not a peer
+    kdsearch-random (only when named) kdsearch's early stopping with Optuna's random
+                    sampler: what the stopping rule does without TPE; not a peer
+    kdsearch-tpe-before (only when named) kdsearch with the TPE of before issue 13's sampler
+                    change (costs in raw units, each family's knobs sampled one by one); not
+                    a peer
 
 MOASHA's rungs are kdsearch's: grace period = the first rung kdsearch as shipped judges at,
 reduction factor = the ratio of its first two rungs.
@@ -52,6 +58,9 @@ teacher is trained and cached before any clock starts), and only trials finished
 finished (complete + stopped), as the mean over seeds with a band from the lowest to the
 highest seed.
 
+`--merge` reports the raw runs of several invocations together (one process per core, each
+with its own `--first-seed`) as if one invocation had run them.
+
 The last line: `time_fraction=<t_kd / t_peer> hypervolume_ratio=<hv_kd / hv_peer>` where the
 peer is the one with the highest mean final hypervolume, t_peer the time its mean curve first
 reaches that value and t_kd the time kdsearch's mean curve first reaches it (inf: never).
@@ -61,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import io
 import json
@@ -112,8 +122,10 @@ PEERS = METHODS[1:]
 # kdsearch with `judge = "reachable"` (the prototype rule); kdsearch skipping the rungs inside
 # the learning-rate warm-up (`after_warmup = true`); kdsearch letting
 # only a rung's Pareto front go on (`keep = 0`, the rule before issue 13); kdsearch stopping
-# once 3 trials (not 6) have reached a rung.
-VARIANTS = ("kdsearch-reachable", "kdsearch-after-warmup", "kdsearch-front-only", "kdsearch-min-trials-3")
+# once 3 trials (not 6) have reached a rung; kdsearch's stopping with random sampling; kdsearch
+# with the TPE it ran before (raw costs, no groups).
+VARIANTS = ("kdsearch-reachable", "kdsearch-after-warmup", "kdsearch-front-only",
+            "kdsearch-min-trials-3", "kdsearch-random", "kdsearch-tpe-before")
 OURS = "kdsearch"
 TRIAL_SCRIPT = Path(__file__).resolve().parent / "peers_trial.py"
 TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5 s, idles the core)
@@ -180,9 +192,12 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
         early = early.model_copy(update={"enabled": True, "keep": 0.0})
     elif method == "kdsearch-min-trials-3":
         early = early.model_copy(update={"enabled": True, "min_trials": 3})
+    elif method in ("kdsearch-random", "kdsearch-tpe-before"):
+        early = early.model_copy(update={"enabled": True})
     elif method != OURS:
         early = early.model_copy(update={"enabled": False})
-    sampler = {"nsga2": "nsga2", "random": "random"}.get(method, search.sampler)
+    sampler = {"nsga2": "nsga2", "random": "random", "kdsearch-random": "random"}.get(
+        method, search.sampler)
     search = search.model_copy(update={"sampler": sampler, "early_stopping": early,
                                        "baselines": []})
     return base.model_copy(update={"seed": seed, "search": search})
@@ -212,7 +227,7 @@ def run_kdsearch(spec: StudySpec, method: str, seed: int, common: dict, budget: 
                    threads=common["threads"], offline=True)
     run = Run(method, seed, budget, 0.0, (os.getloadavg()[0], 0.0))
     start_wall, start = time.time(), time.perf_counter()
-    with _quiet(quiet):
+    with _quiet(quiet), _tpe_before(method == "kdsearch-tpe-before"):
         study = run_study(spec, opts, log=lambda m: None)
     run.seconds = time.perf_counter() - start
     run.load = (run.load[0], os.getloadavg()[0])
@@ -223,6 +238,50 @@ def run_kdsearch(spec: StudySpec, method: str, seed: int, common: dict, budget: 
             accuracy=t.values[0] if complete else 0.0,
             params=int(TrialRecord.of(t).params or 0)))
     return run
+
+
+class _TPEBefore(optuna.samplers.TPESampler):
+    """kdsearch's TPE before issue 13's sampler change: raw costs, no groups, blind to curves."""
+
+    def _sample(self, study, trial, search_space):
+        class Blind:
+            def __getattr__(self, name):
+                return getattr(study, name)
+
+            def _get_trials(self, *args, **kwargs):
+                return [_curveless(t) if t.state == TrialState.PRUNED else t
+                        for t in study._get_trials(*args, **kwargs)]
+
+        return super()._sample(Blind(), trial, search_space)
+
+
+def _curveless(t):
+    t = copy.copy(t)
+    t.intermediate_values = {}
+    return t
+
+
+@contextlib.contextmanager
+def _tpe_before(on: bool):
+    """run_study with the sampler of before, for the `kdsearch-tpe-before` variant."""
+    if not on:
+        yield
+        return
+    import kdsearch.study.runner as runner
+
+    made = runner.make_sampler
+
+    def before(spec, stream):
+        s = made(spec, stream)
+        return _TPEBefore(seed=(spec.seed + runner.STREAM_STRIDE * stream) % 2**32,
+                          multivariate=True, constant_liar=True,
+                          n_startup_trials=s._n_startup_trials)
+
+    runner.make_sampler = before
+    try:
+        yield
+    finally:
+        runner.make_sampler = made
 
 
 @contextlib.contextmanager
@@ -414,8 +473,7 @@ def run_moasha_inproc(spec: StudySpec, method: str, seed: int, common: dict, bud
 RUNNERS: dict[str, Callable[..., Run]] = {
     "kdsearch": run_kdsearch, "kdsearch-no-es": run_kdsearch, "nsga2": run_kdsearch,
     "random": run_kdsearch, "moasha": run_moasha, "moasha-inproc": run_moasha_inproc,
-    "kdsearch-reachable": run_kdsearch, "kdsearch-after-warmup": run_kdsearch,
-    "kdsearch-front-only": run_kdsearch, "kdsearch-min-trials-3": run_kdsearch,
+    **{variant: run_kdsearch for variant in VARIANTS},  # every variant is a run_study
 }
 
 
@@ -539,7 +597,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="teacher cache (trained once per seed, before any clock starts)")
     ap.add_argument("--out", type=Path, default=Path("out/bench_peers"), help="plots and raw runs")
     ap.add_argument("--verbose", action="store_true", help="keep the methods' own output")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="RUNS_JSON",
+                    help="run nothing: report the runs of earlier invocations together (their "
+                         "runs.json; e.g. one process per core, each with its own --first-seed)")
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = [json.loads(p.read_text()) for p in args.merge]
+        runs = [Run(**{**r, "load": tuple(r["load"]),
+                       "finished": [Finished(**f) for f in r["finished"]]})
+                for m in merged for r in m["runs"]]
+        if len({m["ref_params"] for m in merged}) != 1 or len({r.budget for r in runs}) != 1:
+            ap.error("--merge: the runs differ in their teacher's size or their budget")
+        workload = merged[0]["args"]["workload"]
+        report(runs, merged[0]["ref_params"], runs[0].budget, args.out / workload, workload,
+               {"merged": [str(p) for p in args.merge]})
+        return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS + VARIANTS)
     if unknown:
@@ -612,7 +684,15 @@ def main(argv: list[str] | None = None) -> None:
                   f"hypervolume {tr[-1][2]:.4f}; load {run.load[0]:.2f} -> {run.load[1]:.2f}",
                   flush=True)
 
-    c = curves(runs, ref_params, args.budget)
+    report(runs, ref_params, args.budget, args.out / args.workload, args.workload,
+           {k: str(v) for k, v in vars(args).items()})
+
+
+def report(runs: list[Run], ref_params: float, budget: float, out: Path, workload: str,
+           settings: dict) -> None:
+    """The table, plots, raw runs and last line of a set of runs (one invocation or merged)."""
+    c = curves(runs, ref_params, budget)
+    n_seeds = len({r.seed for r in runs})
     print(f"\n{'method':15} {'final hypervolume (mean +- sd; min..max)':44} trials  complete  "
           f"t(own final)")
     finals = {}
@@ -627,13 +707,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{method:15} {finals[method]:.4f} +- {sd:.4f}; {min(last):.4f}..{max(last):.4f}"
               f"{'':10} {n:6.1f}  {done:8.1f}  {t_own:6.0f} s")
 
-    out = args.out / args.workload
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "ref_params": ref_params,
+        {"args": {"workload": workload, **settings}, "ref_params": ref_params,
          "runs": [asdict(r) for r in runs]}, indent=1))
-    files = plot(c, f"bench_peers {args.workload}: hypervolume, mean of {args.seeds} seeds "
-                    f"(band: lowest..highest), {args.budget:.0f} s each", out)
+    files = plot(c, f"bench_peers {workload}: hypervolume, mean of {n_seeds} seeds "
+                    f"(band: lowest..highest), {budget:.0f} s each", out)
     print(f"plots: {', '.join(map(str, files))}; raw runs: {out / 'runs.json'}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -17,6 +17,10 @@ from typing import Any
 ACCURACY = "val_accuracy"  # the one objective maximized
 COSTS = ("params", "macs", "latency_ms")  # the costs a study may minimize, in display order
 DEFAULT = ("params",)  # a study file without `objectives`: exactly what kdsearch always did
+# Costs are measured in decades (hypervolume, the sampler's ranking); below these they are
+# clamped before the log: a parameter or MAC count is at least 1, a latency in ms may well be
+# below 1 (and is never 0).
+FLOOR = {"params": 1.0, "macs": 1.0, "latency_ms": 1e-9}
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from kdsearch.objectives import COST
+from kdsearch.objectives import COST, FLOOR
 from kdsearch.report.rows import Row, Snapshot
-
-# Costs below this are clamped before the log: a parameter or MAC count is at least 1, a
-# latency in ms may well be below 1 (and is never 0).
-FLOOR = {"params": 1.0, "macs": 1.0, "latency_ms": 1e-9}
 
 
 def hypervolume(points: list[tuple[float, float]], ref_params: float, ref_acc: float = 0.0,

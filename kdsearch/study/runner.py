@@ -72,12 +72,13 @@ def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
 
         return _AskTellGridSampler(sweep_grid(spec), seed=seed)
     # Multi-objective TPE: better than NSGA-II at the tens of trials a CPU study affords;
-    # constant_liar keeps parallel workers from all sampling the same point. Curve-blind: the
-    # trials' stored learning curves would otherwise crash it (search/curves.py).
-    from kdsearch.search.curves import CurveBlindTPESampler
+    # constant_liar keeps parallel workers from all sampling the same point; group: a family's
+    # knobs (`resnet.blocks`) are modelled jointly, not one by one. It ranks trials in decades
+    # of cost and never sees stored curves (search/tpe.py).
+    from kdsearch.search.tpe import KDSearchTPESampler
 
-    return CurveBlindTPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                      n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
+    return KDSearchTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                              n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -11,7 +11,9 @@ Speed choices, each measured on a 2-core CPU (docs/PERFORMANCE.md has the figure
 channels_last weights for CNNs (+30-35% at 1 thread, no change at 2), fused Adam/SGD
 (+5-10%), small data sets normalised once to float instead of per batch (+5% for MLPs;
 CIFAR-10 keeps uint8, where it gains nothing and would cost 4x the memory), no host sync per
-batch. `torch.compile` lost on CPU (slower steps, ~30 s compile per architecture) and is not
+batch, evaluation of CNNs on the CPU in batches of 64 (1.1-3.2x faster than 512 for the
+residual and MobileNet families).
+`torch.compile` lost on CPU (slower steps, ~30 s compile per architecture) and is not
 used. On CUDA the loop runs under autocast
 (bf16 where supported, else fp16 with a gradient scaler).
 """
@@ -40,6 +42,12 @@ from kdsearch.training.views import ViewSet, render_views
 # trial of a 32-32-64-64-128-128 student: 1,219 MiB at 512 against 1,881 MiB at 2,048), at the
 # same speed and with bit-identical logits (measured on the CIFAR-10 teacher's test logits).
 EVAL_BATCH = 512
+# A convolutional network on the CPU, though, evaluates faster in batches of 64 than of 512:
+# 1.1-3.2x for the residual and MobileNet students and the ResNet-20 teacher, 1.5x for the
+# seed's plain CNN on one thread, 0.94x on two (benchmarks/bench_eval_batch.py, docs/PERFORMANCE.md
+# section 1): a batch's activations then stay nearer the caches (a MobileNet block's expanded map
+# at 512 images is 300 MB). MLPs gain nothing from it; GPUs want large batches.
+EVAL_BATCH_CNN_CPU = 64
 PRENORM_MAX_BYTES = 256 << 20  # normalise once if the float copy is at most this (MNIST: 172 MB)
 # An MLP whose forward pass is below this many multiply-accumulates per batch trains faster on
 # one CPU thread than on several: its matrix products are too small to split, and every op
@@ -104,22 +112,28 @@ def augments(recipe: TrainRecipe) -> bool:
     return recipe.augments()
 
 
+def eval_batch(model: nn.Module, device: torch.device) -> int:
+    """Images per forward pass when evaluating `model` on `device` (see EVAL_BATCH_CNN_CPU)."""
+    return EVAL_BATCH_CNN_CPU if device.type == "cpu" and _is_cnn(model) else EVAL_BATCH
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: Split, device: torch.device) -> torch.Tensor:
-    """Logits for a whole split, in large batches, as float32 on the CPU."""
+    """Logits for a whole split, batch by batch, as float32 on the CPU."""
     model.eval()
-    outs = [model(split.x[i : i + EVAL_BATCH].to(device)).float().cpu()
-            for i in range(0, len(split), EVAL_BATCH)]
+    step = eval_batch(model, device)
+    outs = [model(split.x[i : i + step].to(device)).float().cpu()
+            for i in range(0, len(split), step)]
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 @torch.inference_mode()
 def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
     model.eval()
-    correct = 0
-    for i in range(0, len(split), EVAL_BATCH):
-        pred = model(split.x[i : i + EVAL_BATCH].to(device)).argmax(1)
-        correct += int((pred == split.y[i : i + EVAL_BATCH].to(device)).sum())
+    correct, step = 0, eval_batch(model, device)
+    for i in range(0, len(split), step):
+        pred = model(split.x[i : i + step].to(device)).argmax(1)
+        correct += int((pred == split.y[i : i + step].to(device)).sum())
     return correct / max(len(split), 1)
 
 

@@ -44,7 +44,13 @@ from kdsearch.errors import CacheError, NonFiniteLossError
 from kdsearch.record import TeacherRecord
 from kdsearch.spec import StudySpec
 from kdsearch.training.data import Dataset
-from kdsearch.training.engine import ResumeError, check_resumable, predict_logits, train
+from kdsearch.training.engine import (
+    ResumeError,
+    check_resumable,
+    eval_batch,
+    predict_logits,
+    train,
+)
 from kdsearch.training.models import build_model, count_macs, count_params
 from kdsearch.training.teacher_file import (
     FileTeacher,
@@ -53,7 +59,14 @@ from kdsearch.training.teacher_file import (
     file_logits,
     load_teacher_file,
 )
-from kdsearch.training.views import ViewSet, ViewTable, make_views, view_logits, views_seed
+from kdsearch.training.views import (
+    VIEW_BATCH,
+    ViewSet,
+    ViewTable,
+    make_views,
+    view_logits,
+    views_seed,
+)
 
 CACHE_FORMAT = 1
 SPLITS = ("train", "val", "test")
@@ -456,6 +469,10 @@ def attach_views(teacher: Teacher, spec: StudySpec, data: Dataset, cache_dir: Pa
             from tqdm import tqdm
 
             forward = _view_forward(teacher, spec, data, device)
+            # A kdsearch teacher in the engine's evaluation batches; a teacher file in large
+            # ones (ONNX Runtime's per-call cost).
+            batch = (VIEW_BATCH if teacher.model is None
+                     else eval_batch(teacher.model, device))
             start = time.perf_counter()
             views = {}
             total = recipe.views * sum(len(data.split(split)) for split in VIEW_SPLITS)
@@ -465,7 +482,7 @@ def attach_views(teacher: Teacher, spec: StudySpec, data: Dataset, cache_dir: Pa
                     table = make_views(len(data.split(split)), recipe.views, recipe.hflip,
                                        recipe.translate, views_seed(spec.seed, split))
                     views[split] = ViewSet(table, view_logits(forward, data.split(split).x, table,
-                                                              progress=bar.update))
+                                                              batch, progress=bar.update))
             _save_views(folder, views, {"key": vkey, "teacher": teacher.record.key,
                                         **views_settings(spec)})
             log(f"teacher logits on {recipe.views} views of {sum(map(len, views.values())):,} "

@@ -171,29 +171,6 @@ def test_run_estimate_averages_complete_and_pruned_trials_apart():
     assert run_estimate({C: [10.0], P: [0.4] * 3}, 4) < run_estimate(seen, 4)
 
 
-def test_tpe_samples_after_pruned_trials_that_carry_learning_curves():
-    """Optuna's TPE ranks pruned trials by their last intermediate value through
-    `study.direction`, which a multi-objective study refuses; kdsearch's TPE must go on."""
-    from kdsearch.search.curves import CurveBlindTPESampler
-
-    study = optuna.create_study(directions=["maximize", "minimize"],
-                                sampler=CurveBlindTPESampler(seed=0, n_startup_trials=2,
-                                                             multivariate=True,
-                                                             constant_liar=True))
-    for i in range(4):
-        trial = study.ask()
-        x = trial.suggest_float("x", 0.0, 1.0)
-        trial.storage.set_trial_intermediate_value(trial._trial_id, 1, x)
-        if i % 2:
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, [x, 1.0 - x])
-    trial = study.ask()  # TPE proper now: past the two start-up trials
-    assert 0.0 <= trial.suggest_float("x", 0.0, 1.0) <= 1.0
-    pruned = study.get_trials(states=[TrialState.PRUNED])
-    assert all(t.intermediate_values for t in pruned)  # storage keeps them: only TPE is blind
-
-
 def test_a_changed_study_file_is_refused_naming_the_keys_and_nothing_is_written(tmp_path):
     from kdsearch import record
     from kdsearch.errors import StudyFileError

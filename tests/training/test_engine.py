@@ -310,3 +310,19 @@ def test_batch_progress_always_hears_the_end_of_each_epoch(data, monkeypatch):
     train(_model(data, MLPArch(hidden=[8])), data, recipe, CPU, on_batches=lambda *a: heard.append(a))
     steps = -(-len(data.train) // recipe.batch_size)
     assert heard == [(1, steps, steps), (2, steps, steps)]
+
+
+def test_evaluation_batches_change_the_speed_not_the_answer(data, monkeypatch):
+    """On the CPU a CNN is evaluated in small batches (faster there), an MLP in large ones;
+    the predictions are the same at any batch size."""
+    import kdsearch.training.engine as engine
+
+    cnn, mlp = _model(data, CNN), _model(data, MLPArch(hidden=[16]))
+    assert engine.eval_batch(cnn, CPU) == engine.EVAL_BATCH_CNN_CPU < engine.EVAL_BATCH
+    assert engine.eval_batch(mlp, CPU) == engine.EVAL_BATCH
+    assert engine.eval_batch(cnn, torch.device("cuda")) == engine.EVAL_BATCH
+    small = predict_logits(cnn, data.test, CPU)
+    acc = accuracy(cnn, data.test, CPU)
+    monkeypatch.setattr(engine, "eval_batch", lambda model, device: len(data.test))
+    assert torch.allclose(predict_logits(cnn, data.test, CPU), small, atol=1e-5)
+    assert accuracy(cnn, data.test, CPU) == acc

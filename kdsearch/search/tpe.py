@@ -1,0 +1,68 @@
+"""The TPE sampler kdsearch runs: Optuna's multi-objective TPE, shown the trials as the
+reports measure them.
+
+Two things differ from what Optuna's `TPESampler` sees in the stored study:
+
+- **Costs in decades.** Optuna's multi-objective TPE models the few best complete trials
+  (`gamma`: a tenth of them) and, when the first Pareto front holds more than that, picks
+  them by their hypervolume contribution in the objectives' own units. In raw parameters a
+  front's largest students own nearly all of that area (200k against 5k params), so TPE
+  learns from them and draws large, slow students; the small end of the front, which the
+  reports' hypervolume counts per decade of parameters (report/hypervolume.py), is left to
+  chance. The sampler sees each cost as log10(cost), the scale the reports measure it on.
+  Fronts are unchanged (the log is monotone); only that choice changes.
+- **Pruned trials without curves.** Optuna refuses `Trial.report` in multi-objective
+  studies, but its storage accepts intermediate values, and kdsearch stores each trial's
+  validation curve there (search/curves.py). TPE ranks pruned trials by their last
+  intermediate value through `study.direction`, which a multi-objective study refuses
+  (RuntimeError, Optuna 5.0): the sampler sees pruned trials without their curves, which is
+  all TPE ever saw of them before kdsearch stored curves.
+
+Storage, reports and every other reader see the stored values unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kdsearch.objectives import FLOOR
+
+_LEAST = min(FLOOR.values())  # a cost is positive; the floor keeps the log finite
+
+
+def _as_ranked(trial: FrozenTrial) -> FrozenTrial:
+    """The trial as TPE should rank it: costs in decades, a pruned trial without its curve."""
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        seen = copy.copy(trial)
+        seen.intermediate_values = {}
+        return seen
+    if trial.state == TrialState.COMPLETE and trial.values and len(trial.values) > 1:
+        seen = copy.copy(trial)
+        acc, *costs = trial.values
+        seen.values = [acc, *(math.log10(max(c, _LEAST)) for c in costs)]
+        return seen
+    return trial
+
+
+class _RankedStudy:
+    """A read-through view of a study whose trials read as `_as_ranked` makes them."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
+        return [_as_ranked(t) for t in self._study._get_trials(*args, **kwargs)]
+
+
+class KDSearchTPESampler(optuna.samplers.TPESampler):
+    """`TPESampler` over the trials in the reports' scale (see the module doc)."""
+
+    def _sample(self, study, trial, search_space):
+        return super()._sample(_RankedStudy(study), trial, search_space)
