@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import io
 import json
@@ -95,6 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdsearch.options import Options, available_cores  # noqa: E402
 from kdsearch.record import TrialRecord  # noqa: E402
 from kdsearch.search.space import suggest_student  # noqa: E402
+from kdsearch.search.tpe import RankedStudy, curve_blind  # noqa: E402
 from kdsearch.spec import StudySpec, parse_study  # noqa: E402
 from kdsearch.study.runner import prepare, run_study  # noqa: E402
 
@@ -244,21 +244,7 @@ class _TPEBefore(optuna.samplers.TPESampler):
     """kdsearch's TPE before issue 13's sampler change: raw costs, no groups, blind to curves."""
 
     def _sample(self, study, trial, search_space):
-        class Blind:
-            def __getattr__(self, name):
-                return getattr(study, name)
-
-            def _get_trials(self, *args, **kwargs):
-                return [_curveless(t) if t.state == TrialState.PRUNED else t
-                        for t in study._get_trials(*args, **kwargs)]
-
-        return super()._sample(Blind(), trial, search_space)
-
-
-def _curveless(t):
-    t = copy.copy(t)
-    t.intermediate_values = {}
-    return t
+        return super()._sample(RankedStudy(study, rank=curve_blind), trial, search_space)
 
 
 @contextlib.contextmanager
@@ -272,10 +258,9 @@ def _tpe_before(on: bool):
     made = runner.make_sampler
 
     def before(spec, stream):
-        s = made(spec, stream)
-        return _TPEBefore(seed=(spec.seed + runner.STREAM_STRIDE * stream) % 2**32,
-                          multivariate=True, constant_liar=True,
-                          n_startup_trials=s._n_startup_trials)
+        shipped = made(spec, stream)
+        return _TPEBefore(seed=runner.sampler_seed(spec, stream), multivariate=True,
+                          constant_liar=True, n_startup_trials=shipped._n_startup_trials)
 
     runner.make_sampler = before
     try:

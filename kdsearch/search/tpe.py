@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,35 +35,41 @@ from kdsearch.objectives import FLOOR
 _LEAST = min(FLOOR.values())  # a cost is positive; the floor keeps the log finite
 
 
-def _as_ranked(trial: FrozenTrial) -> FrozenTrial:
-    """The trial as TPE should rank it: costs in decades, a pruned trial without its curve."""
+def curve_blind(trial: FrozenTrial) -> FrozenTrial:
+    """A pruned trial without its stored curve; any other trial as it is."""
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         seen = copy.copy(trial)
         seen.intermediate_values = {}
         return seen
+    return trial
+
+
+def as_ranked(trial: FrozenTrial) -> FrozenTrial:
+    """The trial as TPE should rank it: costs in decades, a pruned trial without its curve."""
     if trial.state == TrialState.COMPLETE and trial.values and len(trial.values) > 1:
         seen = copy.copy(trial)
         acc, *costs = trial.values
         seen.values = [acc, *(math.log10(max(c, _LEAST)) for c in costs)]
         return seen
-    return trial
+    return curve_blind(trial)
 
 
-class _RankedStudy:
-    """A read-through view of a study whose trials read as `_as_ranked` makes them."""
+class RankedStudy:
+    """A read-through view of a study whose trials read as `rank` makes them."""
 
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
+    def __init__(self, study: optuna.Study,
+                 rank: Callable[[FrozenTrial], FrozenTrial] = as_ranked) -> None:
+        self._study, self._rank = study, rank
 
     def __getattr__(self, name: str):
         return getattr(self._study, name)
 
     def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
-        return [_as_ranked(t) for t in self._study._get_trials(*args, **kwargs)]
+        return [self._rank(t) for t in self._study._get_trials(*args, **kwargs)]
 
 
 class KDSearchTPESampler(optuna.samplers.TPESampler):
     """`TPESampler` over the trials in the reports' scale (see the module doc)."""
 
     def _sample(self, study, trial, search_space):
-        return super()._sample(_RankedStudy(study), trial, search_space)
+        return super()._sample(RankedStudy(study), trial, search_space)

@@ -50,6 +50,11 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
         pass
 
 
+def sampler_seed(spec: StudySpec, stream: int) -> int:
+    """The seed of one of the study's sampler streams (`make_sampler`)."""
+    return (spec.seed + STREAM_STRIDE * stream) % 2**32
+
+
 def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
     """The study file's sampler, seeded for one of the study's sampler streams.
 
@@ -61,7 +66,7 @@ def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
     first run (stream 0, seeded with the study seed itself) and each later run are
     reproducible, but which worker of a concurrent start gets which stream is a race.
     """
-    seed = (spec.seed + STREAM_STRIDE * stream) % 2**32
+    seed = sampler_seed(spec, stream)
     if spec.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(
             seed=seed, population_size=max(8, min(50, spec.search.n_trials // 4)))

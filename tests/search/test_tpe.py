@@ -5,7 +5,7 @@ import pytest
 from optuna.samplers._tpe.sampler import _split_trials, default_gamma_multiobjective
 from optuna.trial import TrialState, create_trial
 
-from kdsearch.search.tpe import KDSearchTPESampler, _RankedStudy
+from kdsearch.search.tpe import KDSearchTPESampler, RankedStudy
 
 # A front over two decades of parameters, and dominated trials behind it.
 FRONT = [(2_000, 0.40), (5_000, 0.50), (12_000, 0.58), (40_000, 0.64), (120_000, 0.68),
@@ -33,7 +33,7 @@ def test_tpe_learns_from_the_small_end_of_the_front_when_costs_are_in_decades():
         below, _ = _split_trials(view, view._get_trials(deepcopy=False), n_below)
         return sorted(int(study.trials[t.number].values[1]) for t in below)
 
-    raw, decades = modelled(study), modelled(_RankedStudy(study))
+    raw, decades = modelled(study), modelled(RankedStudy(study))
     assert min(raw) >= 12_000  # Optuna alone: nothing below 12k params is modelled
     assert min(decades) <= 5_000
     assert set(decades) <= {p for p, _ in FRONT} and set(raw) <= {p for p, _ in FRONT}
