@@ -36,8 +36,10 @@ Opt-in (it takes methods x seeds x budget of wall clock), and it needs the `benc
     kdsearch-random (only when named) kdsearch's early stopping with Optuna's random
                     sampler: what the stopping rule does without TPE; not a peer
     kdsearch-tpe-before (only when named) kdsearch with the TPE of before issue 13's sampler
-                    change (costs in raw units, each family's knobs sampled one by one); not
-                    a peer
+                    change (costs in raw units, each family's knobs sampled one by one,
+                    random start-up); not a peer
+    kdsearch-random-startup (only when named) kdsearch with TPE's random start-up instead of
+                    the planned one (`startup = "random"`); not a peer
 
 MOASHA's rungs are kdsearch's: grace period = the first rung kdsearch as shipped judges at,
 reduction factor = the ratio of its first two rungs.
@@ -123,9 +125,11 @@ PEERS = METHODS[1:]
 # the learning-rate warm-up (`after_warmup = true`); kdsearch letting
 # only a rung's Pareto front go on (`keep = 0`, the rule before issue 13); kdsearch stopping
 # once 3 trials (not 6) have reached a rung; kdsearch's stopping with random sampling; kdsearch
-# with the TPE it ran before (raw costs, no groups).
+# with the TPE it ran before (raw costs, no groups, random start-up); kdsearch with TPE's own
+# random start-up instead of the planned one (`startup = "random"`).
 VARIANTS = ("kdsearch-reachable", "kdsearch-after-warmup", "kdsearch-front-only",
-            "kdsearch-min-trials-3", "kdsearch-random", "kdsearch-tpe-before")
+            "kdsearch-min-trials-3", "kdsearch-random", "kdsearch-tpe-before",
+            "kdsearch-random-startup")
 OURS = "kdsearch"
 TRIAL_SCRIPT = Path(__file__).resolve().parent / "peers_trial.py"
 TUNER_SLEEP = 0.5  # seconds between the Syne Tune tuner's polls (its default, 5 s, idles the core)
@@ -192,14 +196,15 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
         early = early.model_copy(update={"enabled": True, "keep": 0.0})
     elif method == "kdsearch-min-trials-3":
         early = early.model_copy(update={"enabled": True, "min_trials": 3})
-    elif method in ("kdsearch-random", "kdsearch-tpe-before"):
+    elif method in ("kdsearch-random", "kdsearch-tpe-before", "kdsearch-random-startup"):
         early = early.model_copy(update={"enabled": True})
     elif method != OURS:
         early = early.model_copy(update={"enabled": False})
     sampler = {"nsga2": "nsga2", "random": "random", "kdsearch-random": "random"}.get(
         method, search.sampler)
+    startup = "random" if method == "kdsearch-random-startup" else search.startup
     search = search.model_copy(update={"sampler": sampler, "early_stopping": early,
-                                       "baselines": []})
+                                       "baselines": [], "startup": startup})
     return base.model_copy(update={"seed": seed, "search": search})
 
 
@@ -257,7 +262,7 @@ def _tpe_before(on: bool):
 
     made = runner.make_sampler
 
-    def before(spec, stream):
+    def before(spec, stream, planned=()):  # the sampler before had no planned start-up
         shipped = made(spec, stream)
         return _TPEBefore(seed=runner.sampler_seed(spec, stream), multivariate=True,
                           constant_liar=True, n_startup_trials=shipped._n_startup_trials)

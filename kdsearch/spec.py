@@ -667,6 +667,9 @@ class SearchSpec(_Frozen):
     # definition: its Optuna directions and metric names follow them
     objectives: list[Objective] = Field(default_factory=lambda: ["params"])
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    # TPE's random start-up: spread over the decades of cost and run cheapest first
+    # (search/startup.py), or drawn as Optuna draws it
+    startup: Literal["spread", "random"] = "spread"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
@@ -685,6 +688,9 @@ class SearchSpec(_Frozen):
     def _repeats_need_grid(self) -> SearchSpec:
         if self.repeats > 1 and self.sampler != "grid":
             raise ValueError(f"repeats > 1 only with sampler = 'grid' (a sweep), not "
+                             f"'{self.sampler}'")
+        if "startup" in self.model_fields_set and self.sampler != "tpe":
+            raise ValueError(f"startup is TPE's start-up: it needs sampler = 'tpe', not "
                              f"'{self.sampler}'")
         if self.baselines and self.sampler == "grid":
             raise ValueError("baselines are for searches: a grid sweep already runs every point")

@@ -1,7 +1,8 @@
 """The TPE sampler kdsearch runs: Optuna's multi-objective TPE, shown the trials as the
 reports measure them.
 
-Two things differ from what Optuna's `TPESampler` sees in the stored study:
+Two things differ from what Optuna's `TPESampler` sees in the stored study, and one in what
+it draws:
 
 - **Costs in decades.** Optuna's multi-objective TPE models the few best complete trials
   (`gamma`: a tenth of them) and, when the first Pareto front holds more than that, picks
@@ -18,6 +19,9 @@ Two things differ from what Optuna's `TPESampler` sees in the stored study:
   (RuntimeError, Optuna 5.0): the sampler sees pruned trials without their curves, which is
   all TPE ever saw of them before kdsearch stored curves.
 
+- **A planned start-up.** Its first trials take the students of search/startup.py's plan,
+  spread over the decades of cost and smallest first, instead of TPE's random start-up draws.
+
 Storage, reports and every other reader see the stored values unchanged.
 """
 
@@ -25,12 +29,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.objectives import FLOOR
+from kdsearch.search.startup import planned_for
 
 _LEAST = min(FLOOR.values())  # a cost is positive; the floor keeps the log finite
 
@@ -69,7 +75,25 @@ class RankedStudy:
 
 
 class KDSearchTPESampler(optuna.samplers.TPESampler):
-    """`TPESampler` over the trials in the reports' scale (see the module doc)."""
+    """`TPESampler` over the trials in the reports' scale (see the module doc), whose first
+    trials take the planned start-up students (`startup`, search/startup.py) in turn."""
+
+    def __init__(self, *args, startup: Sequence[dict[str, Any]] = (), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._startup = list(startup)
+
+    def sample_relative(self, study, trial, search_space):
+        if planned_for(study, trial, self._startup) is not None:
+            return {}  # every knob comes from the plan, one by one (sample_independent)
+        return super().sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        planned = planned_for(study, trial, self._startup)
+        if planned is not None and param_name in planned:
+            value = planned[param_name]
+            if param_distribution._contains(param_distribution.to_internal_repr(value)):
+                return value
+        return super().sample_independent(study, trial, param_name, param_distribution)
 
     def _sample(self, study, trial, search_space):
         return super()._sample(RankedStudy(study), trial, search_space)

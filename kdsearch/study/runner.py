@@ -22,7 +22,7 @@ from kdsearch.errors import KdsearchError, StorageError, StudyFileError
 from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord
-from kdsearch.search import baselines
+from kdsearch.search import baselines, startup
 from kdsearch.search.early_stopping import judged_rungs, make_stopper
 from kdsearch.search.objective import make_objective, measures_latency
 from kdsearch.spec import StudySpec, check_input
@@ -55,8 +55,10 @@ def sampler_seed(spec: StudySpec, stream: int) -> int:
     return (spec.seed + STREAM_STRIDE * stream) % 2**32
 
 
-def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
-    """The study file's sampler, seeded for one of the study's sampler streams.
+def make_sampler(spec: StudySpec, stream: int,
+                 planned: Sequence[dict] = ()) -> optuna.samplers.BaseSampler:
+    """The study file's sampler, seeded for one of the study's sampler streams; TPE's first
+    trials take the `planned` start-up students (search/startup.py).
 
     Every process that joins a study draws the next stream number from a counter in the
     database (`create_study`), so workers started separately as identical commands (what
@@ -83,7 +85,7 @@ def make_sampler(spec: StudySpec, stream: int) -> optuna.samplers.BaseSampler:
     from kdsearch.search.tpe import KDSearchTPESampler
 
     return KDSearchTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                              n_startup_trials=min(10, max(3, spec.search.n_trials // 3)))
+                              n_startup_trials=startup.startup_trials(spec), startup=planned)
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -207,7 +209,8 @@ def _check_joinable(study: optuna.Study, spec: StudySpec, opts: Options) -> None
                            "choose another --study-name")
 
 
-def create_study(spec: StudySpec, opts: Options, storage) -> tuple[optuna.Study, int]:
+def create_study(spec: StudySpec, opts: Options, storage,
+                 planned: Sequence[dict] = ()) -> tuple[optuna.Study, int]:
     """Create the study, or join it if another worker (or an earlier run) created it.
 
     Under the study's claim lock: the study file is stored with the study when it is created,
@@ -231,7 +234,7 @@ def create_study(spec: StudySpec, opts: Options, storage) -> tuple[optuna.Study,
         stream = record.study_attr(study, record.SAMPLER_STREAMS, 0)
         record.set_study_attr(study, record.SAMPLER_STREAMS, stream + 1)
     study = optuna.load_study(study_name=opts.study_name, storage=storage,
-                              sampler=make_sampler(spec, stream))
+                              sampler=make_sampler(spec, stream, planned))
     return study, stream
 
 
@@ -338,7 +341,12 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     if spec.teacher_file is not None:  # a file that does not fit the data: one line, no study
         load_file_teacher(spec, data, device)
     storage = open_storage(opts.storage, opts.heartbeats)
-    study, stream = create_study(spec, opts, storage)
+    planned = startup.plan(spec, data.input_shape, data.num_classes, sampler_seed(spec, 0))
+    study, stream = create_study(spec, opts, storage, [params for _, params in planned])
+    if planned and not startup.started(study):
+        cost = COST[startup.planned_cost(spec)]
+        log(f"TPE's first {len(planned)} students: spread over {cost.format(planned[0][0])} to "
+            f"{cost.format(planned[-1][0])}, smallest first (search/startup.py)")
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)
     annotate_study(study, spec, teacher)

@@ -1,0 +1,123 @@
+"""TPE's start-up students, spread over the decades of cost and run cheapest first.
+
+Before TPE has a model it samples at random (its start-up: the first few trials). Random
+draws of a student space pile up in its middle: most of cifar_resnet's students hold 20k-150k
+params, and a 160k-param MobileNet drawn first keeps a CPU study busy for minutes before the
+front has a single point. The front and its hypervolume count size in decades, and a student a
+decade smaller trains several times faster, so the start-up is planned instead (`startup =
+"spread"`, the default): many random draws of the space, their sizes known before training
+(`arch_params`, `count_macs`), one student picked per equal band of log10(cost) between the
+smallest and the largest draw, run smallest first. The first minutes then give a front from
+the cheapest students up, early stopping's first peers are quick, and TPE still starts from a
+sample that covers the space, evenly in cost rather than in the density of its parameters.
+
+Each pick is one of the random draws, with all its knobs (T, alpha, a searched learning rate)
+drawn as TPE's own start-up would draw them. The plan is drawn from the study seed, so every
+worker of a study holds the same one (search/tpe.py hands it out); `startup = "random"` is the
+start-up as Optuna runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from kdsearch.search.space import suggest_recipe, suggest_student
+from kdsearch.spec import StudySpec
+from kdsearch.training.models import ArchitectureError, arch_params, count_macs
+
+MAX_BASELINES = 100  # [[search.baselines]]' limit (spec.py): no planned trial numbers past it
+DRAWS_PER_PICK = 40  # random draws per start-up student: enough to fill the sparse end bands
+
+
+def startup_trials(spec: StudySpec) -> int:
+    """How many trials TPE samples at random before it models the study."""
+    return min(10, max(3, spec.search.n_trials // 3))
+
+
+def planned_cost(spec: StudySpec) -> str:
+    """The cost the start-up is spread over: the study's first, or MACs for a latency, which
+    is known only after a build and a timing and follows the MACs."""
+    first = spec.search.objectives[0]
+    return "macs" if first == "latency_ms" else first
+
+
+def draws(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int, n: int,
+          seed: int) -> list[tuple[float, dict[str, Any]]]:
+    """`n` random students of the space within its size limits: (cost, params) each."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    cost = planned_cost(spec)
+    max_params, max_macs = spec.student.max_params, spec.student.max_macs
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        choice = suggest_student(trial, spec.student.space, input_shape)
+        suggest_recipe(trial, spec.student.train)
+        try:
+            sizes = {"params": arch_params(choice.arch, input_shape, num_classes),
+                     "macs": count_macs(choice.arch, input_shape, num_classes)}
+        except ArchitectureError:
+            continue  # unbuildable on these images: the objective would refuse it
+        if (max_params is not None and sizes["params"] > max_params) or \
+                (max_macs is not None and sizes["macs"] > max_macs):
+            continue
+        out.append((float(sizes[cost]), trial.params))
+    return out
+
+
+def spread(drawn: list[tuple[float, dict[str, Any]]], n: int) -> list[tuple[float, dict[str, Any]]]:
+    """Up to `n` of the draws, one per equal band of log10(cost) in turn, cheapest first.
+
+    A band with no draw is skipped and the turn goes on to the next, so a space whose sizes
+    leave gaps still gets `n` students while it has `n` distinct ones; the first draw in a band
+    is its pick, so the picks stay random within their band.
+    """
+    drawn = list({repr(sorted(p.items())): (c, p) for c, p in drawn}.values())  # distinct
+    if not drawn:
+        return []
+    logs = [math.log10(max(c, 1e-9)) for c, _ in drawn]
+    lo, hi = min(logs), max(logs)
+    width = (hi - lo) / n or 1.0
+    bands: list[list[int]] = [[] for _ in range(n)]
+    for i, x in enumerate(logs):
+        bands[min(n - 1, int((x - lo) / width))].append(i)
+    picked: list[int] = []
+    while len(picked) < min(n, len(drawn)):
+        for band in bands:
+            if band and len(picked) < n:
+                picked.append(band.pop(0))
+    return sorted((drawn[i] for i in picked), key=lambda d: d[0])
+
+
+def plan(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int,
+         seed: int) -> list[tuple[float, dict[str, Any]]]:
+    """The study's start-up students, (cost, params) cheapest first; none when the study file
+    asks for Optuna's own start-up or another sampler."""
+    if spec.search.sampler != "tpe" or spec.search.startup != "spread":
+        return []
+    n = min(startup_trials(spec), spec.search.n_trials)  # never more than the study asks for
+    return spread(draws(spec, input_shape, num_classes, n * DRAWS_PER_PICK, seed), n)
+
+
+def started(study: optuna.Study) -> bool:
+    """Whether the search has begun: any trial that is not a hand-picked baseline."""
+    return any(not t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False))
+
+
+def planned_for(study: optuna.Study, trial: FrozenTrial,
+                planned: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The planned student of this trial, if it is one of the first of the search.
+
+    The k-th trial that is not a hand-picked baseline takes the k-th plan: workers started
+    together hold distinct trial numbers, so they take distinct students without a lock or a
+    queue, and nothing waits in storage for a run that ends early (`--n-trials 1`).
+    """
+    if not planned or trial.number >= len(planned) + MAX_BASELINES:
+        return None
+    k = sum(1 for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and not t.user_attrs.get("baseline"))
+    return planned[k] if k < len(planned) else None

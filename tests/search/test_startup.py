@@ -1,0 +1,96 @@
+import dataclasses
+import math
+
+import optuna
+import pytest
+
+from kdsearch.errors import StudyFileError
+from kdsearch.options import Options
+from kdsearch.search import startup
+from kdsearch.search.space import suggest_student
+from kdsearch.spec import parse_study
+from kdsearch.study.runner import make_sampler, run_study
+from kdsearch.training.models import arch_params
+from tests.helpers import REPO, tiny_study_text
+
+CIFAR = (3, 32, 32)
+
+
+def _cifar_resnet():
+    path = REPO / "studies" / "cifar_resnet.toml"
+    return parse_study(path.read_text(), path)
+
+
+def test_the_plan_spans_the_sizes_of_the_space_smallest_first():
+    spec = _cifar_resnet()
+    planned = startup.plan(spec, CIFAR, 10, seed=0)
+    costs = [c for c, _ in planned]
+    assert len(planned) == startup.startup_trials(spec) == 10
+    assert costs == sorted(costs) and len(set(costs)) == len(costs)
+    assert costs[-1] <= spec.student.max_params
+    drawn = sorted(c for c, _ in startup.draws(spec, CIFAR, 10, 400, seed=0))
+    # it reaches both ends of what random draws hold, and spends no more than a plain draw
+    # would on the crowded middle: each decade gets its share, the smallest decade included
+    assert costs[0] < drawn[len(drawn) // 20] and costs[-1] > drawn[len(drawn) * 9 // 10]
+    decades = [math.log10(c) for c in costs]
+    gaps = [b - a for a, b in zip(decades, decades[1:], strict=False)]
+    assert max(gaps) < 2 * (decades[-1] - decades[0]) / len(gaps)
+    assert startup.plan(spec, CIFAR, 10, seed=0) == planned  # the study seed fixes it
+    assert startup.plan(spec, CIFAR, 10, seed=1) != planned
+
+
+def test_each_planned_student_is_a_point_of_the_space_with_the_size_it_was_planned_at():
+    spec = _cifar_resnet()
+    for cost, params in startup.plan(spec, CIFAR, 10, seed=3):
+        fixed = optuna.trial.FixedTrial(params)
+        choice = suggest_student(fixed, spec.student.space, CIFAR)
+        assert arch_params(choice.arch, CIFAR, 10) == cost
+
+
+def test_spread_takes_a_band_in_turn_and_skips_the_empty_ones():
+    drawn = [(c, {"i": i}) for i, c in enumerate([100, 120, 130, 110, 10_000, 1_000_000, 150])]
+    # 4 bands of a decade over 100..1,000,000: 100-150 in the first, none in the second
+    assert [c for c, _ in startup.spread(drawn, 4)] == [100, 120, 10_000, 1_000_000]
+    assert [c for c, _ in startup.spread(drawn, 2)] == [100, 10_000]  # the first in its band
+    assert len(startup.spread(drawn, 20)) == len(drawn)  # no more than there are
+    assert startup.spread([], 3) == []
+
+
+def test_the_sampler_hands_out_the_plan_then_models_the_study(tmp_path):
+    spec = parse_study(tiny_study_text(n_trials=9), tmp_path / "tiny.toml")
+    planned = [params for _, params in startup.plan(spec, (1, 8, 8), 3, seed=0)]
+    assert len(planned) == 3
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(spec, 0, planned))
+    for i in range(5):
+        trial = study.ask()
+        suggest_student(trial, spec.student.space, (1, 8, 8))
+        if i < 3:
+            assert trial.params == planned[i]
+        study.tell(trial, [0.5 + 0.01 * i, 100.0 * (i + 1)])
+    assert study.trials[3].params not in planned
+
+
+def test_a_run_starts_with_the_plan_and_a_resumed_run_does_not_repeat_it(tmp_path):
+    spec = parse_study(tiny_study_text(n_trials=6), tmp_path / "tiny.toml")
+    opts = Options(storage=f"sqlite:///{tmp_path}/s.db", study_name="tiny", n_trials=2,
+                   timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
+    logs: list[str] = []
+    study = run_study(spec, opts, log=logs.append)
+    planned = startup.plan(spec, (1, 8, 8), 3, seed=0)
+    assert [t.params for t in study.trials] == [p for _, p in planned[:2]]
+    assert [t.user_attrs["params"] for t in study.trials] == [c for c, _ in planned[:2]]
+    assert any(m.startswith("TPE's first 3 students: spread over") for m in logs)
+    assert len(study.trials) == 2  # nothing queued ahead of the run
+    logs.clear()
+    study = run_study(spec, dataclasses.replace(opts, n_trials=4), log=logs.append)
+    assert study.trials[2].params == planned[2][1]  # the resumed run goes on with the plan
+    assert not any("TPE's first" in m for m in logs)
+
+
+def test_startup_is_tpe_only_and_random_is_optunas_own(tmp_path):
+    with pytest.raises(StudyFileError, match="startup is TPE's start-up"):
+        parse_study(tiny_study_text() + '\nsampler = "random"\nstartup = "spread"\n',
+                    tmp_path / "t.toml")
+    spec = parse_study(tiny_study_text() + '\nstartup = "random"\n', tmp_path / "t.toml")
+    assert startup.plan(spec, (1, 8, 8), 3, seed=0) == []
