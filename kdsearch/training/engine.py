@@ -194,6 +194,22 @@ def _is_cnn(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def channels_last_ok(model: nn.Module, device: torch.device) -> bool:
+    """Whether a CNN trains with channels_last weights on `device`.
+
+    Not on the CPU when it holds a 1x1 convolution with a stride over fewer than 8 input
+    channels (a shortcut-B resnet of base width 6, say): oneDNN's channels_last backward of it
+    writes out of bounds on one thread (torch 2.14.1, AVX2; 2 to 7 channels, stride 2: double
+    free or segfault; 8 and more, 3x3, stride 1 or the default layout: fine). Such a student
+    trains in the default layout, about a third slower on one thread, instead of crashing
+    the worker. tests/training/test_engine.py runs one in a separate process.
+    """
+    if device.type != "cpu":
+        return True
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels // m.groups < 8 for m in model.modules())
+
+
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
     """Autocast dtype on CUDA (bf16 where supported, else fp16); None elsewhere: CPU is fp32."""
     if device.type != "cuda":
@@ -408,7 +424,8 @@ def train(
     torch.manual_seed(seed)
     model.to(device)
     cnn = _is_cnn(model)
-    if cnn:  # weights alone in channels_last make the convolutions pick the faster layout
+    if cnn and channels_last_ok(model, device):
+        # weights alone in channels_last make the convolutions pick the faster layout
         model.to(memory_format=torch.channels_last)
     # Inputs: normalised once when small and not augmented (augmentation pads in pixel space).
     net: nn.Module = model

@@ -326,3 +326,36 @@ def test_evaluation_batches_change_the_speed_not_the_answer(data, monkeypatch):
     monkeypatch.setattr(engine, "eval_batch", lambda model, device: len(data.test))
     assert torch.allclose(predict_logits(cnn, data.test, CPU), small, atol=1e-5)
     assert accuracy(cnn, data.test, CPU) == acc
+
+
+CRASHER = """
+import torch
+from kdsearch.architecture import ResNetArch
+from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
+from kdsearch.training.data import load_data
+from kdsearch.training.engine import train
+from kdsearch.training.models import build_model
+
+torch.set_num_threads(1)
+data = load_data(DataSpec(dataset="synthetic", val_size=64, synthetic=SyntheticSpec(
+    n_train=1024, n_test=64, channels=3, height=32, width=32, num_classes=10)))
+arch = ResNetArch(blocks=[1, 1], base_width=6, width_growth=2.0, shortcut="B")
+model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
+train(model, data, TrainRecipe(epochs=2, batch_size=128, lr=0.05, optimizer="sgd"),
+      torch.device("cpu"), seed=0)
+print("trained")
+"""
+
+
+def test_a_strided_1x1_convolution_over_few_channels_trains_on_one_thread():
+    """oneDNN's channels_last backward of a 1x1 stride-2 convolution over fewer than 8 input
+    channels (a shortcut-B resnet of base width 6) corrupts memory on one CPU thread (torch
+    2.14.1, AVX2: double free, segfault). In a separate process: a crash ends only that one."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    done = subprocess.run([sys.executable, "-c", CRASHER], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
