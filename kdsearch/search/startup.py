@@ -49,7 +49,12 @@ def planned_cost(spec: StudySpec) -> str:
 def draws(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int, n: int,
           seed: int) -> list[tuple[float, dict[str, Any]]]:
     """`n` random students of the space within its size limits: (cost, params) each."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    before = optuna.logging.get_verbosity()  # no "new study created in memory" line
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    finally:
+        optuna.logging.set_verbosity(before)
     cost = planned_cost(spec)
     max_params, max_macs = spec.student.max_params, spec.student.max_macs
     out = []
@@ -73,8 +78,10 @@ def spread(drawn: list[tuple[float, dict[str, Any]]], n: int) -> list[tuple[floa
     """Up to `n` of the draws, one per equal band of log10(cost) in turn, cheapest first.
 
     A band with no draw is skipped and the turn goes on to the next, so a space whose sizes
-    leave gaps still gets `n` students while it has `n` distinct ones; the first draw in a band
-    is its pick, so the picks stay random within their band.
+    leave gaps still gets `n` students while it has `n` distinct ones. A band's pick is its
+    first draw of a size not picked yet (a shape TPE has not seen), else its first draw: the
+    picks stay random within their band, and a space of few shapes (an MLP's widths) gets as
+    many of them as the plan holds before any shape twice.
     """
     drawn = list({repr(sorted(p.items())): (c, p) for c, p in drawn}.values())  # distinct
     if not drawn:
@@ -89,7 +96,9 @@ def spread(drawn: list[tuple[float, dict[str, Any]]], n: int) -> list[tuple[floa
     while len(picked) < min(n, len(drawn)):
         for band in bands:
             if band and len(picked) < n:
-                picked.append(band.pop(0))
+                seen = {drawn[i][0] for i in picked}
+                new = next((j for j, i in enumerate(band) if drawn[i][0] not in seen), 0)
+                picked.append(band.pop(new))
     return sorted((drawn[i] for i in picked), key=lambda d: d[0])
 
 

@@ -53,6 +53,9 @@ def test_spread_takes_a_band_in_turn_and_skips_the_empty_ones():
     assert [c for c, _ in startup.spread(drawn, 4)] == [100, 120, 10_000, 1_000_000]
     assert [c for c, _ in startup.spread(drawn, 2)] == [100, 10_000]  # the first in its band
     assert len(startup.spread(drawn, 20)) == len(drawn)  # no more than there are
+    # a size not picked yet before a size twice: 110 before the second 100
+    twice = [(c, {"i": i}) for i, c in enumerate([100, 100, 110, 1000])]
+    assert [c for c, _ in startup.spread(twice, 3)] == [100, 110, 1000]
     assert startup.spread([], 3) == []
 
 
