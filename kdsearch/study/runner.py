@@ -345,8 +345,9 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     study, stream = create_study(spec, opts, storage, [params for _, params in planned])
     if planned and not startup.started(study):
         cost = COST[startup.planned_cost(spec)]
-        log(f"TPE's first {len(planned)} students: spread over {cost.format(planned[0][0])} to "
-            f"{cost.format(planned[-1][0])}, smallest first (search/startup.py)")
+        log(f"TPE's first {len(planned)} students: from {cost.format(planned[0][0])} to "
+            f"{cost.format(planned[-1][0])}, one per band of log10({cost.name}), smallest "
+            "first (search/startup.py)")
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)
     annotate_study(study, spec, teacher)

@@ -83,7 +83,8 @@ def test_a_run_starts_with_the_plan_and_a_resumed_run_does_not_repeat_it(tmp_pat
     planned = startup.plan(spec, (1, 8, 8), 3, seed=0)
     assert [t.params for t in study.trials] == [p for _, p in planned[:2]]
     assert [t.user_attrs["params"] for t in study.trials] == [c for c, _ in planned[:2]]
-    assert any(m.startswith("TPE's first 3 students: spread over") for m in logs)
+    assert any(m.startswith("TPE's first 3 students: from ") and "smallest first" in m
+               for m in logs)
     assert len(study.trials) == 2  # nothing queued ahead of the run
     logs.clear()
     study = run_study(spec, dataclasses.replace(opts, n_trials=4), log=logs.append)
