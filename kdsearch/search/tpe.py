@@ -91,8 +91,11 @@ class KDSearchTPESampler(optuna.samplers.TPESampler):
         planned = planned_for(study, trial, self._startup)
         if planned is not None and param_name in planned:
             value = planned[param_name]
-            if param_distribution._contains(param_distribution.to_internal_repr(value)):
-                return value
+            try:  # a value the distribution cannot take (a categorical's index raises) is drawn
+                if param_distribution._contains(param_distribution.to_internal_repr(value)):
+                    return value
+            except (ValueError, TypeError):
+                pass
         return super().sample_independent(study, trial, param_name, param_distribution)
 
     def _sample(self, study, trial, search_space):

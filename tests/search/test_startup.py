@@ -98,3 +98,12 @@ def test_startup_is_tpe_only_and_random_is_optunas_own(tmp_path):
                     tmp_path / "t.toml")
     spec = parse_study(tiny_study_text() + '\nstartup = "random"\n', tmp_path / "t.toml")
     assert startup.plan(spec, (1, 8, 8), 3, seed=0) == []
+
+
+def test_a_planned_value_the_space_cannot_take_is_drawn_instead():
+    from kdsearch.search.tpe import KDSearchTPESampler
+
+    study = optuna.create_study(sampler=KDSearchTPESampler(seed=0, startup=[{"w": 7, "t": 2.0}]))
+    trial = study.ask()
+    assert trial.suggest_categorical("w", [4, 8]) in (4, 8)
+    assert trial.suggest_float("t", 1.0, 3.0) == 2.0  # the rest of the plan still holds
