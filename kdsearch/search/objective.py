@@ -54,6 +54,17 @@ def timed_before(trial: optuna.Trial, arch: dict, device: torch.device) -> tuple
     return None
 
 
+def over_budget(spec: StudySpec, params: int, macs: int) -> str | None:
+    """Why a student of this size is refused before training (`max_params`, `max_macs`), or
+    None: the objective prunes it, and the planned start-up (search/startup.py) never picks it."""
+    max_params, max_macs = spec.student.max_params, spec.student.max_macs
+    if max_params is not None and params > max_params:
+        return f"over budget: {params:,} params > max_params {max_params:,}"
+    if max_macs is not None and macs > max_macs:
+        return f"over budget: {macs:,} MACs > max_macs {max_macs:,}"
+    return None
+
+
 def measures_latency(spec: StudySpec) -> bool:
     """Whether trials time their student: only when latency is an objective or a limit, since
     the measurement costs up to a second a trial."""
@@ -71,7 +82,7 @@ def make_objective(
     (engine.train), for a progress display that moves within a trial.
     """
     costs = spec.search.objectives
-    max_macs, max_latency = spec.student.max_macs, spec.student.max_latency_ms
+    max_latency = spec.student.max_latency_ms
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         # Suggest: the student's shape, the distillation settings and, where searched, the
@@ -87,11 +98,9 @@ def make_objective(
         set_trial(trial, architecture=choice.arch.model_dump(mode="json"),
                   arch_summary=choice.arch.describe(), n_layers=choice.arch.n_layers,
                   params=params, macs=macs)
-        max_params = spec.student.max_params
-        if max_params is not None and params > max_params:
-            raise _prune(trial, f"over budget: {params:,} params > max_params {max_params:,}")
-        if max_macs is not None and macs > max_macs:
-            raise _prune(trial, f"over budget: {macs:,} MACs > max_macs {max_macs:,}")
+        refused = over_budget(spec, params, macs)
+        if refused:
+            raise _prune(trial, refused)
 
         # Build; time it untrained when latency counts (same shapes, same latency as trained).
         seed = student_seed(spec.seed, repeat if spec.search.sampler == "grid" else trial.number)

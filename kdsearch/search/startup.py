@@ -26,6 +26,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from kdsearch.record import TrialRecord
+from kdsearch.search.objective import over_budget
 from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.spec import StudySpec
 from kdsearch.training.models import ArchitectureError, arch_params, count_macs
@@ -56,7 +58,6 @@ def draws(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int, 
     finally:
         optuna.logging.set_verbosity(before)
     cost = planned_cost(spec)
-    max_params, max_macs = spec.student.max_params, spec.student.max_macs
     out = []
     for _ in range(n):
         trial = study.ask()
@@ -67,8 +68,7 @@ def draws(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int, 
                      "macs": count_macs(choice.arch, input_shape, num_classes)}
         except ArchitectureError:
             continue  # unbuildable on these images: the objective would refuse it
-        if (max_params is not None and sizes["params"] > max_params) or \
-                (max_macs is not None and sizes["macs"] > max_macs):
+        if over_budget(spec, sizes["params"], sizes["macs"]):
             continue
         out.append((float(sizes[cost]), trial.params))
     return out
@@ -112,9 +112,14 @@ def plan(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int,
     return spread(draws(spec, input_shape, num_classes, n * DRAWS_PER_PICK, seed), n)
 
 
+def _searched(trial: FrozenTrial) -> bool:
+    """A trial of the search itself, not a hand-picked baseline."""
+    return not TrialRecord.of(trial).baseline
+
+
 def started(study: optuna.Study) -> bool:
     """Whether the search has begun: any trial that is not a hand-picked baseline."""
-    return any(not t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False))
+    return any(_searched(t) for t in study.get_trials(deepcopy=False))
 
 
 def planned_for(study: optuna.Study, trial: FrozenTrial,
@@ -128,5 +133,5 @@ def planned_for(study: optuna.Study, trial: FrozenTrial,
     if not planned or trial.number >= len(planned) + MAX_BASELINES:
         return None
     k = sum(1 for t in study.get_trials(deepcopy=False)
-            if t.number < trial.number and not t.user_attrs.get("baseline"))
+            if t.number < trial.number and _searched(t))
     return planned[k] if k < len(planned) else None

@@ -18,7 +18,6 @@ it draws:
   intermediate value through `study.direction`, which a multi-objective study refuses
   (RuntimeError, Optuna 5.0): the sampler sees pruned trials without their curves, which is
   all TPE ever saw of them before kdsearch stored curves.
-
 - **A planned start-up.** Its first trials take the students of search/startup.py's plan,
   spread over the decades of cost and smallest first, instead of TPE's random start-up draws.
 
