@@ -1,0 +1,612 @@
+"""Search methods replayed over a recorded table, in simulated time (issue 23).
+
+    python benchmarks/simulate.py --table docs/results/table_cifar_resnet.json --quick
+    python benchmarks/simulate.py --table docs/results/table_cifar_resnet.json --seeds 30 \\
+        --first-seed 1000 --out docs/results/simulate_cifar_resnet/
+
+The table (benchmarks/record_table.py writes it) holds every point of a grid study: each
+student trained to the end, with its validation and test accuracy and its seconds after every
+epoch. A method here never trains anything: a trial of a point looks its numbers up, and each
+epoch costs the seconds it took when recorded, so thirty seeds of ten methods replay in
+minutes what would take weeks of these two cores (the protocol of HPOBench, YAHPO Gym and
+JAHS-Bench-201; Syne Tune's simulator backend works the same way).
+
+W workers run asynchronously (`--workers`, 4 by default): each takes a new trial the moment its
+last one ends, and events are handled in the order of simulated time, so every method sees the
+study as it would be at that moment (a running trial's finished epochs included). A trial's
+last epoch is followed by its test evaluation (its recorded seconds), as in kdsearch's
+objective. The space is the table's study file, so every point a method can ask for is in the
+table: the Optuna methods suggest through kdsearch's own `suggest_student`, Syne Tune's through
+the same space read off it (bench_peers.syne_space).
+
+Methods (`--methods`, all by default):
+
+    kdsearch            as shipped: its TPE, the planned start-up, Pareto early stopping
+    kdsearch-no-plan    the same with Optuna's random start-up (`startup = "random"`)
+    optuna-default      optuna.create_study's default multi-objective sampler, no stopping
+    nsga2               Optuna's NSGAIISampler with its defaults, no stopping
+    random              Optuna's RandomSampler, no stopping
+    moasha              Syne Tune's MOASHA as shipped (grace period and reduction factor
+                        matched to kdsearch's rungs)
+    moasha-ranks        MOASHA with the non-dominated ranks read in their intended order
+    morea               Syne Tune's multi-objective regularized evolution (single fidelity)
+    PEER+plan           any peer given kdsearch's start-up students first (an ablation)
+
+The metric panel (docs/PERFORMANCE.md, "Search benchmark") is defined in `panel`; each run's
+finished trials are kept in the output's runs.json, from which `--report runs.json` recomputes
+every number. The last line compares kdsearch with the best peer as shipped on the panel metric
+where kdsearch is weakest: `worst_metric=NAME ratio=R ci_low=L`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import io
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from kdsearch.record import set_trial  # noqa: E402
+from kdsearch.search import startup  # noqa: E402
+from kdsearch.search.early_stopping import judged_rungs, make_stopper  # noqa: E402
+from kdsearch.search.space import suggest_recipe, suggest_student  # noqa: E402
+from kdsearch.spec import StudySpec, load_study  # noqa: E402
+
+PEERS = ("optuna-default", "nsga2", "random", "moasha", "moasha-ranks", "morea")
+OURS = ("kdsearch", "kdsearch-no-plan")
+METHODS = OURS + PEERS
+ABLATIONS = tuple(f"{peer}+plan" for peer in PEERS)
+INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One point of the grid, trained to the end when the table was recorded."""
+
+    params: dict[str, Any]  # the trial's Optuna params (suggest_student's names)
+    n_params: int
+    macs: int
+    val: tuple[float, ...]  # validation accuracy after each epoch
+    test: tuple[float, ...]  # test accuracy after each epoch (reports only, never selected on)
+    seconds: tuple[float, ...]  # seconds of each epoch: training plus its validation pass
+    test_seconds: float  # one test evaluation, paid once by a trial that completes
+
+
+@dataclass(frozen=True)
+class Table:
+    rows: tuple[Row, ...]
+    study: str  # the grid study file the table was recorded from
+    teacher_params: int
+    epochs: int
+    meta: dict = field(default_factory=dict)
+
+    def index(self) -> dict[tuple, Row]:
+        return {_key(r.params): r for r in self.rows}
+
+    def mean_trial_seconds(self) -> float:
+        return statistics.fmean(sum(r.seconds) + r.test_seconds for r in self.rows)
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, float(v) if isinstance(v, int | float) and not isinstance(v, bool)
+                         else v) for k, v in params.items()))
+
+
+def load_table(path: Path) -> Table:
+    raw = json.loads(Path(path).read_text())
+    rows = tuple(Row(params=r["params"], n_params=r["n_params"], macs=r["macs"],
+                     val=tuple(r["val"]), test=tuple(r["test"]), seconds=tuple(r["seconds"]),
+                     test_seconds=r["test_seconds"]) for r in raw["rows"])
+    return Table(rows, raw["study"], raw["teacher_params"], raw["epochs"], raw.get("meta", {}))
+
+
+def table_spec(table: Table, table_path: Path) -> StudySpec:
+    """The grid study the table came from, as a search: its sampler, stopping and start-up
+    are kdsearch's as shipped (a grid study file fixes only the space)."""
+    path = Path(table.study)
+    if not path.is_absolute():
+        path = (Path(table_path).resolve().parent / path).resolve()
+    spec = load_study(str(path))
+    search = spec.search.model_copy(update={"sampler": "tpe", "startup": "spread", "baselines": [],
+                                            "repeats": 1, "n_trials": 1_000_000})
+    return spec.model_copy(update={"search": search})
+
+
+# --- the simulated clock ---------------------------------------------------------------------
+
+
+@dataclass
+class Finished:
+    """A trial that ended within the budget, as the panel reads it."""
+
+    seconds: float  # simulated time at which it ended
+    complete: bool  # trained to the last epoch (a stopped trial is never on a front)
+    n_params: int
+    val: float  # validation accuracy at its last epoch
+    test: float  # test accuracy at its last epoch
+    epochs: int
+    params: dict
+
+
+@dataclass
+class Run:
+    method: str
+    seed: int
+    budget: float
+    workers: int
+    finished: list[Finished] = field(default_factory=list)
+    wall: float = 0.0  # real seconds the replay took (the methods' own overhead)
+
+
+class Method:
+    """What the clock asks of a search method: a point to try, and whether a trial goes on."""
+
+    def ask(self) -> tuple[Any, dict]:  # (handle, the trial's params)
+        raise NotImplementedError
+
+    def report(self, handle: Any, epoch: int, val: float) -> bool:  # False: stop it now
+        return True
+
+    def tell(self, handle: Any, complete: bool, val: float, row: Row) -> None:
+        pass
+
+
+def replay(method: Method, table: Table, budget: float, workers: int, run: Run) -> Run:
+    """Run `method` for `budget` simulated seconds on `workers` asynchronous workers."""
+    index, epochs = table.index(), table.epochs
+    events: list[tuple[float, int, int, Any, Row, int]] = []  # (time, order, worker, ...)
+    order = 0
+
+    def start(worker: int, now: float) -> None:
+        nonlocal order
+        handle, params = method.ask()
+        row = index.get(_key(params))
+        if row is None:
+            raise KeyError(f"{run.method} asked for a point the table does not hold: {params}")
+        order += 1
+        heapq.heappush(events, (now + row.seconds[0], order, worker, handle, row, 1))
+
+    for w in range(workers):
+        start(w, 0.0)
+    while events:
+        now, _, worker, handle, row, epoch = heapq.heappop(events)
+        if now > budget:
+            break
+        val = row.val[epoch - 1]
+        last = epoch == epochs
+        goes_on = method.report(handle, epoch, val)
+        if last or not goes_on:
+            end = now + (row.test_seconds if last else 0.0)
+            method.tell(handle, last, val, row)
+            if end <= budget:
+                run.finished.append(Finished(end, last, row.n_params, val, row.test[epoch - 1],
+                                             epoch, row.params))
+            start(worker, now)
+        else:
+            order += 1
+            heapq.heappush(events, (now + row.seconds[epoch], order, worker, handle, row,
+                                    epoch + 1))
+    return run
+
+
+# --- Optuna's samplers and kdsearch ------------------------------------------------------------
+
+
+class OptunaMethod(Method):
+    """A study in memory, asked and told as `run_study` does; with `stopper`, kdsearch's
+    early-stopping hook judges each epoch from the study's records, as in a real run."""
+
+    def __init__(self, spec: StudySpec, sampler: optuna.samplers.BaseSampler,
+                 stop: bool, first: Sequence[dict] = ()):
+        self.spec = spec
+        self.study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        for params in first:
+            self.study.enqueue_trial(params)
+        train = spec.student.train
+        self.stopper = (make_stopper(spec.search.early_stopping, train.epochs,
+                                     warmup=train.warmup()) if stop else None)
+        self.curves: dict[int, list[float]] = {}
+
+    def ask(self) -> tuple[Any, dict]:
+        trial = self.study.ask()
+        choice = suggest_student(trial, self.spec.student.space, INPUT_SHAPE)
+        suggest_recipe(trial, self.spec.student.train)
+        from kdsearch.training.models import arch_params
+
+        set_trial(trial, params=arch_params(choice.arch, INPUT_SHAPE, NUM_CLASSES))
+        self.curves[trial.number] = []
+        return trial, dict(trial.params)
+
+    def report(self, trial: optuna.Trial, epoch: int, val: float) -> bool:
+        curve = self.curves[trial.number]
+        curve.append(val)
+        set_trial(trial, val_curve=tuple(curve))
+        if self.stopper is None:
+            return True
+        try:
+            self.stopper(trial, epoch, val)
+        except optuna.TrialPruned:
+            return False
+        return True
+
+    def tell(self, trial: optuna.Trial, complete: bool, val: float, row: Row) -> None:
+        if complete:
+            self.study.tell(trial, (val, float(row.n_params)))
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+
+def _planned(spec: StudySpec, seed: int) -> list[dict]:
+    return [params for _, params in startup.plan(spec, INPUT_SHAPE, NUM_CLASSES, seed)]
+
+
+def kdsearch_method(spec: StudySpec, seed: int, plan: bool) -> OptunaMethod:
+    from kdsearch.study.runner import make_sampler
+
+    search = spec.search.model_copy(update={"startup": "spread" if plan else "random"})
+    spec = spec.model_copy(update={"seed": seed, "search": search})
+    return OptunaMethod(spec, make_sampler(spec, 0, _planned(spec, seed)), stop=True)
+
+
+def optuna_method(spec: StudySpec, name: str, seed: int, plan: bool) -> OptunaMethod:
+    samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
+        "optuna-default": lambda: _default_sampler(seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
+    first = _planned(spec.model_copy(update={"seed": seed}), seed) if plan else ()
+    return OptunaMethod(spec, samplers[name](), stop=False, first=first)
+
+
+def _default_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler optuna.create_study picks for two objectives, seeded."""
+    sampler = optuna.create_study(directions=["maximize", "minimize"]).sampler
+    return type(sampler)(seed=seed)
+
+
+# --- Syne Tune ---------------------------------------------------------------------------------
+
+
+class SyneMethod(Method):
+    """A Syne Tune scheduler called as its Tuner calls it (suggest, on_trial_add,
+    on_trial_result, on_trial_complete / on_trial_remove)."""
+
+    def __init__(self, scheduler, table: Table, fixed: dict):
+        self.scheduler, self.fixed, self.next_id = scheduler, fixed, 0
+        self.rows = table.index()
+        self.names = {}  # family -> the params its rows name
+        for r in table.rows:
+            self.names.setdefault(r.params.get("family"), set(r.params))
+
+    def _params(self, config: dict) -> dict:
+        config = {**self.fixed, **config}
+        return {k: v for k, v in config.items() if k in self.names[config.get("family")]}
+
+    def ask(self) -> tuple[Any, dict]:
+        import datetime
+
+        from syne_tune.backend.trial_status import Trial
+
+        suggestion = self.scheduler.suggest()
+        trial = Trial(trial_id=self.next_id, config=suggestion.config,
+                      creation_time=datetime.datetime.now())
+        self.next_id += 1
+        self.scheduler.on_trial_add(trial)
+        trial.kd_params = self._params(suggestion.config)
+        return trial, trial.kd_params
+
+    def report(self, trial: Any, epoch: int, val: float) -> bool:
+        from syne_tune.optimizer.scheduler import SchedulerDecision
+
+        result = {"epoch": epoch, "error": 1.0 - val, "params": float(self._n_params(trial))}
+        return self.scheduler.on_trial_result(trial, result) != SchedulerDecision.STOP
+
+    def tell(self, trial: Any, complete: bool, val: float, row: Row) -> None:
+        if complete:
+            self.scheduler.on_trial_complete(trial, {"epoch": len(row.val), "error": 1.0 - val,
+                                                     "params": float(row.n_params)})
+        else:
+            self.scheduler.on_trial_remove(trial)
+
+    def _n_params(self, trial: Any) -> int:
+        return self.rows[_key(trial.kd_params)].n_params
+
+
+def syne_method(spec: StudySpec, table: Table, name: str, seed: int, plan: bool) -> SyneMethod:
+    from bench_peers import _moasha, syne_space
+
+    space = syne_space(spec, INPUT_SHAPE)
+    fixed = {k: v for k, v in space.items() if not hasattr(v, "sample")}
+    first = _planned(spec.model_copy(update={"seed": seed}), seed) if plan else []
+    np.random.seed(seed)
+    if name == "morea":
+        from syne_tune.optimizer.schedulers.multiobjective.multi_objective_regularized_evolution import (  # noqa: E501
+            MultiObjectiveRegularizedEvolution,
+        )
+        from syne_tune.optimizer.schedulers.single_fidelity_scheduler import (
+            SingleFidelityScheduler,
+        )
+
+        searcher = MultiObjectiveRegularizedEvolution(space, points_to_evaluate=first or None,
+                                                      random_seed=seed)
+        scheduler = SingleFidelityScheduler(space, metrics=["error", "params"], do_minimize=True,
+                                            searcher=searcher, random_seed=seed)
+    else:
+        scheduler = _moasha(spec, space, seed, "ranks" if name == "moasha-ranks" else "shipped")
+        if first:
+            _first_then(scheduler, first)
+    return SyneMethod(scheduler, table, fixed)
+
+
+def _first_then(scheduler, first: list[dict]) -> None:
+    """MOASHA (which draws its configurations itself) suggesting `first` before its own."""
+    from syne_tune.optimizer.scheduler import TrialSuggestion
+
+    queue, original = list(first), scheduler.suggest
+
+    def suggest():
+        return TrialSuggestion.start_suggestion(dict(queue.pop(0))) if queue else original()
+
+    scheduler.suggest = suggest
+
+
+def make_method(name: str, spec: StudySpec, table: Table, seed: int) -> Method:
+    base, plan = (name[: -len("+plan")], True) if name.endswith("+plan") else (name, False)
+    if base in OURS:
+        return kdsearch_method(spec, seed, plan=base == "kdsearch")
+    if base in ("optuna-default", "nsga2", "random"):
+        return optuna_method(spec, base, seed, plan)
+    if base in ("moasha", "moasha-ranks", "morea"):
+        return syne_method(spec, table, base, seed, plan)
+    raise SystemExit(f"simulate: unknown method {name!r}; known: {', '.join(METHODS)} "
+                     "(and PEER+plan)")
+
+
+# --- the metric panel ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The metrics of docs/PERFORMANCE.md's search benchmark, fixed before the runs.
+
+    Sizes count between `low` and `high` params (1/100 and 1/2 of the teacher's): a student
+    below `low` counts as `low`, one above `high` not at all. Accuracy is validation accuracy
+    (what every method selects on) above the chance floor; the reference point is (high,
+    chance) for every method and seed. Hypervolumes are divided by the box's area, so 1.0 is a
+    perfect front.
+    """
+
+    low: float
+    high: float
+    chance: float
+    small: int = 25_000  # "best test accuracy at <= small params, selected on validation"
+    medium: int = 80_000
+
+    @classmethod
+    def of(cls, table: Table) -> Panel:
+        return cls(table.teacher_params / 100, table.teacher_params / 2, 1.0 / NUM_CLASSES)
+
+    def hv(self, points: Iterable[tuple[float, float]], log: bool = True) -> float:
+        """Area dominated by (n_params down, accuracy up) points in the box, normalised."""
+        scale = math.log10 if log else float
+        lo, hi = scale(self.low), scale(self.high)
+        pts = sorted((scale(max(n, self.low)), a) for n, a in points
+                     if n <= self.high and a > self.chance)
+        area, best = 0.0, self.chance
+        for i, (x, a) in enumerate(pts):
+            best = max(best, a)
+            nxt = pts[i + 1][0] if i + 1 < len(pts) else hi
+            area += (nxt - x) * (best - self.chance)
+        return area / ((hi - lo) * (1.0 - self.chance))
+
+    def best_test(self, done: Iterable[Finished], limit: int) -> float:
+        """Test accuracy of the complete trial of at most `limit` params that validation picks
+        (chance when there is none: a method that found nothing there scores nothing)."""
+        pick = max(((f.val, f.test) for f in done if f.complete and f.n_params <= limit),
+                   default=(0.0, self.chance))
+        return pick[1]
+
+
+METRICS = ("hv_log", "hv_linear", "test_at_25k", "test_at_80k", "time_to_95")
+HIGHER_IS_BETTER = {"hv_log": True, "hv_linear": True, "test_at_25k": True, "test_at_80k": True,
+                    "time_to_95": False}
+
+
+def metrics_at(run: Run, panel: Panel, until: float) -> dict[str, float]:
+    done = [f for f in run.finished if f.seconds <= until and f.complete]
+    pts = [(f.n_params, f.val) for f in done]
+    return {"hv_log": panel.hv(pts), "hv_linear": panel.hv(pts, log=False),
+            "test_at_25k": panel.best_test(done, panel.small),
+            "test_at_80k": panel.best_test(done, panel.medium)}
+
+
+def time_to(run: Run, panel: Panel, target: float) -> float:
+    """Simulated seconds until the log hypervolume first reaches `target` (inf: never)."""
+    pts = []
+    for f in sorted(run.finished, key=lambda f: f.seconds):
+        if f.complete:
+            pts.append((f.n_params, f.val))
+            if panel.hv(pts) >= target:
+                return f.seconds
+    return math.inf
+
+
+def final_metrics(run: Run, panel: Panel, best_hv: float) -> dict[str, float]:
+    out = metrics_at(run, panel, run.budget)
+    out["time_to_95"] = time_to(run, panel, 0.95 * best_hv)
+    return out
+
+
+def paired_ratio(ours: Sequence[float], theirs: Sequence[float],
+                 higher: bool) -> tuple[float, float, float]:
+    """Mean of the per-seed ratios (ours over theirs; theirs over ours when lower is better)
+    and its 95 % t-interval. A time that never came counts as twice the budget (set by the
+    caller), so that a method that never reaches a target loses without an infinite ratio."""
+    ratios = [(a / b if higher else b / a) for a, b in zip(ours, theirs, strict=True)
+              if a > 0 and b > 0]
+    if not ratios:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(ratios)
+    if len(ratios) < 2:
+        return mean, math.nan, math.nan
+    from scipy import stats  # optuna's and Syne Tune's dependency
+
+    half = stats.t.ppf(0.975, len(ratios) - 1) * statistics.stdev(ratios) / math.sqrt(len(ratios))
+    return mean, mean - half, mean + half
+
+
+# --- running and reporting --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet():
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("syne_tune").setLevel(logging.ERROR)
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def simulate(table: Table, spec: StudySpec, methods: Sequence[str], seeds: Sequence[int],
+             budget: float, workers: int, progress: Callable[[str], None] = print) -> list[Run]:
+    runs = []
+    for method in methods:
+        for seed in seeds:
+            run = Run(method, seed, budget, workers)
+            start = time.perf_counter()
+            with _quiet():
+                replay(make_method(method, spec, table, seed), table, budget, workers, run)
+            run.wall = time.perf_counter() - start
+            runs.append(run)
+            progress(f"{method:<22} seed {seed:>5}: {len(run.finished):4d} trials ended, "
+                     f"{sum(f.complete for f in run.finished):3d} complete ({run.wall:.1f} s)")
+    return runs
+
+
+def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) -> dict:
+    """The panel's table, each peer against kdsearch, and the closing line."""
+    panel = Panel.of(table)
+    best_hv = panel.hv((r.n_params, r.val[-1]) for r in table.rows)
+    by_method: dict[str, dict[int, dict[str, float]]] = {}
+    for run in runs:
+        m = final_metrics(run, panel, best_hv)
+        if math.isinf(m["time_to_95"]):
+            m["time_to_95"] = 2 * run.budget
+        by_method.setdefault(run.method, {})[run.seed] = m
+    out(f"table: {len(table.rows)} points, best front hv_log {best_hv:.4f}; size box "
+        f"{panel.low:,.0f}-{panel.high:,.0f} params; budget {runs[0].budget:,.0f} s "
+        f"simulated on {runs[0].workers} workers")
+    out(f"{'method':<22}" + "".join(f"{m:>14}" for m in METRICS) + "   seeds")
+    for method, seeds in by_method.items():
+        means = {m: statistics.fmean(s[m] for s in seeds.values()) for m in METRICS}
+        out(f"{method:<22}" + "".join(f"{means[m]:14.4f}" for m in METRICS) + f"   {len(seeds)}")
+    summary: dict[str, Any] = {"best_hv": best_hv, "ratios": {}}
+    if "kdsearch" not in by_method:
+        return summary
+    ours = by_method["kdsearch"]
+    peers = [m for m in by_method if m in PEERS]
+    worst = None
+    out("kdsearch / best peer as shipped (per-seed paired ratios, mean and 95 % interval):")
+    for metric in METRICS:
+        higher = HIGHER_IS_BETTER[metric]
+
+        def mean_of(method: str, metric: str = metric) -> float:
+            return statistics.fmean(s[metric] for s in by_method[method].values())
+
+        if not peers:
+            break
+        best = (max if higher else min)(peers, key=mean_of)
+        common = sorted(set(ours) & set(by_method[best]))
+        ratio, low, high = paired_ratio([ours[s][metric] for s in common],
+                                        [by_method[best][s][metric] for s in common], higher)
+        summary["ratios"][metric] = {"peer": best, "ratio": ratio, "ci_low": low, "ci_high": high}
+        out(f"  {metric:<12} vs {best:<16} ratio {ratio:.3f}  [{low:.3f}, {high:.3f}]")
+        if worst is None or ratio < worst[1]:
+            worst = (metric, ratio, low)
+    if worst is not None:
+        out(f"worst_metric={worst[0]} ratio={worst[1]:.3f} ci_low={worst[2]:.3f}")
+        summary["worst"] = worst
+    return summary
+
+
+def save_runs(runs: list[Run], path: Path, table_path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"table": str(table_path), "runs": [asdict(r) for r in runs]}))
+
+
+def load_runs(path: Path) -> tuple[list[Run], Path]:
+    raw = json.loads(Path(path).read_text())
+    runs = []
+    for r in raw["runs"]:
+        finished = [Finished(**f) for f in r.pop("finished")]
+        runs.append(Run(**r, finished=finished))
+    return runs, Path(raw["table"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", type=Path, help="the recorded table (JSON)")
+    ap.add_argument("--methods", default=",".join(METHODS + ABLATIONS),
+                    help="comma-separated (default: all, ablations included); a peer with "
+                    "+plan gets kdsearch's start-up students first")
+    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--first-seed", type=int, default=1000,
+                    help="seeds first-seed .. first-seed + seeds - 1 (none used in development)")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--budget-trials", type=float, default=40.0,
+                    help="budget in mean full-trial times of the whole table, over all workers")
+    ap.add_argument("--quick", action="store_true",
+                    help="5 seeds of the methods as shipped, no ablations: a few minutes")
+    ap.add_argument("--out", type=Path, help="folder for runs.json (raw runs) and report.txt")
+    ap.add_argument("--report", type=Path, help="recompute the report from a runs.json")
+    args = ap.parse_args(argv)
+    if args.report:
+        runs, table_path = load_runs(args.report)
+        report(runs, load_table(table_path))
+        return 0
+    if args.table is None:
+        ap.error("--table is required (or --report)")
+    table = load_table(args.table)
+    spec = table_spec(table, args.table)
+    seeds = list(range(args.first_seed, args.first_seed + (5 if args.quick else args.seeds)))
+    methods = list(METHODS) if args.quick else [m for m in args.methods.split(",") if m]
+    budget = args.budget_trials * table.mean_trial_seconds() / args.workers
+    rungs = judged_rungs(spec.search.early_stopping, spec.student.train.epochs,
+                         spec.student.train.warmup())
+    print(f"{len(table.rows)} points, {table.epochs} epochs, mean trial "
+          f"{table.mean_trial_seconds():.0f} s; budget {budget:,.0f} s on {args.workers} "
+          f"workers; kdsearch judges at epochs {rungs}; seeds {seeds[0]}-{seeds[-1]}")
+    runs = simulate(table, spec, methods, seeds, budget, args.workers)
+    if args.out:
+        save_runs(runs, args.out / "runs.json", args.table)
+    lines: list[str] = []
+    report(runs, table, out=lambda s: (print(s), lines.append(s)))
+    if args.out:
+        (args.out / "report.txt").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

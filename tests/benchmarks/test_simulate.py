@@ -1,0 +1,100 @@
+"""The simulator of benchmarks/simulate.py on a made-up table of the shipped benchmark grid."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+GRID = REPO / "benchmarks" / "tables" / "cifar_resnet_grid.toml"
+
+
+def _module(name: str):
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    record, simulate = _module("record_table"), _module("simulate")
+    out = tmp_path_factory.mktemp("table") / "table.json"
+    assert record.main([str(GRID), "--synthetic", "--out", str(out)]) == 0
+    table = simulate.load_table(out)
+    return simulate, table, simulate.table_spec(table, out)
+
+
+def test_grid_points_enumerate_each_family_with_its_own_knobs():
+    record = _module("record_table")
+    from kdsearch.spec import load_study
+
+    points = record.grid_points(load_study(str(GRID)))
+    assert len(points) == 120  # 12 resnets + 8 mobilenets, x 3 temperatures x 2 alphas
+    assert len({tuple(sorted(p.items())) for p in points}) == 120
+    for p in points:
+        other = "mobilenet" if p["family"] == "resnet" else "resnet"
+        assert not any(k.startswith(other + ".") for k in p)
+
+
+@pytest.mark.parametrize("method", ["kdsearch", "random", "moasha", "nsga2+plan"])
+def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
+    simulate, table, spec = sim
+    budget = 3 * table.mean_trial_seconds()
+    run = simulate.Run(method, 7, budget, 2)
+    simulate.replay(simulate.make_method(method, spec, table, 7), table, budget, 2, run)
+    index = table.index()
+    assert run.finished, "no trial ended within three mean trial times on two workers"
+    for f in run.finished:
+        row = index[simulate._key(f.params)]
+        assert f.seconds <= budget
+        assert f.val == row.val[f.epochs - 1] and f.n_params == row.n_params
+        # a trial's end is at least the sum of its epochs' recorded seconds
+        assert f.seconds >= sum(row.seconds[: f.epochs]) - 1e-9
+        assert f.complete == (f.epochs == table.epochs)
+
+
+def test_kdsearch_stops_trials_and_peers_without_stopping_do_not(sim):
+    simulate, table, spec = sim
+    budget = 12 * table.mean_trial_seconds()
+    runs = simulate.simulate(table, spec, ["kdsearch", "random"], [3], budget, 4,
+                             progress=lambda s: None)
+    ours, random_ = runs
+    assert any(not f.complete for f in ours.finished)
+    assert all(f.complete for f in random_.finished)
+
+
+def test_panel_hypervolume_bounds_and_the_table_front_is_the_best(sim):
+    simulate, table, _ = sim
+    panel = simulate.Panel.of(table)
+    assert panel.hv([]) == 0.0
+    # one perfect student at the small end of the box fills it
+    assert panel.hv([(panel.low / 10, 1.0)]) == pytest.approx(1.0)
+    # a student over the box's size limit counts for nothing
+    assert panel.hv([(panel.high * 1.01, 0.99)]) == 0.0
+    whole = panel.hv((r.n_params, r.val[-1]) for r in table.rows)
+    part = panel.hv((r.n_params, r.val[-1]) for r in table.rows[::3])
+    assert 0 < part <= whole < 1
+
+
+def test_paired_ratio_interval_and_the_closing_line(sim):
+    simulate, table, spec = sim
+    mean, low, high = simulate.paired_ratio([2.0, 2.2, 1.8], [1.0, 1.0, 1.0], higher=True)
+    assert mean == pytest.approx(2.0) and low < 2.0 < high
+    mean, _, _ = simulate.paired_ratio([5.0], [10.0], higher=False)  # time: lower is better
+    assert mean == pytest.approx(2.0)
+    budget = 6 * table.mean_trial_seconds()
+    runs = simulate.simulate(table, spec, ["kdsearch", "random", "nsga2"], [1, 2], budget, 2,
+                             progress=lambda s: None)
+    lines: list[str] = []
+    summary = simulate.report(runs, table, out=lines.append)
+    assert lines[-1].startswith("worst_metric=")
+    name = lines[-1].split()[0].split("=")[1]
+    assert name in simulate.METRICS
+    assert not math.isnan(summary["ratios"]["hv_log"]["ratio"])
