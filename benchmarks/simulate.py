@@ -451,6 +451,29 @@ def time_to(run: Run, panel: Panel, target: float) -> float:
     return math.inf
 
 
+def mean_curve(runs: Sequence[Run], panel: Panel, grid: Sequence[float]) -> list[float]:
+    """The mean over seeds of hv_log at each time of `grid`."""
+    curves = []
+    for run in runs:
+        done = sorted((f for f in run.finished if f.complete), key=lambda f: f.seconds)
+        values, pts, i = [], [], 0
+        for t in grid:
+            while i < len(done) and done[i].seconds <= t:
+                pts.append((done[i].n_params, done[i].val))
+                i += 1
+            values.append(panel.hv(pts))
+        curves.append(values)
+    return [statistics.fmean(c[k] for c in curves) for k in range(len(grid))]
+
+
+def time_fraction(ours: Sequence[float], theirs: Sequence[float], grid: Sequence[float]) -> float:
+    """When our mean curve first reaches the peer's final value, over when the peer's did."""
+    target = theirs[-1]
+    t_peer = next(t for t, v in zip(grid, theirs, strict=True) if v >= target)
+    t_ours = next((t for t, v in zip(grid, ours, strict=True) if v >= target), math.inf)
+    return t_ours / t_peer if t_peer > 0 else math.inf
+
+
 def final_metrics(run: Run, panel: Panel, best_hv: float) -> dict[str, float]:
     out = metrics_at(run, panel, run.budget)
     out["time_to_95"] = time_to(run, panel, 0.95 * best_hv)
@@ -545,6 +568,14 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
         out(f"  {metric:<12} vs {best:<16} ratio {ratio:.3f}  [{low:.3f}, {high:.3f}]")
         if worst is None or ratio < worst[1]:
             worst = (metric, ratio, low)
+    grid = [runs[0].budget * k / 200 for k in range(1, 201)]
+    curves = {m: mean_curve([r for r in runs if r.method == m], panel, grid) for m in by_method}
+    out("time for kdsearch's mean hv_log to reach each peer's final mean, over the peer's time:")
+    summary["time_fraction"] = {}
+    for peer in peers:
+        frac = time_fraction(curves["kdsearch"], curves[peer], grid)
+        summary["time_fraction"][peer] = frac
+        out(f"  {peer:<16} {frac:.2f}")
     if worst is not None:
         out(f"worst_metric={worst[0]} ratio={worst[1]:.3f} ci_low={worst[2]:.3f}")
         summary["worst"] = worst
