@@ -24,7 +24,8 @@ Width = Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)]  # strict: `true` is
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # strict: a string or a boolean where a number belongs is refused, never converted
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ConvLayer(_Frozen):

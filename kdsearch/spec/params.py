@@ -23,7 +23,7 @@ class Frozen(BaseModel):
     integer is still taken where a float belongs (`lr = 1`), as anyone writing TOML expects.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 def refuse(expected: str, found: str, key: str = "") -> PydanticCustomError:

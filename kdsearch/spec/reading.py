@@ -64,8 +64,6 @@ def one_line_error(path: Path, err: ValidationError) -> str:
     errors = err.errors()
     specific = [e for e in errors if e["type"] not in _TYPE_ERRORS]
     first = specific[0] if specific else errors[0]
-    raw_loc = [str(p) for p in first["loc"]]
-    in_union = any(p in _PARAM_MEMBERS for p in raw_loc)
     key = _key(first["loc"])
     found = describe_found(first.get("input"))
     kind = first["type"]
@@ -82,13 +80,11 @@ def one_line_error(path: Path, err: ValidationError) -> str:
         ctx = first.get("ctx", {})
         expected = _FAMILIES + (" or { choices = [..] } of 'resnet' and 'mobilenet'"
                                 if key == "student" else "")
-        return f"{path}: key '{key}.family': expected one of {expected}, found {ctx.get('tag')!r}"
+        given = first["input"].get("family") if isinstance(first["input"], dict) else ctx.get("tag")
+        return f"{path}: key '{key}.family': expected one of {expected}, found {describe_found(given)}"
     if kind == "union_tag_not_found":
         other = " (or file = PATH for a teacher you have)" if key == "teacher" else ""
         return f"{path}: key '{key}.family': expected one of {_FAMILIES}{other}, found nothing"
-    if not specific and in_union:
-        return (f"{path}: key '{key}': expected a number, a range {{ low = .., high = .. }} "
-                f"or {{ choices = [..] }}, found {found}")
     if kind in _TYPE_WORDS:
         # a value of a union (`int | float | str`) fails once per member, all at the same key
         words = [_TYPE_WORDS[e["type"]] for e in errors
