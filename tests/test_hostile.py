@@ -31,6 +31,7 @@ from kdsearch.architecture import CNNArch, ConvLayer, MLPArch, MobileNetArch, Re
 from kdsearch.errors import KdsearchError, StudyFileError
 from kdsearch.options import Options
 from kdsearch.search.space import suggest_student
+from kdsearch.sizes import arch_params, count_macs
 from kdsearch.spec import (
     MAX_PARAMS,
     NAMED_INPUTS,
@@ -63,7 +64,7 @@ from kdsearch.spec import (
     shipped_studies_dir,
 )
 from kdsearch.study.runner import run_study
-from kdsearch.training.models import arch_params, build_model, count_params
+from kdsearch.training.models import build_model, count_params
 from tests.helpers import TINY_MLP_STUDY, tiny_study, tiny_study_text
 
 EXAMPLES = int(os.environ.get("KDSEARCH_FUZZ_EXAMPLES", "300"))  # raise for a longer hunt
@@ -320,7 +321,7 @@ def _staged_shape(draw, family: str, bad: str | None) -> dict:
                                                  + (["C", {"choices": []}] if bad == "shortcut" else [])))
     else:
         shape |= {"expansion": draw(_int_param(1, 6, bad=bad == "expansion")),
-                  "head": draw(st.sampled_from([0, 8, {"choices": [0, 16]}]))}
+                  "head": draw(st.sampled_from([0, 8, {"choices": [0, 16]}, {"choices": [0, 2]}]))}
     return shape
 
 
@@ -391,8 +392,9 @@ def _every_staged_student(space, shape) -> list | None:
 @settings(max_examples=max(EXAMPLES // 2, 10), deadline=None)
 @given(student_spaces())
 def test_drawn_spaces_load_only_if_every_corner_builds(doc):
-    """A space loads only if its students build at every corner; `max_params` only if one fits,
-    and a refusal names the smallest student exactly (checked against every student here)."""
+    """A space loads only if its students build at every corner; `max_params` and `max_macs`
+    only if one fits, and a refusal names the smallest (cheapest) student exactly (checked
+    against every student here)."""
     wanted = doc["student"].pop("max_params", None)
     result = _check(to_toml(doc))
     if isinstance(result, str):
@@ -409,6 +411,15 @@ def test_drawn_spaces_load_only_if_every_corner_builds(doc):
             assert isinstance(_check(to_toml(doc)), StudySpec), (max_params, smallest)
         else:
             assert f"expected at least {smallest:,}, the smallest student" in _check(to_toml(doc))
+    del doc["student"]["max_params"]
+    fewest = min(count_macs(a, shape, syn.num_classes) for a in archs)
+    for max_macs in {fewest, fewest - 1} - {0}:  # the networks are built above: only loaded here
+        doc["student"]["max_macs"] = max_macs
+        if max_macs >= fewest:
+            assert parse_study(to_toml(doc), Path("hostile.toml")).student.max_macs == max_macs
+        else:
+            with pytest.raises(StudyFileError, match=f"expected at least {fewest:,}, the MACs of"):
+                parse_study(to_toml(doc), Path("hostile.toml"))
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
