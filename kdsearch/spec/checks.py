@@ -24,8 +24,6 @@ from kdsearch.spec.spaces import (
 )
 from kdsearch.spec.tables import StudySpec
 
-# --- the networks a study asks for, against its input ----------------------------------------
-
 
 def check_input(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int) -> None:
     """Refuse a study whose teacher or students cannot be built for its input, in one line.

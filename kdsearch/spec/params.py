@@ -37,10 +37,6 @@ def describe_found(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-
-# --- search-space parameters: a fixed value, a range, or a list of choices -------------------
-
-
 class IntRange(Frozen):
     low: int
     high: int

@@ -25,8 +25,6 @@ from kdsearch.spec.params import (
 )
 from kdsearch.spec.spaces import StudentSpace
 
-# --- the study file's tables ------------------------------------------------------------------
-
 
 class SyntheticSpec(Frozen):
     """An in-memory data set of noisy class templates: learnable, tiny, needs no files."""
