@@ -1,9 +1,9 @@
 """Plain, JSON-serialisable network descriptions.
 
-An architecture says *what* a network is, independent of the data it will see; `models.py`
-turns one into a `torch.nn.Module` once the input shape and class count are known. Keeping
-them as frozen pydantic models lets the same object live in a study file, a trial's user
-attributes and an exported model folder.
+An architecture says *what* a network is, independent of the data it will see; `sizes.py`
+counts its parameters and MACs, and `training/models.py` turns it into a `torch.nn.Module`, once
+the input shape and class count are known. Keeping them as frozen, strict pydantic models lets
+the same object live in a study file, a trial's user attributes and an exported model folder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator
 
 # Caps on what a network may ask for: past them a layer cannot be allocated, or takes hours per
-# epoch on the images kdsearch trains on. `spec.py` checks study files against the same numbers.
+# epoch on the images kdsearch trains on. `spec` checks study files against the same numbers.
 MAX_CHANNELS = 4096  # per conv layer
 MAX_KERNEL = 15  # conv kernel side
 MAX_WIDTH = 16_384  # per dense layer: one 16,384 x 16,384 layer is already 268M parameters
@@ -24,7 +24,8 @@ Width = Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)]  # strict: `true` is
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # strict: a string or a boolean where a number belongs is refused, never converted
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ConvLayer(_Frozen):
@@ -145,7 +146,7 @@ def cnn_arch(depth: int, convs_per_block: int, width: int, growth: int, kernels:
     With depth 2, 2 convs per block, width 8, kernel 3 and dense 128 this is the seed's
     student (8-8-16-16, dense 128, 79,442 params on CIFAR-10). A 'valid' conv or a pool that
     would shrink the feature map below 2 pixels is left out, so every sample can be built.
-    It lives here, not in the search space, so that `spec.py` can size a space's students.
+    It lives here, not in the search space, so that `spec` can size a space's students.
     """
     convs, size, k = [], input_hw, iter(kernels)
     for block in range(depth):

@@ -14,6 +14,8 @@ import math
 import os
 import tempfile
 import tomllib
+import types
+import typing
 from pathlib import Path
 
 import optuna
@@ -22,31 +24,48 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
+from pydantic import BaseModel
 
 import kdsearch.cli as cli
+from kdsearch.architecture import CNNArch, ConvLayer, MLPArch, MobileNetArch, ResNetArch
 from kdsearch.errors import KdsearchError, StudyFileError
 from kdsearch.options import Options
 from kdsearch.search.space import suggest_student
+from kdsearch.sizes import arch_params, count_macs
 from kdsearch.spec import (
     MAX_PARAMS,
     NAMED_INPUTS,
+    Baseline,
     CNNSpace,
+    DataSpec,
+    EarlyStoppingSpec,
+    FamilyChoices,
     FamilyChoiceSpace,
     FloatChoices,
     FloatRange,
     IntChoices,
     IntRange,
     MLPSpace,
+    MobileNetShape,
+    MobileNetSpace,
     ResNetShape,
+    ResNetSpace,
+    SearchSpec,
     StrChoices,
+    StudentRecipe,
+    StudentSpec,
     StudySpec,
+    SyntheticSpec,
+    TeacherFileSpec,
+    TeacherInput,
+    TrainRecipe,
     load_study,
     parse_study,
     shipped_studies_dir,
 )
 from kdsearch.study.runner import run_study
-from kdsearch.training.models import arch_params, build_model, count_params
-from tests.helpers import TINY_MLP_STUDY, tiny_study
+from kdsearch.training.models import build_model, count_params
+from tests.helpers import TINY_MLP_STUDY, tiny_study, tiny_study_text
 
 EXAMPLES = int(os.environ.get("KDSEARCH_FUZZ_EXAMPLES", "300"))  # raise for a longer hunt
 
@@ -302,7 +321,7 @@ def _staged_shape(draw, family: str, bad: str | None) -> dict:
                                                  + (["C", {"choices": []}] if bad == "shortcut" else [])))
     else:
         shape |= {"expansion": draw(_int_param(1, 6, bad=bad == "expansion")),
-                  "head": draw(st.sampled_from([0, 8, {"choices": [0, 16]}]))}
+                  "head": draw(st.sampled_from([0, 8, {"choices": [0, 16]}, {"choices": [0, 2]}]))}
     return shape
 
 
@@ -373,8 +392,9 @@ def _every_staged_student(space, shape) -> list | None:
 @settings(max_examples=max(EXAMPLES // 2, 10), deadline=None)
 @given(student_spaces())
 def test_drawn_spaces_load_only_if_every_corner_builds(doc):
-    """A space loads only if its students build at every corner; `max_params` only if one fits,
-    and a refusal names the smallest student exactly (checked against every student here)."""
+    """A space loads only if its students build at every corner; `max_params` and `max_macs`
+    only if one fits, and a refusal names the smallest (cheapest) student exactly (checked
+    against every student here)."""
     wanted = doc["student"].pop("max_params", None)
     result = _check(to_toml(doc))
     if isinstance(result, str):
@@ -391,6 +411,15 @@ def test_drawn_spaces_load_only_if_every_corner_builds(doc):
             assert isinstance(_check(to_toml(doc)), StudySpec), (max_params, smallest)
         else:
             assert f"expected at least {smallest:,}, the smallest student" in _check(to_toml(doc))
+    del doc["student"]["max_params"]
+    fewest = min(count_macs(a, shape, syn.num_classes) for a in archs)
+    for max_macs in {fewest, fewest - 1} - {0}:  # the networks are built above: only loaded here
+        doc["student"]["max_macs"] = max_macs
+        if max_macs >= fewest:
+            assert parse_study(to_toml(doc), Path("hostile.toml")).student.max_macs == max_macs
+        else:
+            with pytest.raises(StudyFileError, match=f"expected at least {fewest:,}, the MACs of"):
+                parse_study(to_toml(doc), Path("hostile.toml"))
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -585,3 +614,204 @@ def test_image_folder_study_is_checked_once_its_images_are_read(tmp_path, capsys
     assert err == (f"kdsearch: error: {study}: key 'student.max_params': expected at least 275, "
                    "the smallest student of this space on 8x8 inputs of 3 classes, found 10\n")
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "c" / "teachers").exists()
+
+
+# --- strict types: every key of every table, given a value of the wrong TOML type -------------
+
+_TEACHERS = {"mlp": {"family": "mlp", "hidden": [8]},
+             "cnn": {"family": "cnn", "convs": [{"channels": 4}]},
+             "resnet": {"family": "resnet", "blocks": [1], "base_width": 4},
+             "mobilenet": {"family": "mobilenet", "blocks": [1], "base_width": 4, "expansion": 2}}
+_SHAPE = {"stages": 1, "blocks": 1, "base_width": 4, "width_growth": 2.0, "kernel": 3}
+_STUDENTS = {"mlp": {"family": "mlp", "depth": 1, "width": 4},
+             "resnet": {"family": "resnet", **_SHAPE},
+             "mobilenet": {"family": "mobilenet", **_SHAPE, "expansion": 2},
+             "choice": {"family": {"choices": ["resnet", "mobilenet"]}, "resnet": _SHAPE,
+                        "mobilenet": {**_SHAPE, "expansion": 2}}}
+
+
+def _study(teacher: str = "mlp", student: str = "cnn", file_teacher: bool = False) -> dict:
+    doc = tomllib.loads(tiny_study_text())
+    doc["teacher"] = dict(_TEACHERS[teacher], train=doc["teacher"]["train"])
+    if file_teacher:
+        doc["teacher"] = {"file": "t.onnx"}
+    if student != "cnn":
+        doc["student"] = dict(json.loads(json.dumps(_STUDENTS[student])), train=doc["student"]["train"])
+    return doc
+
+
+# (the table as the file names it, its model, a study that has it): every table of the schema
+_TABLES = [
+    ("", StudySpec, _study()), ("data", DataSpec, _study()), ("data.synthetic", SyntheticSpec, _study()),
+    ("teacher", MLPArch, _study()), ("teacher", CNNArch, _study("cnn")),
+    ("teacher.convs.0", ConvLayer, _study("cnn")), ("teacher", ResNetArch, _study("resnet")),
+    ("teacher", MobileNetArch, _study("mobilenet")), ("teacher.train", TrainRecipe, _study()),
+    ("teacher", TeacherFileSpec, _study(file_teacher=True)),
+    ("teacher.input", TeacherInput, _study(file_teacher=True)),
+    ("student", CNNSpace, _study()), ("student", MLPSpace, _study(student="mlp")),
+    ("student", ResNetSpace, _study(student="resnet")),
+    ("student", MobileNetSpace, _study(student="mobilenet")),
+    ("student", FamilyChoiceSpace, _study(student="choice")),
+    ("student.family", FamilyChoices, _study(student="choice")),
+    ("student.resnet", ResNetShape, _study(student="choice")),
+    ("student.mobilenet", MobileNetShape, _study(student="choice")),
+    ("student", StudentSpec, _study()), ("student.train", StudentRecipe, _study()),
+    ("search", SearchSpec, _study()), ("search.early_stopping", EarlyStoppingSpec, _study()),
+    ("search.baselines.0", Baseline, _study()),
+]
+# keys the file never writes as such: the loader's own names for `[teacher]` and `[student]`
+_NOT_KEYS = {(StudySpec, "teacher_file"), (StudySpec, "teacher_train"), (StudySpec, "source"),
+             (StudentSpec, "space")}
+_PARAMS = {IntRange: "a whole number, a range", FloatRange: "a number, a range",
+           StrChoices: "or { choices = [..] } of them"}
+
+
+def _wrong_values(annotation) -> list[tuple[str, object, str, str]]:
+    """(key suffix, a value of the wrong type, what the error must expect, what it must find)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _wrong_values(args[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        param = next((words for kind, words in _PARAMS.items() if kind in members), None)
+        if param is not None:  # a search parameter: a value, a range or choices
+            wrong = [5] if StrChoices in members else ["2", True]
+            return [("", w, param, repr(w)) for w in wrong]
+        if len(members) == 1:
+            return _wrong_values(members[0])
+        if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+            return [("", 5, "a table", "5")]  # a teacher of any family
+        if set(members) == {int, float, str}:  # a baseline's value of a search parameter
+            return [("", w, "a whole number, a number or a string", repr(w)) for w in (True, [1])]
+        raise AssertionError(f"no wrong values for {annotation}")
+    if origin is typing.Literal:
+        return [("", 5 if isinstance(args[0], str) else "x", repr(args[0]), "5")]
+    if origin is list:
+        return [("", "x", "a list", "'x'"), *((".0" + k, [w], e, f) for k, w, e, f in
+                                            _wrong_values(args[0]))]
+    if origin is dict:
+        return [("", "x", "a table", "'x'"), ("", [1], "a table", "[1]"),
+                *((".k" + k, {"k": w}, e, f) for k, w, e, f in _wrong_values(args[1]))]
+    words = {bool: ("true or false", ["true", 1]), int: ("a whole number", ["2", 2.5, True]),
+             float: ("a number", ["0.5", True]), str: ("a string", [5, True])}
+    if annotation in words:
+        expected, wrong = words[annotation]
+        return [("", w, expected, repr(w)) for w in wrong]
+    if issubclass(annotation, BaseModel):
+        return [("", 5, "a table", "5")]
+    if annotation is typing.Any:
+        return []
+    raise AssertionError(f"no wrong values for {annotation}")
+
+
+
+def _wrong_cases() -> list:
+    cases = []
+    for table, model, doc in _TABLES:
+        for name, field in model.model_fields.items():
+            if (model, name) in _NOT_KEYS:
+                continue
+            for suffix, value, expected, found in _wrong_values(field.annotation):
+                if name == "family" and model is not FamilyChoices:  # what tells the tables apart
+                    expected = "one of 'mlp', 'cnn', 'resnet', 'mobilenet'"
+                key = ".".join(filter(None, [table, name])) + suffix
+                cases.append(pytest.param(doc, table, name, value, key, expected, found,
+                                          id=f"{key}={value!r}"))
+    return cases
+
+
+def _tables_of(model: type[BaseModel], seen: set) -> set:
+    """Every model reachable from `model`: the tables a study file can hold."""
+    if model in seen:
+        return seen
+    seen.add(model)
+    for field in model.model_fields.values():
+        stack = [field.annotation]
+        while stack:
+            a = stack.pop()
+            stack += typing.get_args(a)
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                _tables_of(a, seen)
+    return seen
+
+
+def test_the_strict_type_cases_cover_every_table_of_the_schema():
+    # a parameter's range and choices: _PARAM_CASES below
+    covered = {model for _, model, _ in _TABLES} | {IntRange, FloatRange, IntChoices, FloatChoices,
+                                                    StrChoices}
+    assert _tables_of(StudySpec, set()) - covered == set()
+    assert len(_wrong_cases()) > 250
+
+
+@pytest.mark.parametrize(("doc", "table", "name", "value", "key", "expected", "found"),
+                         _wrong_cases())
+def test_a_value_of_the_wrong_type_is_refused_naming_key_type_and_value(
+        doc, table, name, value, key, expected, found):
+    doc = json.loads(json.dumps(doc))
+    parent = doc
+    for part in filter(None, table.split(".")):
+        if part.isdigit():
+            parent = parent.setdefault(int(part), {}) if isinstance(parent, dict) else parent[int(part)]
+        else:
+            parent = parent.setdefault(part, [{"label": "b"}] if part == "baselines" else {})
+    parent[name] = value
+    with pytest.raises(StudyFileError) as err:
+        parse_study(to_toml(doc), Path("typed.toml"))
+    message = str(err.value)
+    assert message.startswith(f"typed.toml: key '{key}': expected "), message
+    assert expected in message and message.endswith(f", found {found}"), message
+
+
+# the tables of a search parameter's range and choices, written in place of a value
+_PARAM_CASES = [
+    ("depth", {"low": "1", "high": 2}, "a whole number as the range's low", "'1'"),
+    ("depth", {"low": 1, "high": 2.0}, "a whole number as the range's high", "2.0"),
+    ("kernel", {"low": 3, "high": 5, "step": "2"}, "a whole step of at least 1", "'2'"),
+    ("temperature", {"low": 1.0, "high": "2"}, "a number as the range's high", "'2'"),
+    ("temperature", {"low": 1.0, "high": 2.0, "log": "true"}, "true or false for log", "'true'"),
+    ("width", {"choices": [4, "8"]}, "whole numbers as choices", "'8' among them"),
+    ("width", {"choices": "4"}, "a non-empty list of choices", "'4'"),
+    ("alpha", {"choices": [0.5, True]}, "finite numbers as choices", "True among them"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "expected", "found"), _PARAM_CASES)
+def test_a_range_or_choices_of_the_wrong_type_is_refused(name, value, expected, found):
+    doc = _study()
+    doc["student"][name] = value
+    with pytest.raises(StudyFileError) as err:
+        parse_study(to_toml(doc), Path("typed.toml"))
+    assert str(err.value) == f"typed.toml: key 'student.{name}': expected {expected}, found {found}"
+
+
+def test_a_shortcut_choice_of_the_wrong_type_is_refused():
+    doc = _study(student="resnet")
+    doc["student"]["shortcut"] = {"choices": ["A", 1]}
+    with pytest.raises(StudyFileError, match="key 'student.shortcut': expected shortcuts: one of "
+                       "'A', 'B', found 1 among the choices"):
+        parse_study(to_toml(doc), Path("typed.toml"))
+
+
+@pytest.mark.parametrize(("table", "name", "value"), [
+    ("student.train", "lr", 1), ("student.train", "momentum", 0), ("teacher.train", "warmup_epochs", 1),
+    ("teacher.train", "max_norm", 3), ("student", "max_latency_ms", 2), ("search", "timeout", 60),
+    ("data.synthetic", "noise", 1), ("search.early_stopping", "quantile", 0),
+])
+def test_an_integer_where_a_float_belongs_is_still_taken(table, name, value):
+    doc = _study()
+    parent = doc
+    for part in table.split("."):
+        parent = parent.setdefault(part, {})
+    parent[name] = value
+    spec = parse_study(to_toml(doc), Path("typed.toml"))
+    loaded = spec
+    for part in table.replace("teacher.train", "teacher_train").split("."):
+        loaded = getattr(loaded, part)
+    assert getattr(loaded, name) == value and isinstance(getattr(loaded, name), float)
+
+
+def test_an_integer_scale_is_still_taken_for_a_teacher_file():
+    doc = _study(file_teacher=True)
+    doc["teacher"]["input"] = {"scale": 1}
+    spec = parse_study(to_toml(doc), Path("typed.toml"))
+    assert spec.teacher_file.input.scale == 1.0

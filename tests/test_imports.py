@@ -1,4 +1,4 @@
-"""The import graph of kdsearch/: every module imports, no cycle, nothing reaches upstream.
+"""The import graph of kdsearch/: every module imports, no cycle, nothing reaches up a floor.
 
 Read from the source with an AST walk, so an import inside a function (the CLI imports lazily;
 the old report cycle hid in one) counts as much as one at the top of a module.
@@ -16,12 +16,41 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "kdsearch"
 
-# Data flows training -> search -> study -> report; a subpackage must not import a later one.
-UPSTREAM_OF = {
-    "training": {"search", "study", "report"},
-    "search": {"study", "report"},
-    "study": {"report"},
-}
+# The house's floors, lowest first: a module may import from its own room (a root module, or a
+# subpackage with everything in it) and from lower floors, never from its own floor or above.
+# Every room of kdsearch/ is on one: a new module fails `test_every_room_is_on_a_floor` until it
+# is placed. Data flows training -> search -> study -> report.
+FLOORS = [
+    {"errors"},
+    {"architecture", "objectives", "options"},
+    {"sizes"},  # the size and MAC arithmetic of an architecture, without torch
+    {"spec"},  # the study file
+    {"record"},
+    {"training"},
+    {"search"},
+    {"study"},
+    {"report", "compress"},
+    {"kdsearch"},  # the package's own __init__ (its version, the Python API's front)
+    {"cli"},
+]
+FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
+
+
+def _room(module: str) -> str:
+    """kdsearch.training.models -> training; kdsearch.sizes -> sizes; kdsearch -> kdsearch."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a imports b' for each import that reaches a room on the importer's floor or above."""
+    wrong = []
+    for name, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            here, there = _room(name), _room(target)
+            if here != there and FLOOR[there] >= FLOOR[here]:
+                wrong.append(f"{name} imports {target}")
+    return wrong
 
 
 def _module_name(path: Path) -> str:
@@ -103,17 +132,29 @@ def test_no_import_cycle_between_kdsearch_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_every_room_is_on_a_floor():
+    rooms = {_room(name) for name in _modules()}
+    assert rooms - set(FLOOR) == set(), "place these modules on a floor in FLOORS"
+    assert {"errors", "architecture", "sizes", "spec", "cli", "kdsearch"} <= rooms  # root ones too
+
+
 def test_nothing_imports_upstream():
-    wrong = []
-    for name, targets in import_graph().items():
-        parts = name.split(".")
-        if len(parts) < 2 or parts[1] not in UPSTREAM_OF:
-            continue
-        for target in sorted(targets):
-            tparts = target.split(".")
-            if len(tparts) > 1 and tparts[1] in UPSTREAM_OF[parts[1]]:
-                wrong.append(f"{name} imports {target}")
+    wrong = upward_imports(import_graph())
     assert not wrong, "; ".join(wrong)
+
+
+def test_the_floor_check_sees_a_root_module_importing_upward():
+    """The arrow that ran back up before the split: the study file importing training's models
+    for plain arithmetic (issue 21). Root modules are rooms too, so it is caught."""
+    assert upward_imports({"kdsearch.spec.checks": {"kdsearch.training.models"}}) == [
+        "kdsearch.spec.checks imports kdsearch.training.models"]
+    assert upward_imports({"kdsearch.spec": {"kdsearch.training"}}) != []
+    assert upward_imports({"kdsearch.compress": {"kdsearch.report.rows"}}) != []  # same floor
+    assert upward_imports({"kdsearch.spec.loading": {"kdsearch.spec.tables", "kdsearch.sizes",
+                                                     "kdsearch.errors"}}) == []
+    graph = import_graph()
+    assert "kdsearch.sizes" in graph["kdsearch.spec.checks"]
+    assert not any(t.startswith("kdsearch.training") for t in graph["kdsearch.spec.checks"])
 
 
 def test_the_report_modules_import_nothing_but_storage_below_them():

@@ -30,7 +30,7 @@ def test_shipped_studies_load():
 def test_mnist_distill_returns_no_student_larger_than_its_teacher():
     """Its space reaches 3 x 128 (134,794 params), above the 118,282-param teacher."""
     from kdsearch.architecture import MLPArch
-    from kdsearch.training.models import arch_params
+    from kdsearch.sizes import arch_params
 
     spec = load_study("mnist_distill")
     teacher = arch_params(spec.teacher, NAMED["mnist"][2], 10)
@@ -242,6 +242,15 @@ REFUSED = {  # case: (study text, what the one line must say)
     "impossible_max_params_cnn": (_student_key(CNN, "max_params = 200"),
                                   "key 'student.max_params': expected at least 235, the smallest "
                                   "student of this space on 8x8 inputs of 3 classes, found 200"),
+    "impossible_max_macs_cnn": (_student_key(CNN, "max_macs = 2495"),
+                                "key 'student.max_macs': expected at least 2,496, the MACs of the "
+                                "cheapest student of this space on 8x8 inputs of 3 classes, found 2,495"),
+    "impossible_max_macs_mlp": (_student_key(MLP, "max_macs = 10"),
+                                "key 'student.max_macs': expected at least 268, the MACs of the "
+                                "cheapest student of this space on 8x8 inputs of 3 classes, found 10"),
+    "impossible_max_macs_resnet": (_student_key(RESNET, "max_macs = 100"),
+                                   "key 'student.max_macs': expected at least 20,752, the MACs of "
+                                   "the cheapest student of this space on 8x8 inputs of 4 classes"),
     "impossible_max_params_mlp": (_student_key(MLP, "max_params = 10"),
                                   "key 'student.max_params': expected at least 275, the smallest "
                                   "student of this space on 8x8 inputs of 3 classes, found 10"),
@@ -296,6 +305,43 @@ def test_values_the_builders_cannot_take_are_refused_at_load(tmp_path, case):
 def test_the_smallest_student_is_allowed_exactly(tmp_path):
     spec = parse_study(_student_key(CNN, "max_params = 235"), tmp_path / "tight.toml")
     assert spec.student.max_params == 235
+    spec = parse_study(_student_key(CNN, "max_macs = 2496"), tmp_path / "tight.toml")
+    assert spec.student.max_macs == 2496
+
+
+def test_a_latency_limit_is_not_judged_at_load(tmp_path):
+    """A latency is measured on the run's device, so no limit can be refused before the run:
+    each trial times its student and prunes it, saying why (tests/test_objectives.py)."""
+    spec = parse_study(_student_key(CNN, "max_latency_ms = 0.000001"), tmp_path / "fast.toml")
+    assert spec.student.max_latency_ms == 1e-6
+
+
+MOBILE_HEAD = RESNET.replace("num_classes = 4", "num_classes = 100").replace(
+    RESNET[RESNET.index('family = "resnet"\nstages'):RESNET.index("[student.train]")],
+    'family = "mobilenet"\nstages = 1\nblocks = 1\nbase_width = 32\nwidth_growth = 1.0\n'
+    "kernel = 3\nexpansion = 1\nhead = { choices = [0, 8] }\n\n")
+
+
+def test_a_narrow_head_is_the_smallest_student_when_the_classes_are_many(tmp_path):
+    """A head replaces a classifier on the last stage's width: with 100 classes a head of 8
+    costs less than none, so the lowest corner (head 0) is not the smallest student."""
+    from kdsearch.architecture import MobileNetArch
+    from kdsearch.sizes import arch_params, count_macs
+
+    shape = (1, 8, 8)
+    students = [MobileNetArch(blocks=[1], base_width=32, width_growth=1.0, kernel=3, expansion=1,
+                              head=h) for h in (0, 8)]
+    params = [arch_params(a, shape, 100) for a in students]
+    macs = [count_macs(a, shape, 100) for a in students]
+    assert params[1] < params[0] and MOBILE_HEAD != RESNET  # (MACs: the head's conv costs more)
+    smallest, fewest = min(params), min(macs)
+    spec = parse_study(_student_key(MOBILE_HEAD, f"max_params = {smallest}\nmax_macs = {fewest}"),
+                       tmp_path / "head.toml")
+    assert (spec.student.max_params, spec.student.max_macs) == (smallest, fewest)
+    with pytest.raises(StudyFileError, match=f"expected at least {smallest:,}, the smallest"):
+        parse_study(_student_key(MOBILE_HEAD, f"max_params = {smallest - 1}"), tmp_path / "h.toml")
+    with pytest.raises(StudyFileError, match=f"expected at least {fewest:,}, the MACs"):
+        parse_study(_student_key(MOBILE_HEAD, f"max_macs = {fewest - 1}"), tmp_path / "h.toml")
 
 
 @pytest.mark.parametrize("case", ["teacher_width_0", "empty_choices", "float_among_int_choices",

@@ -4,16 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from kdsearch import sizes
 from kdsearch.architecture import CNNArch, ConvLayer, MLPArch, MobileNetArch, ResNetArch, parse_arch
 from kdsearch.search.space import cnn_arch
-from kdsearch.training.models import (
-    ArchitectureError,
-    Normalize,
-    arch_params,
-    build_model,
-    count_macs,
-    count_params,
-)
+from kdsearch.sizes import ArchitectureError, arch_params, count_macs
+from kdsearch.training import models
+from kdsearch.training.models import Normalize, build_model, count_params
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -39,6 +35,13 @@ def test_seed_networks_have_the_seed_parameter_counts(arch, shape, expected):
     assert count_params(model) == expected
     assert arch_params(arch, shape, 10) == expected
     assert model(torch.zeros((2, *shape), dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_the_arithmetic_lives_in_sizes_and_models_still_offers_it():
+    """`kdsearch.sizes` counts without torch; importers of training.models keep finding it."""
+    for name in ("ArchitectureError", "arch_params", "count_macs", "conv_shapes"):
+        assert getattr(models, name) is getattr(sizes, name)
+    assert "torch" not in sizes.__dict__
 
 
 def test_search_space_builder_expresses_the_seed_student():
