@@ -96,7 +96,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdsearch.options import Options, available_cores  # noqa: E402
 from kdsearch.record import TrialRecord  # noqa: E402
 from kdsearch.search.space import suggest_student  # noqa: E402
-from kdsearch.search.tpe import RankedStudy, curve_blind  # noqa: E402
+from kdsearch.search.startup import startup_trials  # noqa: E402
 from kdsearch.spec import StudySpec, parse_study  # noqa: E402
 from kdsearch.study.runner import prepare, run_study  # noqa: E402
 
@@ -245,16 +245,10 @@ def run_kdsearch(spec: StudySpec, method: str, seed: int, common: dict, budget: 
     return run
 
 
-class _TPEBefore(optuna.samplers.TPESampler):
-    """kdsearch's TPE before issue 13's sampler change: raw costs, no groups, blind to curves."""
-
-    def _sample(self, study, trial, search_space):
-        return super()._sample(RankedStudy(study, rank=curve_blind), trial, search_space)
-
-
 @contextlib.contextmanager
 def _tpe_before(on: bool):
-    """run_study with the sampler of before, for the `kdsearch-tpe-before` variant."""
+    """run_study with the sampler of before, for the `kdsearch-tpe-before` variant: Optuna's
+    TPE on raw costs, no groups (studies store no intermediate values for it to trip on)."""
     if not on:
         yield
         return
@@ -263,9 +257,9 @@ def _tpe_before(on: bool):
     made = runner.make_sampler
 
     def before(spec, stream, planned=()):  # the sampler before had no planned start-up
-        shipped = made(spec, stream)
-        return _TPEBefore(seed=runner.sampler_seed(spec, stream), multivariate=True,
-                          constant_liar=True, n_startup_trials=shipped._n_startup_trials)
+        return optuna.samplers.TPESampler(seed=runner.sampler_seed(spec, stream),
+                                          multivariate=True, constant_liar=True,
+                                          n_startup_trials=startup_trials(spec))
 
     runner.make_sampler = before
     try:

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from kdsearch.errors import KdsearchError
+from kdsearch.optuna_internals import set_study_system_attr, study_system_attrs
 from kdsearch.spec import StudySpec, parse_study
 
 
@@ -137,12 +138,8 @@ STUDY_KEYS = frozenset({STUDY_FILE, STUDY_DEFINITION, STUDY_PATH, TEACHER, TEACH
 
 
 def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
-    """One of the study's kdsearch attributes (STUDY_KEYS), read from storage now.
-
-    Optuna has no public accessor for study system attributes; like optuna-dashboard's notes,
-    this goes through the study's storage.
-    """
-    system = study._storage.get_study_system_attrs(study._study_id)
+    """One of the study's kdsearch attributes (STUDY_KEYS), read from storage now."""
+    system = study_system_attrs(study)
     if key in system:
         return system[key]
     return study.user_attrs.get(key, default)  # a study made before the move
@@ -151,7 +148,7 @@ def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
 def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
     if key not in STUDY_KEYS:
         raise TypeError(f"not a kdsearch study attribute: {key!r}")
-    study._storage.set_study_system_attr(study._study_id, key, value)
+    set_study_system_attr(study, key, value)
 
 
 def is_kdsearch_study(study: optuna.Study) -> bool:

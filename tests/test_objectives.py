@@ -138,6 +138,7 @@ def test_macs_study_runs_reports_exports_and_compresses_on_macs(tmp_path):
 
 def test_an_empty_study_of_other_objectives_is_refused_before_anything_is_written(tmp_path):
     # No study file stored, so no definition to compare: the objectives themselves are checked.
+    from kdsearch import optuna_internals
     from kdsearch.errors import StorageError
     from kdsearch.study.runner import check_stored
 
@@ -148,8 +149,8 @@ def test_an_empty_study_of_other_objectives_is_refused_before_anything_is_writte
     spec = parse_study(path.read_text(), path)
     with pytest.raises(StorageError, match=r"other objectives \(val_accuracy, params\) than "
                                            r"the study file's \(val_accuracy, macs\)"):
-        check_stored(spec, Options(storage=url, study_name="e"), made._storage)
-    assert set(made._storage.get_study_system_attrs(made._study_id)) == {"study:metric_names"}
+        check_stored(spec, Options(storage=url, study_name="e"), url)
+    assert set(optuna_internals.study_system_attrs(made)) == {"study:metric_names"}
 
 
 def test_params_and_latency_study_records_the_method_and_draws_both_costs(tmp_path):

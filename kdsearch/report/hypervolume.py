@@ -4,7 +4,7 @@ The area is measured in decades of parameters x accuracy, so a front that halves
 its students gains as much at 1,000 params as at 1,000,000. A study on other costs
 (`[search] objectives`) is measured the same way in decades of each cost: with one cost, the
 same area with that cost on the x axis; with several, the exact volume in log10(cost) x ... x
-accuracy, computed by Optuna's `optuna._hypervolume.compute_hypervolume` (WFG). The reference
+accuracy, computed by Optuna's WFG (through kdsearch/optuna_internals.py). The reference
 point is the teacher's cost (each cost the teacher has: params and MACs are in its record, its
 latency is timed beside the students') and chance accuracy.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from kdsearch import optuna_internals
 from kdsearch.objectives import COST, FLOOR
 from kdsearch.report.rows import Row, Snapshot
 
@@ -39,18 +40,14 @@ def hypervolume_nd(points: list[tuple[float, tuple[float, ...]]], ref_costs: tup
                    ref_acc: float = 0.0, floors: tuple[float, ...] | None = None) -> float:
     """Volume dominated by (accuracy up, log10 of each cost down) points within the reference
     box: exact, by Optuna's WFG implementation."""
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume
-
     floors = floors or (1.0,) * len(ref_costs)
     inside = [(-a, *(math.log10(max(c, f)) for c, f in zip(costs, floors, strict=True)))
               for a, costs in points
               if a > ref_acc and all(c < r for c, r in zip(costs, ref_costs, strict=True))]
     if not inside:
         return 0.0
-    ref = np.array([-ref_acc, *(math.log10(max(r, f)) for r, f in zip(ref_costs, floors,
-                                                                      strict=True))])
-    return float(compute_hypervolume(np.array(inside), ref))
+    ref = [-ref_acc, *(math.log10(max(r, f)) for r, f in zip(ref_costs, floors, strict=True))]
+    return optuna_internals.hypervolume(inside, ref)
 
 
 class HypervolumeHistory(NamedTuple):

@@ -13,7 +13,6 @@ import torch
 
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.record import TrialRecord, set_trial
-from kdsearch.search.curves import report_epoch
 from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
@@ -125,7 +124,6 @@ def make_objective(
         def epoch_done(epoch: int, val_acc: float) -> None:
             curve.append(val_acc)
             set_trial(trial, val_curve=tuple(curve))
-            report_epoch(trial, epoch, val_acc)
             if on_epoch is not None:
                 on_epoch(trial, epoch, val_acc)
 

@@ -12,65 +12,48 @@ it draws:
   reports' hypervolume counts per decade of parameters (report/hypervolume.py), is left to
   chance. The sampler sees each cost as log10(cost), the scale the reports measure it on.
   Fronts are unchanged (the log is monotone); only that choice changes.
-- **Pruned trials without curves.** Optuna refuses `Trial.report` in multi-objective
-  studies, but its storage accepts intermediate values, and kdsearch stores each trial's
-  validation curve there (search/curves.py). TPE ranks pruned trials by their last
-  intermediate value through `study.direction`, which a multi-objective study refuses
-  (RuntimeError, Optuna 5.0): the sampler sees pruned trials without their curves, which is
-  all TPE ever saw of them before kdsearch stored curves.
+- **Pruned trials without curves.** TPE ranks pruned trials by their last intermediate
+  value through `study.direction`, which a multi-objective study refuses (RuntimeError,
+  Optuna 5.0). kdsearch keeps a trial's curve in its record (`val_curve`) only, but studies
+  run by earlier versions stored it as intermediate values too: the sampler sees pruned trials
+  without them.
 - **A planned start-up.** Its first trials take the students of search/startup.py's plan,
   spread over the decades of cost and smallest first, instead of TPE's random start-up draws.
 
-Storage, reports and every other reader see the stored values unchanged.
+Storage, reports and every other reader see the stored values unchanged. The sampler shows
+TPE its trials through `optuna_internals.TrialsView`, the one place that knows how TPE reads
+them; tests/test_optuna_internals.py checks that the ranking TPE acts on is this one.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch.objectives import FLOOR
+from kdsearch.optuna_internals import TrialsView, holds
 from kdsearch.search.startup import planned_for
 
 _LEAST = min(FLOOR.values())  # a cost is positive; the floor keeps the log finite
 
 
-def curve_blind(trial: FrozenTrial) -> FrozenTrial:
-    """A pruned trial without its stored curve; any other trial as it is."""
-    if trial.state == TrialState.PRUNED and trial.intermediate_values:
-        seen = copy.copy(trial)
-        seen.intermediate_values = {}
-        return seen
-    return trial
-
-
 def as_ranked(trial: FrozenTrial) -> FrozenTrial:
-    """The trial as TPE should rank it: costs in decades, a pruned trial without its curve."""
+    """The trial as TPE should rank it: costs in decades, a pruned trial without a curve."""
     if trial.state == TrialState.COMPLETE and trial.values and len(trial.values) > 1:
         seen = copy.copy(trial)
         acc, *costs = trial.values
         seen.values = [acc, *(math.log10(max(c, _LEAST)) for c in costs)]
         return seen
-    return curve_blind(trial)
-
-
-class RankedStudy:
-    """A read-through view of a study whose trials read as `rank` makes them."""
-
-    def __init__(self, study: optuna.Study,
-                 rank: Callable[[FrozenTrial], FrozenTrial] = as_ranked) -> None:
-        self._study, self._rank = study, rank
-
-    def __getattr__(self, name: str):
-        return getattr(self._study, name)
-
-    def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
-        return [self._rank(t) for t in self._study._get_trials(*args, **kwargs)]
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        seen = copy.copy(trial)
+        seen.intermediate_values = {}
+        return seen
+    return trial
 
 
 class KDSearchTPESampler(optuna.samplers.TPESampler):
@@ -84,18 +67,13 @@ class KDSearchTPESampler(optuna.samplers.TPESampler):
     def sample_relative(self, study, trial, search_space):
         if planned_for(study, trial, self._startup) is not None:
             return {}  # every knob comes from the plan, one by one (sample_independent)
-        return super().sample_relative(study, trial, search_space)
+        return super().sample_relative(TrialsView(study, as_ranked), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         planned = planned_for(study, trial, self._startup)
         if planned is not None and param_name in planned:
-            value = planned[param_name]
-            try:  # a value the distribution cannot take (a categorical's index raises) is drawn
-                if param_distribution._contains(param_distribution.to_internal_repr(value)):
-                    return value
-            except (ValueError, TypeError):
-                pass
-        return super().sample_independent(study, trial, param_name, param_distribution)
-
-    def _sample(self, study, trial, search_space):
-        return super()._sample(RankedStudy(study), trial, search_space)
+            if holds(param_distribution, planned[param_name]):
+                return planned[param_name]
+            # a value the distribution cannot take is drawn instead
+        return super().sample_independent(TrialsView(study, as_ranked), trial, param_name,
+                                          param_distribution)

@@ -26,6 +26,7 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from kdsearch import optuna_internals
 from kdsearch.errors import CacheError
 from kdsearch.options import Options
 from kdsearch.record import TEACHER_ARTIFACTS as ARTIFACTS_ATTR
@@ -86,18 +87,8 @@ def _silent_running(study: optuna.Study, storage: RDBStorage) -> list[int]:
     Optuna's stale check skips trials without a heartbeat; a worker killed between taking a
     trial and its first beat would leave one RUNNING forever.
     """
-    from optuna.storages._rdb import models  # Optuna's table models: no public query for this
-
     grace = timedelta(seconds=storage.grace_period or 2 * (storage.heartbeat_interval or 60))
-    with storage.scoped_session() as session:
-        rows = (session.query(models.TrialModel)
-                .filter(models.TrialModel.study_id == study._study_id)
-                .filter(models.TrialModel.state == TrialState.RUNNING)
-                .filter(~models.TrialModel.heartbeats.any()).all())
-        old = datetime.now() - grace
-        ids = [r.trial_id for r in rows if r.datetime_start is not None and r.datetime_start < old]
-        session.close()
-    return ids
+    return optuna_internals.silent_running_trials(storage, study, started_before=datetime.now() - grace)
 
 
 def reap_stale(study: optuna.Study, storage: RDBStorage) -> None:
@@ -143,7 +134,7 @@ def claim_trial(study: optuna.Study, storage: RDBStorage, url: str,
             warnings.simplefilter("ignore", UserWarning)  # this module runs them itself
             trial = study.ask()  # pops a queued retry first, if there is one
         if storage.get_heartbeat_interval() is not None:
-            storage.record_heartbeat(trial._trial_id)  # stale-checkable from the start
+            storage.record_heartbeat(optuna_internals.trial_id(trial))  # stale-checkable from the start
         set_trial(trial, worker=worker_id(), sampler_stream=stream)
         return trial
 
@@ -162,7 +153,7 @@ def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: opt
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # already failed by another worker's stale check, which queued the retry
         if retry:
-            retry_failed_trial(study, storage.get_trial(trial._trial_id))
+            retry_failed_trial(study, storage.get_trial(optuna_internals.trial_id(trial)))
 
 
 # --- the shared teacher -------------------------------------------------------------------------

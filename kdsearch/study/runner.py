@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsearch import objectives, record
+from kdsearch import objectives, optuna_internals, record
 from kdsearch.errors import KdsearchError, StorageError, StudyFileError
 from kdsearch.objectives import COST
 from kdsearch.options import Options
@@ -576,7 +576,7 @@ def _writer(log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def _taken_over(storage, trial: optuna.Trial) -> bool:
-    return storage.get_trial(trial._trial_id).state.is_finished()
+    return storage.get_trial(optuna_internals.trial_id(trial)).state.is_finished()
 
 
 def _run_trial(study: optuna.Study, storage, opts: Options, trial: optuna.Trial,
@@ -594,7 +594,7 @@ def _run_trial(study: optuna.Study, storage, opts: Options, trial: optuna.Trial,
             f"going on")
 
     try:
-        with coordination.Heartbeat(storage, trial._trial_id):
+        with coordination.Heartbeat(storage, optuna_internals.trial_id(trial)):
             shutdown.check()
             values = objective(trial)
     except optuna.TrialPruned:

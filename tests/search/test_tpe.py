@@ -1,16 +1,17 @@
+"""kdsearch's TPE: trials ranked in decades of cost, stored curves out of its sight.
+
+tests/test_optuna_internals.py checks that Optuna's TPE acts on the ranking shown here.
+"""
+
+import math
 import warnings
 
 import optuna
 import pytest
-from optuna.samplers._tpe.sampler import _split_trials, default_gamma_multiobjective
 from optuna.trial import TrialState, create_trial
 
-from kdsearch.search.tpe import KDSearchTPESampler, RankedStudy
-
-# A front over two decades of parameters, and dominated trials behind it.
-FRONT = [(2_000, 0.40), (5_000, 0.50), (12_000, 0.58), (40_000, 0.64), (120_000, 0.68),
-         (250_000, 0.70)]
-BEHIND = [(3_000, 0.30), (50_000, 0.50), (200_000, 0.60), (10_000, 0.45)] * 6
+from kdsearch import optuna_internals
+from kdsearch.search.tpe import KDSearchTPESampler, as_ranked
 
 
 def _study(sampler=None) -> optuna.Study:
@@ -19,36 +20,30 @@ def _study(sampler=None) -> optuna.Study:
         return optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
 
 
-def test_tpe_learns_from_the_small_end_of_the_front_when_costs_are_in_decades():
-    """Optuna's MO-TPE models a tenth of the trials, chosen on the front by hypervolume in the
-    objectives' units: in raw parameters the large students own that area and the small end
-    is never modelled. Ranked in decades, as the reports measure the front, it is."""
-    study = _study()
-    for params, acc in FRONT + BEHIND:
-        study.add_trial(create_trial(values=[acc, params], params={}, distributions={}))
-    n_below = default_gamma_multiobjective(len(study.trials))
-    assert n_below < len(FRONT)  # the front is cut down by hypervolume: the case that differs
-
-    def modelled(view) -> list[int]:
-        below, _ = _split_trials(view, view._get_trials(deepcopy=False), n_below)
-        return sorted(int(study.trials[t.number].values[1]) for t in below)
-
-    raw, decades = modelled(study), modelled(RankedStudy(study))
-    assert min(raw) >= 12_000  # Optuna alone: nothing below 12k params is modelled
-    assert min(decades) <= 5_000
-    assert set(decades) <= {p for p, _ in FRONT} and set(raw) <= {p for p, _ in FRONT}
-    assert study.trials[0].values == [0.40, 2_000]  # only the sampler's view changed
+def test_tpe_ranks_complete_trials_by_decades_of_cost_and_pruned_ones_without_curves():
+    complete = create_trial(values=[0.6, 20_000.0, 0.0], params={}, distributions={})
+    pruned = create_trial(state=TrialState.PRUNED, params={}, distributions={},
+                          intermediate_values={1: 0.3, 2: 0.4})
+    seen = as_ranked(complete)
+    assert seen.values[0] == 0.6 and seen.values[1] == pytest.approx(math.log10(20_000))
+    assert math.isfinite(seen.values[2])  # a zero cost is floored, not log10(0)
+    assert as_ranked(pruned).intermediate_values == {}
+    assert complete.values == [0.6, 20_000.0, 0.0]  # the stored trial is untouched
+    assert pruned.intermediate_values == {1: 0.3, 2: 0.4}
+    single = create_trial(value=0.5, params={}, distributions={})
+    assert as_ranked(single) is single
 
 
 def test_tpe_samples_after_pruned_trials_that_carry_learning_curves():
     """Optuna's TPE ranks pruned trials by their last intermediate value through
-    `study.direction`, which a multi-objective study refuses; kdsearch's TPE must go on."""
+    `study.direction`, which a multi-objective study refuses; kdsearch's TPE must go on in
+    studies whose trials carry curves there (kdsearch stored them so before)."""
     study = _study(KDSearchTPESampler(seed=0, n_startup_trials=2, multivariate=True,
                                       group=True, constant_liar=True))
     for i in range(4):
         trial = study.ask()
         x = trial.suggest_float("x", 0.0, 1.0)
-        trial.storage.set_trial_intermediate_value(trial._trial_id, 1, x)
+        trial.storage.set_trial_intermediate_value(optuna_internals.trial_id(trial), 1, x)
         if i % 2:
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -81,7 +76,7 @@ def test_tpe_models_a_family_s_knobs_jointly(shipped, tmp_path):
 
     study.optimize(objective, n_trials=12)
     trial = study.ask()
-    modelled = sampler.infer_relative_search_space(study, study._storage.get_trial(trial._trial_id))
+    modelled = sampler.infer_relative_search_space(study, study.trials[trial.number])
     assert "family" in modelled
     assert ({"resnet.width", "resnet.blocks", "mobilenet.width", "mobilenet.blocks"}
             <= set(modelled)) is shipped

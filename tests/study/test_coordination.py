@@ -11,6 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from kdsearch import optuna_internals
 from kdsearch.options import Heartbeats, Options
 from kdsearch.study import coordination
 from kdsearch.study.storage import open_storage
@@ -89,7 +90,7 @@ def test_dead_workers_trial_is_failed_and_retried_with_its_params(backend, tmp_p
         assert isinstance(retry, optuna.Trial)
         assert study.trials[dead.number].state == TrialState.FAIL
         assert retry.params == {"x": x}
-        frozen = storage.get_trial(retry._trial_id)
+        frozen = storage.get_trial(optuna_internals.trial_id(retry))
         assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) \
             == dead.number
         assert "worker" not in frozen.user_attrs or frozen.user_attrs["worker"] != "dead"

@@ -5,7 +5,7 @@ from optuna.trial import TrialState
 
 import kdsearch.training.engine as engine
 from kdsearch.options import Options
-from kdsearch.record import study_teacher
+from kdsearch.record import TrialRecord, study_teacher
 from kdsearch.spec import parse_study
 from kdsearch.study.runner import run_study
 from tests.helpers import tiny_study_text
@@ -40,8 +40,7 @@ def test_study_runs_resumes_and_records_everything(tmp_path, capsys):
         for key in ("macs", "test_accuracy", "train_seconds", "architecture", "val_curve"):
             assert key in t.user_attrs
         assert len(t.user_attrs["val_curve"]) == spec.student.train.epochs
-        # the learning curve optuna-dashboard draws: epoch -> validation accuracy
-        assert t.intermediate_values == dict(enumerate(t.user_attrs["val_curve"], start=1))
+        assert t.intermediate_values == {}  # the curve is stored once, in the record
     teacher = study_teacher(study)
     assert teacher.params > 0 and 0 <= teacher.val_accuracy <= 1
 
@@ -62,8 +61,7 @@ def test_study_runs_resumes_and_records_everything(tmp_path, capsys):
     assert len(study.trials) == 4
 
 
-def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
-    """Multi-objective studies refuse Trial.report; the curve is written through storage."""
+def test_pruned_trial_keeps_the_epochs_it_ran_in_its_record(tmp_path):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     assert spec.student.train.epochs >= 2
 
@@ -76,8 +74,7 @@ def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
     assert logs[-1] == "Pareto front: empty (no complete trial)"
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
-    assert list(trial.intermediate_values) == [1]
-    assert trial.intermediate_values[1] == trial.user_attrs["val_curve"][0]
+    assert len(TrialRecord.of(trial).val_curve) == 1 and trial.intermediate_values == {}
 
 
 def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, monkeypatch):
@@ -239,6 +236,7 @@ def test_storage_is_checked_before_the_data_loads(tmp_path, monkeypatch):
 def test_a_trial_taken_over_by_another_worker_is_dropped_with_a_warning(tmp_path):
     """This worker was silent past the grace period; another failed its trial and queued the
     retry. Its next write finds the trial finished: it warns, drops it and goes on."""
+    from kdsearch.optuna_internals import trial_id
     from kdsearch.study.storage import open_storage, retry_failed_trial
 
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")  # 2 epochs per trial
@@ -250,8 +248,8 @@ def test_a_trial_taken_over_by_another_worker_is_dropped_with_a_warning(tmp_path
             taken.append(trial.number)
             storage = open_storage(url, heartbeats=None, read_only=False)
             other = optuna.load_study(study_name="tiny", storage=storage)
-            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            retry_failed_trial(other, storage.get_trial(trial._trial_id))
+            storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL)
+            retry_failed_trial(other, storage.get_trial(trial_id(trial)))
 
     logs: list[str] = []
     study = run_study(spec, _opts(tmp_path, 2), log=logs.append, on_epoch=other_worker_takes_over)
