@@ -58,7 +58,13 @@ from kdsearch.search.space import cnn_arch  # noqa: E402
 from kdsearch.spec import TrainRecipe  # noqa: E402
 from kdsearch.training.data import IMAGE_SUFFIXES, Dataset, Split  # noqa: E402
 from kdsearch.training.distill import kd_loss  # noqa: E402
-from kdsearch.training.engine import torch_threads, train, train_threads  # noqa: E402
+from kdsearch.training.engine import (  # noqa: E402
+    KD,
+    TrainSettings,
+    torch_threads,
+    train,
+    train_threads,
+)
 from kdsearch.training.models import build_model, count_params  # noqa: E402
 
 BATCH, LR, T, ALPHA = 128, 1e-3, 4.0, 0.5
@@ -254,12 +260,8 @@ def run_workload(
         "engine": lambda: train(
             fresh(),
             data,
-            recipe,
-            torch.device("cpu"),
-            seed=1,
-            teacher_logits=soft,
-            temperature=T,
-            alpha=ALPHA,
+            TrainSettings(recipe, torch.device("cpu"), seed=1, teacher_logits=soft,
+                          kd=KD(T, ALPHA)),
         ),
     }
     times: dict[str, list[float]] = {k: [] for k in loops}
@@ -320,15 +322,8 @@ def augment_cost(train_split, val_split, epochs, log) -> None:
         torch.manual_seed(1)
         model = build_model(CIFAR_STUDENT, shape, 10, mean, std)
         t = time.perf_counter()
-        train(
-            model,
-            data,
-            recipe,
-            torch.device("cpu"),
-            temperature=T,
-            alpha=ALPHA if kw else 0.0,
-            **kw,
-        )
+        train(model, data, TrainSettings(recipe, torch.device("cpu"),
+                                         kd=KD(T, ALPHA if kw else 0.0), **kw))
         out[label] = time.perf_counter() - t
         log(f"  augment: {label:28} {len(train_split) * epochs / out[label]:>8,.0f} images/s")
 
@@ -352,15 +347,9 @@ def scaling(c_train, c_val, m_train, m_val, log) -> None:
         for arch in archs:
             model = build_model(arch, shape, 10, mean, std)
             t = time.perf_counter()
-            train(
-                model,
-                data,
-                TrainRecipe(epochs=1, batch_size=BATCH),
-                torch.device("cpu"),
-                teacher_logits=soft,
-                temperature=T,
-                alpha=ALPHA,
-            )
+            train(model, data, TrainSettings(TrainRecipe(epochs=1, batch_size=BATCH),
+                                             torch.device("cpu"), teacher_logits=soft,
+                                             kd=KD(T, ALPHA)))
             sec = time.perf_counter() - t
             log(
                 f"  scaling {name}: {arch.describe():34} {count_params(model):>9,} params "

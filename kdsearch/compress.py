@@ -43,6 +43,7 @@ from kdsearch.search.space import suggest_recipe
 from kdsearch.spec import DataSpec
 from kdsearch.study.coordination import obtain_teacher
 from kdsearch.training.data import Dataset, Split, load_data
+from kdsearch.training.distill import KD
 from kdsearch.training.engine import EVAL_BATCH, accuracy, resolve_device
 from kdsearch.training.models import build_model, count_macs, count_params
 from kdsearch.training.student import distill, student_seed
@@ -266,8 +267,8 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     spec = stored_spec(study)
     arch = trial_arch(trial)
     searched = TrialRecord.of(trial)
-    temperature = float(trial.params.get("temperature", 1.0))
-    alpha = float(trial.params.get("alpha", 0.0))
+    kd = KD.of(trial.params)
+    temperature, alpha = kd.temperature, kd.alpha
     # The study's recipe at a longer budget; a decaying schedule may be asked for, since a
     # constant rate that suited the search's short budget can overfit a longer one.
     # The learning rate and batch size are the trial's own where the study searched them.

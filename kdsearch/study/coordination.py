@@ -33,18 +33,16 @@ from kdsearch.record import TEACHER_ARTIFACTS as ARTIFACTS_ATTR
 from kdsearch.record import TEACHER_TRAINED_BY as TRAINED_BY_ATTR
 from kdsearch.record import set_study_attr, set_trial, study_attr
 from kdsearch.spec import StudySpec
+from kdsearch.study.artifacts import fetch_teacher, publish_teacher
 from kdsearch.study.locks import db_lock
+from kdsearch.study.resolve import load_file_teacher, teacher_plan, views_settings
 from kdsearch.study.storage import retry_failed_trial
 from kdsearch.training.data import Dataset
-from kdsearch.training.teacher_cache import (
-    StopSignal,
-    Teacher,
-    attach_views,
-    fetch_teacher,
-    get_teacher,
-    publish_teacher,
-    teacher_key,
-)
+from kdsearch.training.teacher import StopSignal, Teacher, TeacherPlan
+from kdsearch.training.teacher_cache import get_teacher
+from kdsearch.training.teacher_file import FileTeacher
+from kdsearch.training.teacher_store import teacher_key
+from kdsearch.training.teacher_views import attach_views
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -162,7 +160,8 @@ def abandon_trial(study: optuna.Study, storage: RDBStorage, url: str, trial: opt
 
 def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.device,
                    log: Callable[[str], None], study: optuna.Study | None = None,
-                   storage: RDBStorage | None = None, stop: StopSignal | None = None) -> Teacher:
+                   storage: RDBStorage | None = None, stop: StopSignal | None = None,
+                   loaded: FileTeacher | None = None) -> Teacher:
     """The study's teacher: the one route to it, for every command and every worker.
 
     With a study, trained by exactly one worker across all machines (under a database lock,
@@ -173,27 +172,34 @@ def obtain_teacher(spec: StudySpec, data: Dataset, opts: Options, device: torch.
 
     A teacher from a file is measured locally by each machine (every worker reads the file the
     study names; running it once is no training worth sharing). With `[student.train] views`,
-    the teacher comes with its logits on each fixed view (`attach_views`).
+    the teacher comes with its logits on each fixed view (`attach_views`). The study's settings
+    are resolved here, once, and a teacher file is loaded once (`loaded`, if the caller has).
     """
-    teacher = _obtain(spec, data, opts, device, log, study, storage, stop)
-    return attach_views(teacher, spec, data, opts.cache_dir, device, log)
+    plan = teacher_plan(spec)
+    if loaded is None:
+        loaded = load_file_teacher(plan, data, device)
+    if plan.file is not None:  # measured locally by each machine
+        teacher = get_teacher(plan, data, opts.cache_dir, device, log=log, loaded=loaded)
+    else:
+        teacher = _obtain(plan, data, opts, device, log, study, storage, stop)
+    assert teacher is not None
+    return attach_views(teacher, views_settings(spec), data, opts.cache_dir, device, log,
+                        loaded=loaded)
 
 
-def _obtain(spec, data, opts, device, log, study, storage, stop) -> Teacher:
+def _obtain(plan: TeacherPlan, data, opts, device, log, study, storage, stop) -> Teacher | None:
     cache_dir, artifact_dir = opts.cache_dir, opts.artifact_dir
-    if study is None or storage is None or spec.teacher_file is not None:
-        teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
-        assert teacher is not None
-        return teacher
-    key = teacher_key(spec, data)
-    teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
+    if study is None or storage is None:
+        return get_teacher(plan, data, cache_dir, device, log=log, stop=stop)
+    key = teacher_key(plan, data)
+    teacher = get_teacher(plan, data, cache_dir, device, log=log, train_if_missing=False)
     published = lambda: key in study_attr(study, ARTIFACTS_ATTR, {})  # noqa: E731
     if teacher is not None and (artifact_dir is None or published()):
         return teacher
     with db_lock(storage.engine, opts.storage, f"kdsearch:teacher:{key}",
                  on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
         if teacher is None:
-            teacher = _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device,
+            teacher = _teacher_under_lock(plan, data, study, cache_dir, artifact_dir, device,
                                           key, log, stop)
         # Published before the lock is released: a worker that waited finds it there.
         if artifact_dir is not None and not published():
@@ -204,9 +210,9 @@ def _obtain(spec, data, opts, device, log, study, storage, stop) -> Teacher:
     return teacher
 
 
-def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key, log,
+def _teacher_under_lock(plan, data, study, cache_dir, artifact_dir, device, key, log,
                         stop) -> Teacher:
-    teacher = get_teacher(spec, data, cache_dir, device, log=log, train_if_missing=False)
+    teacher = get_teacher(plan, data, cache_dir, device, log=log, train_if_missing=False)
     if teacher is not None:  # trained by a worker on this machine while we waited
         return teacher
     artifact_id = study_attr(study, ARTIFACTS_ATTR, {}).get(key)
@@ -222,7 +228,7 @@ def _teacher_under_lock(spec, data, study, cache_dir, artifact_dir, device, key,
             f"teacher {key} was trained by worker {trained_by} ({where}); give every worker "
             "the same --artifact-dir (env KDSEARCH_ARTIFACT_DIR) or a shared --cache-dir, "
             "rather than training it again")
-    teacher = get_teacher(spec, data, cache_dir, device, log=log, stop=stop)
+    teacher = get_teacher(plan, data, cache_dir, device, log=log, stop=stop)
     assert teacher is not None
     set_study_attr(study, TRAINED_BY_ATTR, {**study_attr(study, TRAINED_BY_ATTR, {}),
                                             key: worker_id()})

@@ -27,11 +27,12 @@ from kdsearch.search.early_stopping import judged_rungs, make_stopper
 from kdsearch.search.objective import make_objective, measures_latency
 from kdsearch.spec import StudySpec, check_input
 from kdsearch.study import coordination
+from kdsearch.study.resolve import load_file_teacher, teacher_plan
 from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, probe_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
-from kdsearch.training.teacher_cache import StopSignal, Teacher, load_file_teacher
+from kdsearch.training.teacher import StopSignal, Teacher
 
 OBJECTIVES = ("val_accuracy", "params")  # a study file without `[search] objectives`
 DIRECTIONS = ("maximize", "minimize")
@@ -338,8 +339,8 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
         check_stored(spec, opts, stored)
     data = load_logged(spec, opts, log)
     baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
-    if spec.teacher_file is not None:  # a file that does not fit the data: one line, no study
-        load_file_teacher(spec, data, device)
+    # A teacher file that does not fit the data: one line, no study. Loaded once per run.
+    loaded = load_file_teacher(teacher_plan(spec), data, device)
     storage = open_storage(opts.storage, opts.heartbeats)
     planned = startup.plan(spec, data.input_shape, data.num_classes, sampler_seed(spec, 0))
     study, stream = create_study(spec, opts, storage, [params for _, params in planned])
@@ -349,7 +350,7 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
             f"{cost.format(planned[-1][0])}, one per band of log10({cost.name}), smallest "
             "first (search/startup.py)")
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
-                                          storage=storage, stop=stop)
+                                          storage=storage, stop=stop, loaded=loaded)
     annotate_study(study, spec, teacher)
     time_teacher(study, spec, teacher, device)
     return Prepared(data, storage, study, stream, teacher)

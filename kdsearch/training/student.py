@@ -6,6 +6,7 @@ teacher the same way, or the model folder would not be the student the search sc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -13,8 +14,9 @@ from torch import nn
 
 from kdsearch.spec import TrainRecipe
 from kdsearch.training.data import Dataset, Split
-from kdsearch.training.engine import TrainResult, augments, train
-from kdsearch.training.teacher_cache import Teacher
+from kdsearch.training.distill import KD
+from kdsearch.training.engine import Hooks, TrainResult, TrainSettings, augments, train
+from kdsearch.training.teacher import Teacher
 from kdsearch.training.views import ViewSet
 
 SEED_STRIDE = 100_003  # a prime: studies with nearby seeds never share a student's seed
@@ -44,16 +46,16 @@ def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.
     (alpha 0) needs no teacher at all. `teacher_logits` defaults to the cached logits of the
     training split (`compress` passes those, and the views, of train + validation).
     """
+    kd = KD(temperature, alpha)
+    hooks = Hooks(on_epoch=on_epoch, progress=progress, on_batches=on_batches)
+    base = TrainSettings(recipe, device, seed=seed, kd=kd, train_split=train_split, hooks=hooks)
     if recipe.views:
         views = views if views is not None else teacher.views["train"]
-        return train(model, data, recipe, device, seed=seed, train_split=train_split,
-                     views=views, temperature=temperature, alpha=alpha, on_epoch=on_epoch,
-                     progress=progress, on_batches=on_batches)
+        return train(model, data, dataclasses.replace(base, views=views))
     live = augments(recipe) and alpha > 0
     if live and teacher.model is None:  # the study file refuses this; a guard for code callers
         raise ValueError("random augmentation needs a live teacher; a teacher file needs views")
     cached = teacher.logits["train"] if teacher_logits is None else teacher_logits
-    return train(model, data, recipe, device, seed=seed, train_split=train_split,
-                 teacher_logits=None if live or alpha == 0 else cached,
-                 teacher=teacher.model if live else None, temperature=temperature, alpha=alpha,
-                 on_epoch=on_epoch, progress=progress, on_batches=on_batches)
+    return train(model, data, dataclasses.replace(
+        base, teacher_logits=None if live or alpha == 0 else cached,
+        teacher=teacher.model if live else None))

@@ -26,6 +26,21 @@ SPLIT_STREAM = {"train": 0, "val": 1}  # a split's views come from their own see
 
 
 @dataclass(frozen=True)
+class ViewSettings:
+    """What shapes a study's views, resolved once from `[student.train]` and the study's seed."""
+
+    k: int  # views per image; 0: no fixed views
+    hflip: bool
+    translate: int  # the largest shift, in pixels
+    seed: int
+
+    def identity(self) -> dict:
+        """The views' part of their cache key (and of their meta.json)."""
+        return {"views": self.k, "hflip": self.hflip, "translate": self.translate,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class ViewTable:
     """The views of N images: flip (N, K) bool, dy and dx (N, K) int8 shifts in [-pad, pad]."""
 

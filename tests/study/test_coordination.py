@@ -121,8 +121,9 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
     from kdsearch.errors import CacheError
     from kdsearch.record import set_study_attr, study_attr
     from kdsearch.spec import load_study
+    from kdsearch.study.resolve import teacher_plan
     from kdsearch.training.data import load_data
-    from kdsearch.training.teacher_cache import teacher_key
+    from kdsearch.training.teacher_store import teacher_key
     from tests.helpers import tiny_study
 
     spec = load_study(str(tiny_study(tmp_path)))
@@ -138,7 +139,7 @@ def test_teacher_trained_on_another_machine_is_never_trained_again(tmp_path, mon
     first = coordination.obtain_teacher(spec, data, machine("a", store), cpu, lambda m: None,
                                         study=study, storage=storage)
     assert not first.reused
-    key = teacher_key(spec, data)
+    key = teacher_key(teacher_plan(spec), data)
     trained_by = study_attr(study, coordination.TRAINED_BY_ATTR)
     set_study_attr(study, coordination.TRAINED_BY_ATTR, {key: "elsewhere:1"})  # as if remote
     assert trained_by[key] == coordination.worker_id()

@@ -12,8 +12,10 @@ from kdsearch.errors import NonFiniteLossError
 from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
 from kdsearch.training.data import load_data
 from kdsearch.training.engine import (
+    KD,
+    Hooks,
     ResumeError,
-    _make_optimizer,
+    TrainSettings,
     _prenormalise,
     accuracy,
     lr_factor,
@@ -23,6 +25,7 @@ from kdsearch.training.engine import (
     train_threads,
 )
 from kdsearch.training.models import build_model
+from kdsearch.training.optim import make_optimizer
 
 CPU = torch.device("cpu")
 
@@ -53,7 +56,7 @@ CNN = CNNArch(
 def test_cnn_learns_and_comes_back_in_the_default_layout(data):
     model = _model(data, CNN)
     recipe = TrainRecipe(epochs=3, batch_size=50, lr=0.01, max_norm=3.0)
-    result = train(model, data, recipe, CPU, seed=1)
+    result = train(model, data, TrainSettings(recipe, CPU, seed=1))
     assert result.val_accuracy > 0.6  # 3 classes: chance is 0.33
     assert result.val_accuracy == pytest.approx(accuracy(model, data.val, CPU))
     for name, t in model.state_dict().items():
@@ -69,7 +72,7 @@ def test_prenormalised_training_trains_the_model_itself(data):
     assert xf.dtype == torch.float32
     assert torch.allclose(body(xf[:10]), model(data.train.x[:10]), atol=1e-5)
     before = model[2].weight.detach().clone()
-    train(model, data, TrainRecipe(epochs=1, batch_size=50), CPU)
+    train(model, data, TrainSettings(TrainRecipe(epochs=1, batch_size=50), CPU))
     assert not torch.equal(before, model[2].weight)
 
 
@@ -77,10 +80,10 @@ def test_prenormalising_matches_per_batch_normalising(data, monkeypatch):
     """Same seed, same batches: the two input paths give the same weights (to float error)."""
     recipe = TrainRecipe(epochs=2, batch_size=50)
     fast = _model(data, MLPArch(hidden=[16]))
-    train(fast, data, recipe, CPU, seed=3)
+    train(fast, data, TrainSettings(recipe, CPU, seed=3))
     monkeypatch.setattr("kdsearch.training.engine.PRENORM_MAX_BYTES", 0)
     slow = _model(data, MLPArch(hidden=[16]))
-    train(slow, data, recipe, CPU, seed=3)
+    train(slow, data, TrainSettings(recipe, CPU, seed=3))
     for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
 
@@ -89,32 +92,21 @@ def test_distillation_from_cached_logits_and_augmented_live_teacher(data):
     teacher = _model(data, MLPArch(hidden=[32]))
     logits = teacher(data.train.x).detach()
     student = _model(data, CNN)
-    r1 = train(
-        student,
-        data,
-        TrainRecipe(epochs=1, batch_size=50),
-        CPU,
-        teacher_logits=logits,
-        temperature=4.0,
-        alpha=0.7,
-    )
+    kd = KD(temperature=4.0, alpha=0.7)
+    r1 = train(student, data, TrainSettings(TrainRecipe(epochs=1, batch_size=50), CPU, kd=kd,
+                                            teacher_logits=logits))
     aug = TrainRecipe(epochs=1, batch_size=50, jitter=1, hflip=True)
-    r2 = train(_model(data, CNN), data, aug, CPU, teacher=teacher, temperature=4.0, alpha=0.7)
+    r2 = train(_model(data, CNN), data, TrainSettings(aug, CPU, kd=kd, teacher=teacher))
     assert r1.epochs_run == r2.epochs_run == 1
     with pytest.raises(ValueError, match="teacher model"):
-        train(_model(data, CNN), data, aug, CPU, teacher_logits=logits, alpha=0.7)
+        train(_model(data, CNN), data, TrainSettings(aug, CPU, kd=kd, teacher_logits=logits))
 
 
 def test_non_finite_loss_is_reported(data):
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
-        train(
-            _model(data, MLPArch(hidden=[8])),
-            data,
-            TrainRecipe(epochs=2, lr=10.0),
-            CPU,
-            teacher_logits=torch.full((len(data.train), 3), float("nan")),
-            alpha=0.5,
-        )
+        train(_model(data, MLPArch(hidden=[8])), data, TrainSettings(
+            TrainRecipe(epochs=2, lr=10.0), CPU, kd=KD(alpha=0.5),
+            teacher_logits=torch.full((len(data.train), 3), float("nan"))))
 
 
 def test_on_epoch_can_stop_training(data):
@@ -129,7 +121,8 @@ def test_on_epoch_can_stop_training(data):
 
     model = _model(data, CNN)
     with pytest.raises(Stop):
-        train(model, data, TrainRecipe(epochs=5, batch_size=100), CPU, on_epoch=hook)
+        train(model, data, TrainSettings(TrainRecipe(epochs=5, batch_size=100), CPU,
+                                         hooks=Hooks(on_epoch=hook)))
     assert seen == [1]
     assert all(t.is_contiguous() for t in model.state_dict().values())
 
@@ -137,7 +130,7 @@ def test_on_epoch_can_stop_training(data):
 def test_optimizers_are_fused_where_supported():
     model = torch.nn.Linear(3, 2)
     for name in ("adam", "sgd"):
-        opt = _make_optimizer(model, TrainRecipe(optimizer=name))
+        opt = make_optimizer(model, TrainRecipe(optimizer=name))
         assert opt.defaults.get("fused") in (True, None)  # None: this torch has no fused CPU path
 
 
@@ -156,8 +149,8 @@ def test_small_mlps_train_on_one_thread_and_the_setting_comes_back(data, monkeyp
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train(small, data, TrainRecipe(epochs=1, batch_size=50), CPU,
-              progress=lambda *_: seen.append(torch.get_num_threads()))
+        hooks = Hooks(progress=lambda *_: seen.append(torch.get_num_threads()))
+        train(small, data, TrainSettings(TrainRecipe(epochs=1, batch_size=50), CPU, hooks=hooks))
         assert seen == [1]
         assert torch.get_num_threads() == 2
     finally:
@@ -197,7 +190,7 @@ RESUMABLE = [  # every random draw of the loop: batch order, flips, jitter, drop
 def test_training_resumed_after_an_epoch_ends_bit_identical(data, arch, recipe, tmp_path):
     # The last epoch's weights, not the best's: the best one may be saved before the cut.
     whole = _model(data, arch)
-    full = train(whole, data, recipe, CPU, seed=3)
+    full = train(whole, data, TrainSettings(recipe, CPU, seed=3))
 
     states = []
 
@@ -207,12 +200,13 @@ def test_training_resumed_after_an_epoch_ends_bit_identical(data, arch, recipe, 
 
     cut = _model(data, arch)
     with pytest.raises(_Stop):
-        train(cut, data, recipe, CPU, seed=3, on_epoch=stop_after_2,
-              checkpoint=lambda s: states.append(_saved(s, tmp_path / f"{s['epoch']}.pt")))
+        train(cut, data, TrainSettings(recipe, CPU, seed=3, hooks=Hooks(
+            on_epoch=stop_after_2,
+            checkpoint=lambda s: states.append(_saved(s, tmp_path / f"{s['epoch']}.pt")))))
     assert [s["epoch"] for s in states] == [1, 2]  # saved before on_epoch could stop it
     torch.manual_seed(123)  # whatever the global generator did meanwhile is overwritten
     resumed_model = _model(data, arch)  # fresh weights: the state replaces them
-    resumed = train(resumed_model, data, recipe, CPU, seed=3, resume=states[-1])
+    resumed = train(resumed_model, data, TrainSettings(recipe, CPU, seed=3, resume=states[-1]))
 
     assert resumed.curve == full.curve and resumed.epochs_run == recipe.epochs
     assert resumed.val_accuracy == full.val_accuracy
@@ -226,15 +220,17 @@ def test_training_resumed_after_an_epoch_ends_bit_identical(data, arch, recipe, 
 def test_a_state_from_another_recipe_or_format_is_refused(data):
     arch, recipe = RESUMABLE[1]
     states = []
-    train(_model(data, arch), data, recipe, CPU, seed=3, checkpoint=states.append)
+    train(_model(data, arch), data, TrainSettings(recipe, CPU, seed=3,
+                                                  hooks=Hooks(checkpoint=states.append)))
     other = recipe.model_copy(update={"lr": 0.01})
     with pytest.raises(ResumeError, match="another recipe"):
-        train(_model(data, arch), data, other, CPU, seed=3, resume=states[0])
+        train(_model(data, arch), data, TrainSettings(other, CPU, seed=3, resume=states[0]))
     with pytest.raises(ResumeError, match="format"):
-        train(_model(data, arch), data, recipe, CPU, seed=3, resume={**states[0], "format": 0})
+        train(_model(data, arch), data,
+              TrainSettings(recipe, CPU, seed=3, resume={**states[0], "format": 0}))
     wider = MLPArch(hidden=[64], dropout=0.3, input_dropout=0.1)
     with pytest.raises(ResumeError, match="RuntimeError"):
-        train(_model(data, wider), data, recipe, CPU, seed=3, resume=states[0])
+        train(_model(data, wider), data, TrainSettings(recipe, CPU, seed=3, resume=states[0]))
 
 
 def test_schedules_warm_up_then_decay_and_cosine_is_unchanged_without_warm_up():
@@ -265,11 +261,11 @@ def test_no_decay_on_norms_and_biases_and_nesterov_as_asked(data):
     assert {p.ndim for p in decayed["params"]} == {2, 4}  # conv and linear weights only
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
     assert len(param_groups(model, recipe.model_copy(update={"decay_norms_and_biases": True}))) == 1
-    opt = _make_optimizer(model, recipe)
+    opt = make_optimizer(model, recipe)
     assert opt.defaults["nesterov"] is False and len(opt.param_groups) == 2
-    assert _make_optimizer(model, recipe.model_copy(update={"nesterov": True})).defaults["nesterov"]
+    assert make_optimizer(model, recipe.model_copy(update={"nesterov": True})).defaults["nesterov"]
     # Nesterov without momentum is refused by torch; the recipe then runs plain SGD.
-    assert not _make_optimizer(model, TrainRecipe(optimizer="sgd", momentum=0)).defaults["nesterov"]
+    assert not make_optimizer(model, TrainRecipe(optimizer="sgd", momentum=0)).defaults["nesterov"]
 
 
 def test_a_batch_norm_model_skips_a_final_batch_of_one(data):
@@ -280,7 +276,7 @@ def test_a_batch_norm_model_skips_a_final_batch_of_one(data):
     model = _model(data, ResNetArch(blocks=[1, 1, 1, 1], base_width=4))
     recipe = TrainRecipe(epochs=2, batch_size=133, optimizer="sgd", lr=0.05,
                          lr_schedule="onecycle", label_smoothing=0.1)
-    result = train(model, data, recipe, CPU, seed=0)
+    result = train(model, data, TrainSettings(recipe, CPU, seed=0))
     assert result.epochs_run == 2 and 0.0 <= result.val_accuracy <= 1.0
 
 
@@ -290,11 +286,11 @@ def test_batch_progress_reports_within_each_epoch_and_leaves_training_unchanged(
     import kdsearch.training.engine as engine
 
     recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.01)
-    quiet = train(_model(data, CNN), data, recipe, CPU, seed=3)
+    quiet = train(_model(data, CNN), data, TrainSettings(recipe, CPU, seed=3))
     monkeypatch.setattr(engine, "BATCH_PROGRESS_SECONDS", 0.0)  # hear every batch
     heard = []
-    loud = train(_model(data, CNN), data, recipe, CPU, seed=3,
-                 on_batches=lambda *a: heard.append(a))
+    loud = train(_model(data, CNN), data, TrainSettings(
+        recipe, CPU, seed=3, hooks=Hooks(on_batches=lambda *a: heard.append(a))))
     steps = -(-len(data.train) // recipe.batch_size)
     assert steps > 1
     assert heard == [(e, s, steps) for e in (1, 2) for s in range(1, steps + 1)]
@@ -307,7 +303,8 @@ def test_batch_progress_always_hears_the_end_of_each_epoch(data, monkeypatch):
     monkeypatch.setattr(engine, "BATCH_PROGRESS_SECONDS", 1e9)  # never by time
     heard = []
     recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.01)
-    train(_model(data, MLPArch(hidden=[8])), data, recipe, CPU, on_batches=lambda *a: heard.append(a))
+    train(_model(data, MLPArch(hidden=[8])), data,
+          TrainSettings(recipe, CPU, hooks=Hooks(on_batches=lambda *a: heard.append(a))))
     steps = -(-len(data.train) // recipe.batch_size)
     assert heard == [(1, steps, steps), (2, steps, steps)]
 
@@ -315,7 +312,7 @@ def test_batch_progress_always_hears_the_end_of_each_epoch(data, monkeypatch):
 def test_evaluation_batches_change_the_speed_not_the_answer(data, monkeypatch):
     """On the CPU a CNN is evaluated in small batches (faster there), an MLP in large ones;
     the predictions are the same at any batch size."""
-    import kdsearch.training.engine as engine
+    import kdsearch.training.evaluate as engine
 
     cnn, mlp = _model(data, CNN), _model(data, MLPArch(hidden=[16]))
     assert engine.eval_batch(cnn, CPU) == engine.EVAL_BATCH_CNN_CPU < engine.EVAL_BATCH
@@ -333,7 +330,7 @@ import torch
 from kdsearch.architecture import ResNetArch
 from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
 from kdsearch.training.data import load_data
-from kdsearch.training.engine import train
+from kdsearch.training.engine import TrainSettings, train
 from kdsearch.training.models import build_model
 
 torch.set_num_threads(1)
@@ -341,8 +338,8 @@ data = load_data(DataSpec(dataset="synthetic", val_size=64, synthetic=SyntheticS
     n_train=1024, n_test=64, channels=3, height=32, width=32, num_classes=10)))
 arch = ResNetArch(blocks=[1, 1], base_width=6, width_growth=2.0, shortcut="B")
 model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
-train(model, data, TrainRecipe(epochs=2, batch_size=128, lr=0.05, optimizer="sgd"),
-      torch.device("cpu"), seed=0)
+train(model, data, TrainSettings(TrainRecipe(epochs=2, batch_size=128, lr=0.05, optimizer="sgd"),
+                                 torch.device("cpu"), seed=0))
 print("trained")
 """
 

@@ -243,14 +243,14 @@ def test_a_training_step_updates_weights_and_statistics(arch):
 def test_the_engine_trains_and_evaluates_residual_families(arch):
     from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
     from kdsearch.training.data import load_data
-    from kdsearch.training.engine import accuracy, train
+    from kdsearch.training.engine import TrainSettings, accuracy, train
 
     data = load_data(DataSpec(dataset="synthetic", val_size=40, synthetic=SyntheticSpec(
         n_train=200, n_test=40, channels=3, height=8, width=8, num_classes=3)))
     torch.manual_seed(0)
     model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
     recipe = TrainRecipe(epochs=2, batch_size=32, optimizer="sgd", lr=0.05)
-    result = train(model, data, recipe, torch.device("cpu"))
+    result = train(model, data, TrainSettings(recipe, torch.device("cpu")))
     assert result.epochs_run == 2
     assert not model.training  # validation left it in eval mode: BN uses running statistics
     assert accuracy(model, data.val, torch.device("cpu")) == result.val_accuracy

@@ -80,8 +80,8 @@ def test_loss_gets_the_teachers_logits_for_exactly_the_pixels_the_student_sees(m
     monkeypatch.setattr(engine, "kd_loss", spy)
     student = nn.Sequential(Recorder(seen), nn.Flatten(), nn.Linear(3 * 36, classes))
     recipe = TrainRecipe(epochs=2, batch_size=32, views=4, hflip=True, translate=2)
-    engine.train(student, data, recipe, torch.device("cpu"), seed=1, views=views,
-                 temperature=2.0, alpha=0.5)
+    engine.train(student, data, engine.TrainSettings(recipe, torch.device("cpu"), seed=1,
+                                                     views=views, kd=engine.KD(2.0, 0.5)))
 
     assert len(received) == 2 * 3 and len(seen) == len(received)
     originals = {bytes(img.numpy()) for img in x}
@@ -99,6 +99,7 @@ def test_a_plain_student_on_views_trains_without_a_teacher():
     table = make_views(40, 2, hflip=True, translate=1, seed=0)
     views = ViewSet(table, torch.zeros(2, 40, 2))
     model = nn.Sequential(Recorder([]), nn.Flatten(), nn.Linear(36, 2))
-    result = engine.train(model, data, TrainRecipe(epochs=1, batch_size=8, views=2, hflip=True),
-                          torch.device("cpu"), views=views)
+    recipe = TrainRecipe(epochs=1, batch_size=8, views=2, hflip=True)
+    result = engine.train(model, data, engine.TrainSettings(recipe, torch.device("cpu"),
+                                                            views=views))
     assert result.epochs_run == 1
