@@ -10,8 +10,11 @@ Every problem a user can cause is found at load time, before any trial, and repo
 `TeacherFileError` line naming the file: missing, does not load, rejects the input shape,
 wrong number of classes, non-finite outputs. Loading runs one batch of zero images for that.
 
-A teacher file is never unpickled: TorchScript goes through `torch.jit.load`, `torch.export`
-archives through `torch.export.load`, ONNX through ONNX Runtime, and torchvision weights through
+A teacher file never runs Python code: only a regular file is read (a FIFO or a device would
+hang the hash), and every loader goes through `safe_files`, which inspects the archive first and
+refuses anything that would be unpickled, evaluated or executed: TorchScript goes through
+`torch.jit.load`, `torch.export` archives through `torch.export.load` with nothing pickled left
+in them, ONNX through ONNX Runtime, and torchvision weights through
 `torch.load(weights_only=True)`, which reads tensors only.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
+import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,6 +32,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from kdsearch.errors import TeacherFileError, one_line
+from kdsearch.training import safe_files
 
 Format = Literal["torchscript", "export", "onnx", "torchvision"]
 Layout = Literal["NCHW", "NHWC"]
@@ -106,12 +110,12 @@ class TeacherFile:
 def file_digest(path: Path) -> str:
     """sha256 of the file's content, read in 1 MiB chunks so a large teacher is never held whole."""
     h = hashlib.sha256()
-    try:
-        with Path(path).open("rb") as f:
+    with safe_files.open_regular(Path(path), "teacher file", TeacherFileError) as f:
+        try:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    except OSError as e:
-        raise TeacherFileError(one_line(f"{path}: cannot read teacher file: {e.strerror or e}")) from None
+        except OSError as e:
+            raise TeacherFileError(one_line(f"{path}: cannot read teacher file: {e.strerror or e}")) from None
     return h.hexdigest()
 
 
@@ -157,6 +161,7 @@ def resolve_format(tf: TeacherFile) -> Format:
     if suffix == ".pt2":
         return "export"
     ask = 'set format = "torchscript", "export" or "onnx"'
+    safe_files.require_regular(tf.path, "teacher file", TeacherFileError)
     try:
         with zipfile.ZipFile(tf.path) as z:
             names = z.namelist()
@@ -273,8 +278,9 @@ def load_teacher_file(tf: TeacherFile, num_classes: int, input_shape: tuple[int,
             the input shape, returns the wrong number of classes or non-finite numbers.
     """
     device = device or torch.device("cpu")
-    if not tf.path.is_file():
+    if not os.path.lexists(tf.path):
         raise TeacherFileError(f"{tf.path}: teacher file not found")
+    safe_files.require_regular(tf.path, "teacher file", TeacherFileError)
     fmt = resolve_format(tf)
     loader = {"torchscript": _load_torchscript, "export": _load_export, "onnx": _load_onnx,
               "torchvision": _load_torchvision}[fmt]
@@ -358,19 +364,20 @@ def _check_declared_shape(tf: TeacherFile, declared: list, input_shape: tuple[in
 
 def _load_torchscript(tf, num_classes, input_shape, device):
     try:
-        with warnings.catch_warnings():  # torch.jit is deprecated; the user's file is still valid
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(tf.path), map_location=device)
+        module = safe_files.load_torchscript(tf.path, "teacher file", TeacherFileError, map_location=device)
         module.eval()
+    except TeacherFileError:
+        raise
     except Exception as e:
         raise TeacherFileError(one_line(f"{tf.path}: does not load as TorchScript: {_describe(e)}")) from None
     return module, None
 
 
 def _load_export(tf, num_classes, input_shape, device):
+    program = safe_files.load_pt2(tf.path, "teacher file", TeacherFileError)
     try:
-        program = torch.export.load(str(tf.path))
-        module = program.module().to(device)  # train/eval mode was fixed at export: no .eval()
+        with safe_files.quiet_torch_logs():
+            module = program.module().to(device)  # train/eval mode was fixed at export: no .eval()
     except Exception as e:
         raise TeacherFileError(one_line(f"{tf.path}: does not load as a torch.export program: "
                                         f"{_describe(e)}")) from None
@@ -432,10 +439,7 @@ def _load_torchvision(tf, num_classes, input_shape, device):
     except Exception as e:
         raise TeacherFileError(one_line(f"{tf.path}: torchvision model {tf.torchvision!r} with {num_classes} "
                                         f"classes cannot be built: {_describe(e)}")) from None
-    try:
-        state = torch.load(tf.path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TeacherFileError(one_line(f"{tf.path}: does not load as a state dict: {_describe(e)}")) from None
+    state = safe_files.load_state_dict(tf.path, "teacher weights file", TeacherFileError)
     # Training scripts often wrap the state dict or save it from DataParallel.
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
