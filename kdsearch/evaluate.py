@@ -4,7 +4,7 @@ Every file the card lists must be there, and every copy of the model in it (mode
 model.pt2, model.onnx, an older folder's model.torchscript.pt) must score the card's test
 accuracy within `TOLERANCE`; a model file the card does not list is a leftover of another model.
 Each failure is one line naming the file and a non-zero exit: a folder that passes is one whose
-numbers can be trusted. The copies are loaded through `safe_files`, so a swapped file cannot run
+numbers can be trusted. The copies are loaded through `safe_files` and `safe_pt2`, so a swapped file cannot run
 code here either.
 """
 
@@ -27,7 +27,7 @@ from kdsearch.model_folder import (
 )
 from kdsearch.options import Options
 from kdsearch.spec import DataSpec
-from kdsearch.training import safe_files
+from kdsearch.training import safe_files, safe_pt2
 from kdsearch.training.data import Dataset, Split, load_data
 from kdsearch.training.engine import EVAL_BATCH, accuracy, resolve_device
 from kdsearch.training.latency import onnx_session
@@ -91,9 +91,9 @@ def _forward(folder: Path, name: str, meta: dict) -> Callable[[torch.Tensor], to
     """A standalone copy, loaded the way a user without kdsearch would, but checked first."""
     path = folder / name
     if name == "model.pt2":
-        program = safe_files.load_pt2(path, "model file", FolderError)
+        program = safe_pt2.load_pt2(path, "model file", FolderError)
         try:
-            with safe_files.quiet_torch_logs():
+            with safe_pt2.quiet_torch_logs():
                 return program.module()
         except Exception as e:
             raise FolderError(one_line(f"{path}: does not load ({_why(e)})")) from None

@@ -29,7 +29,7 @@ from torch import nn
 
 from kdsearch.architecture import parse_arch
 from kdsearch.errors import KdsearchError, one_line
-from kdsearch.training import safe_files
+from kdsearch.training import safe_files, safe_pt2
 from kdsearch.training.data import Split
 from kdsearch.training.models import build_model
 
@@ -58,7 +58,7 @@ def _why(e: Exception) -> str:
 
 def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> str | None:
     """A `torch.export` program with a dynamic batch size, traced on two zero images and saved
-    without them (`safe_files.save_pt2`); None, or why it could not be written."""
+    without them (`safe_pt2.save_pt2`); None, or why it could not be written."""
     example = torch.zeros((2, *input_shape), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
@@ -66,7 +66,7 @@ def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> st
             program = torch.export.export(
                 model.cpu().eval(), (example,),
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},))
-            safe_files.save_pt2(program, path)
+            safe_pt2.save_pt2(program, path)
         return None
     except Exception as e:  # noqa: BLE001 - an optional artefact; say why and go on
         path.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ Every problem a user can cause is found at load time, before any trial, and repo
 wrong number of classes, non-finite outputs. Loading runs one batch of zero images for that.
 
 A teacher file never runs Python code: only a regular file is read (a FIFO or a device would
-hang the hash), and every loader goes through `safe_files`, which inspects the archive first and
+hang the hash), and every loader goes through `safe_files` (`safe_pt2` for .pt2), which inspects the archive first and
 refuses anything that would be unpickled, evaluated or executed: TorchScript goes through
 `torch.jit.load`, `torch.export` archives through `torch.export.load` with nothing pickled left
 in them, ONNX through ONNX Runtime, and torchvision weights through
@@ -32,7 +32,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from kdsearch.errors import TeacherFileError, one_line
-from kdsearch.training import safe_files
+from kdsearch.training import safe_files, safe_pt2
 
 Format = Literal["torchscript", "export", "onnx", "torchvision"]
 Layout = Literal["NCHW", "NHWC"]
@@ -374,9 +374,9 @@ def _load_torchscript(tf, num_classes, input_shape, device):
 
 
 def _load_export(tf, num_classes, input_shape, device):
-    program = safe_files.load_pt2(tf.path, "teacher file", TeacherFileError)
+    program = safe_pt2.load_pt2(tf.path, "teacher file", TeacherFileError)
     try:
-        with safe_files.quiet_torch_logs():
+        with safe_pt2.quiet_torch_logs():
             module = program.module().to(device)  # train/eval mode was fixed at export: no .eval()
     except Exception as e:
         raise TeacherFileError(one_line(f"{tf.path}: does not load as a torch.export program: "
