@@ -142,14 +142,15 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
-def check_pickle(data: bytes, allowed, where: str, error: Error) -> None:
+def check_pickle(data: bytes, allowed, where: str, error: Error, member: str = "it") -> None:
+    """Refuse a pickle that names a global `allowed(module, name)` does not accept."""
     try:
         names = pickle_globals(data)
     except Exception as e:  # pickletools' ValueError, or anything a crafted stream provokes
-        raise error(one_line(f"{where}: refused: not a pickle of tensors ({e})")) from None
+        raise error(one_line(f"{where}: refused: {member} is not a pickle of tensors ({e})")) from None
     bad = next(((m, n) for m, n in names if not allowed(m, n)), None)
     if bad is not None:
-        raise error(one_line(f"{where}: refused: it would import {bad[0]}.{bad[1]} when "
+        raise error(one_line(f"{where}: refused: {member} would import {bad[0]}.{bad[1]} when "
                              "unpickled; kdsearch loads tensors only and never runs a file's code"))
 
 
@@ -171,13 +172,13 @@ def open_zip(data: bytes, where: str, error: Error, what: str) -> zipfile.ZipFil
         raise error(one_line(f"{where}: not {what} (not a zip archive)")) from None
 
 
-def check_tensor_archive(data: bytes, where: str, error: Error) -> None:
+def check_tensor_archive(data: bytes, where: str, error: Error, member: str = "it") -> None:
     """A `torch.save` zip of tensors, dicts and numbers: refused if its pickle names anything else."""
     z = open_zip(data, where, error, "a torch.save file")
     root, names = one_root(z, where, error)
     if "data.pkl" not in names:
-        raise error(f"{where}: refused: not a torch.save archive (no data.pkl)")
-    check_pickle(z.read(f"{root}/data.pkl"), tensor_global, where, error)
+        raise error(f"{where}: refused: {member} is not a torch.save archive (no data.pkl)")
+    check_pickle(z.read(f"{root}/data.pkl"), tensor_global, where, error, member)
 
 
 def load_state_dict(path: Path, what: str, error: Error = KdsearchError) -> Any:
@@ -204,7 +205,7 @@ def load_torchscript(path: Path, what: str, error: Error = KdsearchError,
         raise error(f"{where}: not a TorchScript archive (no code/ and data.pkl)")
     for pkl in ("data.pkl", "constants.pkl"):
         if pkl in names:
-            check_pickle(z.read(f"{root}/{pkl}"), torchscript_global, f"{where} ({pkl})", error)
+            check_pickle(z.read(f"{root}/{pkl}"), torchscript_global, where, error, pkl)
     with warnings.catch_warnings():  # torch.jit is deprecated; a user's file is still valid
         warnings.simplefilter("ignore")
         return torch.jit.load(io.BytesIO(data), map_location=map_location)

@@ -198,7 +198,7 @@ def check_pt2(data: bytes, where: str, error: Error = KdsearchError) -> tuple[st
     sample = f"data/sample_inputs/{MODEL}.pt"
     has_sample = sample in members and z.getinfo(f"{root}/{sample}").file_size > 0
     if has_sample:  # blanked before loading; still, anything but tensors is a sign of a payload
-        check_tensor_archive(z.read(f"{root}/{sample}"), f"{where} ({sample})", error)
+        check_tensor_archive(z.read(f"{root}/{sample}"), where, error, f"member {sample}")
     return root, has_sample
 
 
