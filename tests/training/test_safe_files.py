@@ -9,7 +9,6 @@ appearing, also for the archives that would otherwise load as a good teacher.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -27,24 +26,9 @@ from kdsearch.errors import KdsearchError, TeacherFileError
 from kdsearch.training import safe_files, safe_pt2
 from kdsearch.training.teacher_file import TeacherFile, file_digest, load_teacher_file
 from tests.helpers import kdsearch
+from tests.payloads import Payload, craft, json_edit, rewrite, saved
 
 SHAPE, CLASSES = (3, 8, 8), 3
-
-
-class Payload:
-    """Unpickling this creates `marker`, then evaluates to `value` (Python source)."""
-
-    def __init__(self, marker: Path, value: str = "None"):
-        self.source = f"(open({str(marker)!r}, 'w').close(), {value})[1]"
-
-    def __reduce__(self):
-        return (eval, (self.source,))
-
-
-def _saved(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -57,80 +41,6 @@ def good(tmp_path_factory) -> tuple[Path, nn.Module]:
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
     return path, model
-
-
-def _rewrite(src: Path, dst: Path, change=lambda name, data: data, add: dict | None = None) -> Path:
-    """A copy of the archive `src` with members changed (by name below the top folder) or added."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        root = zin.namelist()[0].split("/")[0]
-        for info in zin.infolist():
-            data = change(info.filename[len(root) + 1:], zin.read(info))
-            if data is not None:
-                zout.writestr(info.filename, data)
-        for name, data in (add or {}).items():
-            zout.writestr(f"{root}/{name}", data)
-    return dst
-
-
-def _json_edit(edit):
-    def change(name, data):
-        return json.dumps(edit(name, json.loads(data))).encode() if name.endswith(".json") else data
-    return change
-
-
-def craft(kind: str, good: Path, folder: Path, marker: Path) -> Path:
-    """`good` with a payload of `kind`; the ones marked (*) still load and run as a good teacher."""
-    dst = folder / f"{kind}.pt2"
-    weights = {k: v for k, v in torch.export.load(str(good)).state_dict.items()}
-    if kind == "sample_inputs":  # (*) torch retries a failed weights_only load without it
-        value = f"((__import__('torch').zeros(2, {', '.join(map(str, SHAPE))}),), {{}})"
-        payload = _saved(Payload(marker, value))
-        return _rewrite(good, dst, lambda n, d: payload if n == "data/sample_inputs/model.pt" else d)
-    if kind == "use_pickle":  # (*) the weight comes back exact, from the payload's expression
-        first = next(iter(weights))
-        value = f"__import__('torch').nn.Parameter(__import__('torch').tensor({weights[first].tolist()}))"
-        payload = _saved(Payload(marker, value))
-
-        def edit(name, cfg):
-            if name == "data/weights/model_weights_config.json":
-                cfg["config"][first]["use_pickle"] = True
-            return cfg
-        with zipfile.ZipFile(good) as z:
-            root = z.namelist()[0].split("/")[0]
-            config = json.loads(z.read(f"{root}/data/weights/model_weights_config.json"))["config"]
-        path_name = config[first]["path_name"]
-
-        def change(name, data):
-            if name == f"data/weights/{path_name}":
-                return payload
-            return _json_edit(edit)(name, data)
-        return _rewrite(good, dst, change)
-    if kind == "legacy_weights":
-        return _rewrite(good, dst, add={"data/weights/model.pt": _saved(Payload(marker, "{}"))})
-    if kind == "opaque_object":
-        def edit(name, cfg):
-            if name == "data/constants/model_constants_config.json":
-                cfg["config"]["evil"] = {"path_name": "opaque_obj_0", "is_param": False,
-                                         "use_pickle": True, "tensor_meta": None}
-            return cfg
-        return _rewrite(good, dst, _json_edit(edit),
-                        add={"data/constants/opaque_obj_0": pickle.dumps(Payload(marker))})
-    if kind == "guards_code":  # Python source torch execs into the module's input check
-        def edit(name, program):
-            if name == "models/model.json":
-                program["guards_code"] = [f"open({str(marker)!r}, 'w').close() is None"]
-            return program
-        return _rewrite(good, dst, _json_edit(edit))
-    if kind == "sympy_expr":  # sympy.sympify evaluates a shape expression as Python
-        def change(name, data):
-            if name != "models/model.json":
-                return data
-            text = data.decode()
-            sym = re.search(r"Symbol\('s[0-9]+', positive=True, integer=True\)", text).group()
-            evil = f"(open({str(marker)!r}, 'w').close(), {sym})[1]".replace("'", "\\u0027")
-            return text.replace(json.dumps(sym)[1:-1], evil, 1).encode()
-        return _rewrite(good, dst, change)
-    raise ValueError(kind)
 
 
 PAYLOADS = ["sample_inputs", "use_pickle", "legacy_weights", "opaque_object", "guards_code", "sympy_expr"]
@@ -199,7 +109,7 @@ def test_a_good_export_loads_and_its_sample_inputs_are_never_unpickled(good, mon
     ("code/__torch__/m.py", b"x", "not part of a torch.export.save archive"),
 ])
 def test_members_outside_a_plain_archive_are_refused(good, tmp_path, member, data, why):
-    path = _rewrite(good[0], tmp_path / "m.pt2", add={member: data})
+    path = rewrite(good[0], tmp_path / "m.pt2", add={member: data})
     with pytest.raises(KdsearchError, match=re.escape(f"member {member} ({why})")):
         safe_pt2.load_pt2(path, "model file")
 
@@ -211,7 +121,7 @@ def test_a_graph_calling_anything_but_torch_operators_is_refused(good, tmp_path,
         if name == "models/model.json":
             program["graph_module"]["graph"]["nodes"][0]["target"] = target
         return program
-    path = _rewrite(good[0], tmp_path / "t.pt2", _json_edit(edit))
+    path = rewrite(good[0], tmp_path / "t.pt2", json_edit(edit))
     with pytest.raises(KdsearchError, match="is not a torch operator"):
         safe_pt2.load_pt2(path, "model file")
 
@@ -232,17 +142,17 @@ def test_pickle_globals_are_read_not_run(tmp_path):
         names = safe_files.pickle_globals(pickle.dumps(Payload(marker), protocol=protocol))
         assert names[-1] in (("builtins", "eval"), ("__builtin__", "eval"))  # protocol 2 says __builtin__
     assert not marker.exists()
-    state = _saved({"w": torch.ones(2), "n": torch.tensor(3)})
+    state = saved({"w": torch.ones(2), "n": torch.tensor(3)})
     safe_files.check_tensor_archive(state, "x", KdsearchError)
     with pytest.raises(KdsearchError, match="it would import __builtin__.eval"):
-        safe_files.check_tensor_archive(_saved({"w": Payload(marker)}), "x", KdsearchError)
+        safe_files.check_tensor_archive(saved({"w": Payload(marker)}), "x", KdsearchError)
     assert not marker.exists()
 
 
 def test_a_state_dict_with_a_payload_is_refused_before_torch_load(tmp_path, monkeypatch):
     marker = tmp_path / "m"
     path = tmp_path / "weights.pt"
-    path.write_bytes(_saved({"w": Payload(marker, "__import__('torch').ones(1)")}))
+    path.write_bytes(saved({"w": Payload(marker, "__import__('torch').ones(1)")}))
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     with pytest.raises(KdsearchError, match="refused: it would import __builtin__.eval"):
         safe_files.load_state_dict(path, "model file")
