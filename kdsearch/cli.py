@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency-ms", type=_positive_float, metavar="MS",
                    help="... and of at most MS ms per image at batch 1, as measured in the "
                    "search (studies with a latency objective or limit)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="a new folder, an empty one, or an earlier compress folder (replaced); "
+                   "written whole or not at all; anything else is refused before training")
     p.add_argument("--epochs", type=_positive_int, metavar="E",
                    help="retraining epochs (default: twice the study's student epochs)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"],
@@ -128,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
-    p = sub.add_parser("evaluate", help="test accuracy of a folder written by compress")
+    p = sub.add_parser(
+        "evaluate", help="test accuracy of a folder written by compress, held to its card",
+        description="Score model.pt and every copy MODEL_CARD.md lists (model.pt2, model.onnx) on "
+        "the test set. Fails (exit 2, one line naming the file) when a listed file is missing, a "
+        "model file is not listed, or a copy's test accuracy is off the card's by more than 0.5 "
+        "points (or one test image, whichever is more).")
     p.add_argument("folder", type=Path)
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
@@ -321,7 +328,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from kdsearch.compress import evaluate
+    from kdsearch.evaluate import evaluate
 
     opts = _options(args)
     _threads(opts)
@@ -330,6 +337,8 @@ def cmd_evaluate(args) -> int:
           f"on {r['n_test']:,} images (card: {r['card_test_accuracy']:.4f})")
     for name, acc in r["exported"].items():
         print(f"{name}: test accuracy {acc:.4f}")
+    print(f"checked {', '.join(r['checked'])}: each within {100 * r['tolerance']:.2f} points of "
+          + ("the card" if r["same_test_set"] else "model.pt"))
     if not r["same_test_set"]:
         print("warning: this test set differs from the one the card was measured on",
               file=sys.stderr)

@@ -201,3 +201,177 @@ def test_a_resnet_study_runs_compresses_and_evaluates_through_the_cli(tmp_path):
     ev = kdsearch("evaluate", str(out), "--device", "cpu")
     for name in ("", "model.pt2: ", "model.onnx: "):
         assert f"{name}test accuracy {card_acc:.4f}" in ev.stdout, ev.stdout
+
+
+# --- honest copies: the folder is written whole, and evaluate holds every copy to the card ---
+
+
+@pytest.fixture(scope="module")
+def folder(smoke):
+    from kdsearch.compress import compress
+
+    study, _, tmp = smoke
+    out = tmp / "base"
+    compress(study, out, number=pick_trial(study).number, epochs=1,
+             opts=Options(cache_dir=tmp / "cache", device="cpu"), log=lambda m: None)
+    return out, tmp
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    dst = tmp_path / "model"
+    shutil.copytree(folder[0], dst)
+    return dst
+
+
+def test_the_folder_is_written_whole_and_model_pt2_carries_no_data(folder):
+    import zipfile
+
+    out, tmp = folder
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no temp left
+    meta = json.loads((out / "architecture.json").read_text())
+    assert meta["files"] == ["model.pt", "architecture.json", "model.pt2", "model.onnx"]
+    with zipfile.ZipFile(out / "model.pt2") as z:
+        members = {i.filename.split("/", 1)[1]: i.file_size for i in z.infolist()}
+    weights = torch.load(out / "model.pt", weights_only=True)
+    raw = sum(v for k, v in members.items() if k.startswith("data/weights/weight_"))
+    # The weights stored raw, once each; no sample inputs (they were a view of the test set).
+    assert raw == sum(t.numel() * t.element_size() for t in weights.values())
+    assert members["data/sample_inputs/model.pt"] == 0
+    assert not [k for k in members if k.startswith("data/") and not re.fullmatch(
+        r"data/(weights/weight_\d+|constants/tensor_\d+|(weights|constants)/model_\w+_config\.json"
+        r"|sample_inputs/model\.pt)", k)]
+    assert (out / "model.pt2").stat().st_size < (out / "model.onnx").stat().st_size + 64 * 1024
+
+
+def test_evaluate_refuses_a_swapped_model_pt2_whose_payload_never_runs(folder, tmp_path):
+    from tests.payloads import craft
+
+    model = _copy(folder, tmp_path)
+    marker = tmp_path / "marker"
+    crafted = craft("sample_inputs", model / "model.pt2", tmp_path, marker, shape=(1, 8, 8))
+    crafted.replace(model / "model.pt2")
+    proc = kdsearch("evaluate", str(model), "--device", "cpu", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"kdsearch: error: {model / 'model.pt2'}: refused: ")
+    assert not marker.exists()
+
+
+def _evaluate_error(model, match):
+    from kdsearch.evaluate import FolderError, evaluate
+
+    with pytest.raises(FolderError, match=match) as e:
+        evaluate(model, Options(device="cpu"))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def _onnx(model_file, net, shape):
+    from kdsearch.model_folder import export_onnx
+
+    assert export_onnx(net, shape, model_file) is None
+
+
+class _Foreign(torch.nn.Module):
+    """Another model: colour 8x8 images in; or, given `cls`, one that always picks that class."""
+
+    def __init__(self, inputs: int = 192, cls: int | None = None):
+        super().__init__()
+        self.fc = torch.nn.Linear(inputs, 4)
+        if cls is not None:
+            with torch.no_grad():
+                self.fc.weight.zero_()
+                self.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), 4).float())
+
+    def forward(self, x):
+        return self.fc(x.float().flatten(1))
+
+
+def test_evaluate_names_a_missing_a_foreign_and_a_disagreeing_copy(folder, tmp_path):
+    from kdsearch.spec import DataSpec
+    from kdsearch.training.data import load_data
+
+    model = _copy(folder, tmp_path)
+    meta = json.loads((model / "architecture.json").read_text())
+    (model / "model.pt2").unlink()
+    _evaluate_error(model, "model.pt2: listed in MODEL_CARD.md but missing")
+
+    model = _copy(folder, tmp_path / "b")
+    _onnx(model / "model.onnx", _Foreign(), (3, 8, 8))
+    _evaluate_error(model, r"model.onnx: takes tensor\(uint8\) \[.*\], this folder's model takes uint8 "
+                           r"\[N, 1, 8, 8\]: not this folder's model")
+
+    # Same shapes, another model: one class always, the class whose share is furthest from the card.
+    model = _copy(folder, tmp_path / "c")
+    test_y = load_data(DataSpec.model_validate(meta["data"])).test.y
+    shares = torch.bincount(test_y, minlength=4).float() / len(test_y)
+    cls = int((shares - meta["test_accuracy"]).abs().argmax())
+    assert abs(shares[cls] - meta["test_accuracy"]) > 0.02
+    _onnx(model / "model.onnx", _Foreign(64, cls), (1, 8, 8))
+    msg = _evaluate_error(model, "model.onnx: test accuracy .*, the card says .*: off by more than 0.5 points")
+    assert f"test accuracy {float(shares[cls]):.4f}" in msg
+
+    model = _copy(folder, tmp_path / "d")
+    (model / "model.torchscript.pt").write_bytes(b"left over")
+    _evaluate_error(model, "model.torchscript.pt: not listed in MODEL_CARD.md: a file of another model")
+
+    model = _copy(folder, tmp_path / "e")
+    card = (model / "MODEL_CARD.md").read_text()
+    (model / "MODEL_CARD.md").write_text(re.sub(r"\| test accuracy \| [0-9.]+ \|", "| test accuracy | 0.9999 |", card))
+    _evaluate_error(model, "MODEL_CARD.md: states test accuracy 0.9999, architecture.json")
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_refuses_a_fifo_or_a_device_for_a_copy(folder, tmp_path):
+    import os
+
+    model = _copy(folder, tmp_path)
+    (model / "model.pt2").unlink()
+    os.mkfifo(model / "model.pt2")
+    _evaluate_error(model, "model.pt2: a FIFO, not a regular file")
+    (model / "model.pt2").unlink()
+    (model / "model.pt2").symlink_to("/dev/zero")
+    _evaluate_error(model, "model.pt2: a character device, not a regular file")
+    (model / "model.pt").unlink()
+    os.mkfifo(model / "model.pt")
+    from kdsearch.errors import KdsearchError
+    from kdsearch.evaluate import evaluate
+
+    with pytest.raises(KdsearchError, match="model.pt: a FIFO, not a regular file"):  # the weights too
+        evaluate(model, Options(device="cpu"))
+
+
+def test_compress_out_onto_a_file_or_a_foreign_folder_is_refused_before_training(smoke, tmp_path):
+    _, url, tmp = smoke
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")
+    for out, said in ((taken, "an existing file, not a folder"), (other, "a folder with other files")):
+        proc = kdsearch("compress", "smoke", "--storage", url, "--cache-dir", str(tmp / "cache"),
+                        "--trial", "0", "--epochs", "1", "--out", str(out), "--device", "cpu", check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"kdsearch: error: --out {out}: {said}")
+    assert taken.read_text() == "mine" and [p.name for p in other.iterdir()] == ["cat.jpg"]
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_temporary_one(folder, tmp_path):
+    from kdsearch.model_folder import write_folder
+
+    model = _copy(folder, tmp_path)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+
+    def half(tmp):
+        (tmp / "model.pt").write_bytes(b"new")
+        raise KeyboardInterrupt  # killed half-way
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder(model, half)
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    write_folder(model, lambda tmp: (tmp / "architecture.json").write_text("{}"))  # replaced whole
+    assert sorted(p.name for p in model.iterdir()) == ["architecture.json"]

@@ -18,6 +18,7 @@ import torch
 
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec, SyntheticSpec
+from kdsearch.training import safe_files
 
 NAMED = {  # name -> (torchvision class name, classes, input shape)
     "mnist": ("MNIST", 10, (1, 28, 28)),
@@ -220,11 +221,13 @@ def _decode(files: list[tuple[Path, int]], root: Path) -> list[np.ndarray]:
     arrays, bad = [], []
     for path, _ in tqdm(files, desc=f"reading {root.name}/", unit="img", leave=False,
                         mininterval=1.0, disable=len(files) < 2000):
-        try:
-            with Image.open(path) as im:
-                arrays.append(np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB")))
-        except Exception as e:  # PIL's errors for a non-image, truncated or unreadable file
-            bad.append((path, e))
+        # Only a regular file is opened: a FIFO or a device named *.png would block the read.
+        with safe_files.open_regular(path, "image file", DataError) as f:
+            try:
+                with Image.open(f) as im:
+                    arrays.append(np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB")))
+            except Exception as e:  # PIL's errors for a non-image, truncated or unreadable file
+                bad.append((path, e))
     if bad:
         path, e = bad[0]
         raise DataError(f"{path}: {_why_unreadable(path, e)}; {len(bad)} of the {len(files)} "

@@ -1,4 +1,6 @@
-"""Per-image latency at batch 1, measured warm until its median is known well enough.
+"""Latency, measured in one place: the search's adaptive median, and the model card's figures.
+
+Per-image latency at batch 1, measured warm until its median is known well enough.
 
 The `latency_ms` objective compares students by this number, so it must not be one lucky (or
 unlucky) call: the model is warmed up, then timed call by call until the 95% confidence
@@ -10,6 +12,10 @@ A model's latency depends on its shapes, not its weights, so an untrained studen
 and the number stands for the trained one: an over-limit student is refused before training.
 The number also depends on the machine and on how many threads the worker had, so the method
 is recorded beside it (`LatencyResult.method`).
+
+`compress` writes a fixed-recipe figure per runtime on its model card (`card_latency`: one image
+at a time, median of 50 warm runs, and batched), the same recipe for PyTorch and ONNX Runtime
+so the two rows compare.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,3 +100,64 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], device: torc
         "stopped": stopped, "torch": torch.__version__,
     }
     return LatencyResult(median * 1e3, method)
+
+
+# --- the model card's figures -------------------------------------------------------------
+
+CARD_REPEATS = 50  # one-image calls timed for the card's median
+CARD_BATCH = 256  # images per call for the card's batched figure
+
+
+def card_latency(run: Callable[[Any], Any], one: Any, many: Any, repeats: int = CARD_REPEATS,
+                 batch: int = CARD_BATCH) -> dict[str, float]:
+    """Milliseconds per image of `run` on one image (median) and on a batch (mean of 3 calls)."""
+    for _ in range(5):  # warm-up: allocator, kernels
+        run(one)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(one)
+        times.append(time.perf_counter() - start)
+    run(many)
+    start = time.perf_counter()
+    for _ in range(3):
+        run(many)
+    batched = (time.perf_counter() - start) / (3 * batch)
+    return {"batch1_ms": statistics.median(times) * 1e3,
+            f"batch{batch}_ms_per_image": batched * 1e3, "threads": torch.get_num_threads()}
+
+
+@torch.inference_mode()
+def cpu_latency(model: nn.Module, input_shape: tuple[int, int, int], repeats: int = CARD_REPEATS,
+                batch: int = CARD_BATCH) -> dict[str, float]:
+    """`card_latency` of a PyTorch model on the CPU, on random uint8 images."""
+    model = model.cpu().eval()
+    gen = torch.Generator().manual_seed(0)
+    one = torch.randint(0, 256, (1, *input_shape), dtype=torch.uint8, generator=gen)
+    many = torch.randint(0, 256, (batch, *input_shape), dtype=torch.uint8, generator=gen)
+    return card_latency(model, one, many, repeats, batch)
+
+
+def onnx_session(path: Path):
+    """An ONNX Runtime session on the CPU with the threads torch was given, quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: graph-optimiser notes are not the user's
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def onnx_latency(path: Path, input_shape: tuple[int, int, int], repeats: int = CARD_REPEATS,
+                 batch: int = CARD_BATCH) -> dict[str, float]:
+    """`cpu_latency`'s measurement under ONNX Runtime: what a deployment without PyTorch sees."""
+    import numpy as np
+
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, (1, *input_shape), dtype=np.uint8)
+    many = rng.integers(0, 256, (batch, *input_shape), dtype=np.uint8)
+    return card_latency(lambda x: session.run(None, {name: x}), one, many, repeats, batch)

@@ -10,8 +10,11 @@ Every problem a user can cause is found at load time, before any trial, and repo
 `TeacherFileError` line naming the file: missing, does not load, rejects the input shape,
 wrong number of classes, non-finite outputs. Loading runs one batch of zero images for that.
 
-A teacher file is never unpickled: TorchScript goes through `torch.jit.load`, `torch.export`
-archives through `torch.export.load`, ONNX through ONNX Runtime, and torchvision weights through
+A teacher file never runs Python code: only a regular file is read (a FIFO or a device would
+hang the hash), and every loader goes through `safe_files` (`safe_pt2` for .pt2), which inspects the archive first and
+refuses anything that would be unpickled, evaluated or executed: TorchScript goes through
+`torch.jit.load`, `torch.export` archives through `torch.export.load` with nothing pickled left
+in them, ONNX through ONNX Runtime, and torchvision weights through
 `torch.load(weights_only=True)`, which reads tensors only.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
+import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,6 +32,15 @@ from typing import Any, Literal, get_args
 import torch
 
 from kdsearch.errors import TeacherFileError, one_line
+from kdsearch.training import safe_files
+from kdsearch.training.teacher_formats import (
+    describe,
+    describe_onnx,
+    load_export,
+    load_onnx,
+    load_torchscript,
+    load_torchvision,
+)
 
 Format = Literal["torchscript", "export", "onnx", "torchvision"]
 Layout = Literal["NCHW", "NHWC"]
@@ -106,35 +118,13 @@ class TeacherFile:
 def file_digest(path: Path) -> str:
     """sha256 of the file's content, read in 1 MiB chunks so a large teacher is never held whole."""
     h = hashlib.sha256()
-    try:
-        with Path(path).open("rb") as f:
+    with safe_files.open_regular(Path(path), "teacher file", TeacherFileError) as f:
+        try:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    except OSError as e:
-        raise TeacherFileError(one_line(f"{path}: cannot read teacher file: {e.strerror or e}")) from None
+        except OSError as e:
+            raise TeacherFileError(one_line(f"{path}: cannot read teacher file: {e.strerror or e}")) from None
     return h.hexdigest()
-
-
-def _describe(e: BaseException) -> str:
-    """A foreign error as one short phrase: its type and first non-empty line.
-
-    The TorchScript interpreter puts a traceback of the scripted code first and the error
-    ("RuntimeError: Given groups=1, weight of size ...") last: that last line is taken.
-    """
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
-        text = lines[-1]
-    else:
-        text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
-def _describe_onnx(e: BaseException) -> str:
-    """ONNX Runtime puts the useful part ("index: 1 Got: 8 Expected: 3") on the lines after
-    the first, so its lines are joined rather than cut."""
-    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
-    text = text.replace("[ONNXRuntimeError] : ", "")
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --- format -------------------------------------------------------------------------------
@@ -157,6 +147,7 @@ def resolve_format(tf: TeacherFile) -> Format:
     if suffix == ".pt2":
         return "export"
     ask = 'set format = "torchscript", "export" or "onnx"'
+    safe_files.require_regular(tf.path, "teacher file", TeacherFileError)
     try:
         with zipfile.ZipFile(tf.path) as z:
             names = z.namelist()
@@ -243,9 +234,9 @@ class FileTeacher:
         except TeacherFileError:
             raise
         except Exception as e:  # whatever the runtime raises on this batch
-            describe = _describe_onnx if self.format == "onnx" else _describe
+            why = describe_onnx if self.format == "onnx" else describe
             raise _RunFailed(one_line(f"{self.file.path}: fails on a batch of shape {tuple(xs.shape)} "
-                                            f"({self.file.layout}): {describe(e)}")) from None
+                                            f"({self.file.layout}): {why(e)}")) from None
         if out.shape != (n, self.num_classes):
             if out.ndim == 2 and out.shape[0] == n:
                 raise TeacherFileError(f"{self.file.path}: wrong number of classes: expected {self.num_classes}, "
@@ -273,11 +264,12 @@ def load_teacher_file(tf: TeacherFile, num_classes: int, input_shape: tuple[int,
             the input shape, returns the wrong number of classes or non-finite numbers.
     """
     device = device or torch.device("cpu")
-    if not tf.path.is_file():
+    if not os.path.lexists(tf.path):
         raise TeacherFileError(f"{tf.path}: teacher file not found")
+    safe_files.require_regular(tf.path, "teacher file", TeacherFileError)
     fmt = resolve_format(tf)
-    loader = {"torchscript": _load_torchscript, "export": _load_export, "onnx": _load_onnx,
-              "torchvision": _load_torchvision}[fmt]
+    loader = {"torchscript": load_torchscript, "export": load_export, "onnx": load_onnx,
+              "torchvision": load_torchvision}[fmt]
     forward, fixed_batch = loader(tf, num_classes, input_shape, device)
     teacher = FileTeacher(tf, fmt, forward, num_classes, input_shape, device, fixed_batch)
     _probe(teacher)
@@ -323,139 +315,3 @@ def file_logits(teacher: FileTeacher, x: torch.Tensor, batch_size: int = EVAL_BA
             raise TeacherFileError(f"{teacher.file.path}: returns non-finite outputs (NaN or inf) for image {bad}")
         outs.append(out)
     return torch.cat(outs) if outs else torch.empty((0, teacher.num_classes))
-
-
-# --- one loader per format: each returns (forward on prepared inputs, fixed batch or None) ---
-
-
-def _expected_dims(layout: str, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    c, h, w = input_shape
-    return (c, h, w) if layout == "NCHW" else (h, w, c)
-
-
-def _check_declared_shape(tf: TeacherFile, declared: list, input_shape: tuple[int, int, int]) -> int | None:
-    """Compare the input shape a graph declares with what kdsearch will feed; return its
-    fixed batch size, if any. Named or unknown dimensions (str, None, symbolic) match anything."""
-    given = _expected_dims(tf.layout, input_shape)
-    shown = "(N, " + ", ".join(map(str, given)) + ")"
-    expects = "(" + ", ".join(str(d) if isinstance(d, int) else "N" if i == 0 else "?"
-                              for i, d in enumerate(declared)) + ")"
-    if len(declared) != 4:
-        raise TeacherFileError(f"{tf.path}: expects input of shape {expects}, given {shown} ({tf.layout}): "
-                               f"kdsearch feeds a batch of images")
-
-    def fits(dims: tuple[int, int, int]) -> bool:
-        return all(not isinstance(d, int) or d == g for d, g in zip(declared[1:], dims, strict=True))
-
-    if not fits(given):
-        hint = ""
-        other = "NHWC" if tf.layout == "NCHW" else "NCHW"
-        if fits(_expected_dims(other, input_shape)):
-            hint = f"; an {other} model? set layout = \"{other}\""
-        raise TeacherFileError(f"{tf.path}: expects input of shape {expects}, given {shown} ({tf.layout}){hint}")
-    return declared[0] if isinstance(declared[0], int) and declared[0] > 0 else None
-
-
-def _load_torchscript(tf, num_classes, input_shape, device):
-    try:
-        with warnings.catch_warnings():  # torch.jit is deprecated; the user's file is still valid
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(tf.path), map_location=device)
-        module.eval()
-    except Exception as e:
-        raise TeacherFileError(one_line(f"{tf.path}: does not load as TorchScript: {_describe(e)}")) from None
-    return module, None
-
-
-def _load_export(tf, num_classes, input_shape, device):
-    try:
-        program = torch.export.load(str(tf.path))
-        module = program.module().to(device)  # train/eval mode was fixed at export: no .eval()
-    except Exception as e:
-        raise TeacherFileError(one_line(f"{tf.path}: does not load as a torch.export program: "
-                                        f"{_describe(e)}")) from None
-    names = program.graph_signature.user_inputs
-    if len(names) != 1:
-        raise TeacherFileError(f"{tf.path}: takes {len(names)} inputs, kdsearch feeds one batch of images")
-    node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0]), None)
-    val = node.meta.get("val") if node is not None else None
-    fixed = None
-    if isinstance(val, torch.Tensor):
-        # Static sizes are ints; dynamic ones (torch.export.Dim) are SymInts and match anything.
-        fixed = _check_declared_shape(tf, [d if type(d) is int else None for d in val.shape], input_shape)
-    return module, fixed
-
-
-_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
-
-
-def _load_onnx(tf, num_classes, input_shape, device):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise TeacherFileError(f"{tf.path}: an ONNX teacher needs ONNX Runtime: pip install onnxruntime") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: graph-optimiser notes are not the user's concern
-    options.intra_op_num_threads = torch.get_num_threads()  # the threads kdsearch was given, as torch uses
-    options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        session = ort.InferenceSession(str(tf.path), sess_options=options, providers=providers)
-    except Exception as e:
-        raise TeacherFileError(one_line(f"{tf.path}: does not load as ONNX: {_describe_onnx(e)}")) from None
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        raise TeacherFileError(f"{tf.path}: takes {len(inputs)} inputs ({names}), kdsearch feeds one batch of images")
-    inp = inputs[0]
-    dtype = _ONNX_DTYPES.get(inp.type)
-    if dtype is None:
-        raise TeacherFileError(f"{tf.path}: expects {inp.type} input, kdsearch feeds float tensors "
-                               f"(re-export the model with a float input)")
-    fixed = _check_declared_shape(tf, list(inp.shape), input_shape)
-    output = session.get_outputs()[0].name
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        (out,) = session.run([output], {inp.name: x.cpu().numpy().astype(dtype, copy=False)})
-        return torch.from_numpy(out)
-
-    return forward, fixed
-
-
-def _load_torchvision(tf, num_classes, input_shape, device):
-    import torchvision
-
-    try:
-        model = torchvision.models.get_model(tf.torchvision, num_classes=num_classes)
-    except Exception as e:
-        raise TeacherFileError(one_line(f"{tf.path}: torchvision model {tf.torchvision!r} with {num_classes} "
-                                        f"classes cannot be built: {_describe(e)}")) from None
-    try:
-        state = torch.load(tf.path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TeacherFileError(one_line(f"{tf.path}: does not load as a state dict: {_describe(e)}")) from None
-    # Training scripts often wrap the state dict or save it from DataParallel.
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TeacherFileError(f"{tf.path}: expected a state dict of tensors, found {type(state).__name__}")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    problems = [f"{k} is {tuple(v.shape)} in the weights, {tuple(own[k].shape)} in the model"
-                for k, v in state.items() if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected "
-                        f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
-    if problems:
-        raise TeacherFileError(one_line(f"{tf.path}: weights do not fit torchvision {tf.torchvision} with "
-                                        f"{num_classes} classes: {'; '.join(problems[:4])}"))
-    model.load_state_dict(state)
-    return model.to(device).eval(), None
