@@ -328,7 +328,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from kdsearch.evaluate import evaluate
+    from kdsearch.compress.evaluate import evaluate
 
     opts = _options(args)
     _threads(opts)

@@ -260,7 +260,7 @@ def test_evaluate_refuses_a_swapped_model_pt2_whose_payload_never_runs(folder, t
 
 
 def _evaluate_error(model, match):
-    from kdsearch.evaluate import FolderError, evaluate
+    from kdsearch.compress.evaluate import FolderError, evaluate
 
     with pytest.raises(FolderError, match=match) as e:
         evaluate(model, Options(device="cpu"))
@@ -269,7 +269,7 @@ def _evaluate_error(model, match):
 
 
 def _onnx(model_file, net, shape):
-    from kdsearch.model_folder import export_onnx
+    from kdsearch.compress.folder import export_onnx
 
     assert export_onnx(net, shape, model_file) is None
 
@@ -336,8 +336,8 @@ def test_evaluate_refuses_a_fifo_or_a_device_for_a_copy(folder, tmp_path):
     _evaluate_error(model, "model.pt2: a character device, not a regular file")
     (model / "model.pt").unlink()
     os.mkfifo(model / "model.pt")
+    from kdsearch.compress.evaluate import evaluate
     from kdsearch.errors import KdsearchError
-    from kdsearch.evaluate import evaluate
 
     with pytest.raises(KdsearchError, match="model.pt: a FIFO, not a regular file"):  # the weights too
         evaluate(model, Options(device="cpu"))
@@ -360,7 +360,7 @@ def test_compress_out_onto_a_file_or_a_foreign_folder_is_refused_before_training
 
 
 def test_a_failed_write_leaves_the_old_folder_and_no_temporary_one(folder, tmp_path):
-    from kdsearch.model_folder import write_folder
+    from kdsearch.compress.folder import write_folder
 
     model = _copy(folder, tmp_path)
     before = {p.name: p.read_bytes() for p in model.iterdir()}

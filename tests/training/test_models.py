@@ -285,7 +285,7 @@ def test_torch_export_matches_eager(arch):
                          ids=["resnet-B", "resnet-A", "mobilenet"])
 def test_compress_exports_run_and_match(arch, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from kdsearch.compress import _export_onnx, _export_pt2
+    from kdsearch.compress.retrain import _export_onnx, _export_pt2
 
     model, x = _trained_ish(arch)
     with torch.no_grad():

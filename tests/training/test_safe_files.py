@@ -160,7 +160,7 @@ def test_a_state_dict_with_a_payload_is_refused_before_torch_load(tmp_path, monk
 
 
 def test_kdsearch_own_pt2_has_nothing_pickled(good, tmp_path):
-    from kdsearch.model_folder import export_pt2
+    from kdsearch.compress.folder import export_pt2
 
     path = tmp_path / "own.pt2"
     assert export_pt2(good[1], SHAPE, path) is None

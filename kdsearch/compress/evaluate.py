@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kdsearch.errors import KdsearchError, one_line
-from kdsearch.model_folder import (
+from kdsearch.compress.folder import (
     COPIES,
     MODEL_SUFFIXES,
     TOLERANCE,
@@ -25,6 +24,7 @@ from kdsearch.model_folder import (
     load_model,
     test_identity,
 )
+from kdsearch.errors import KdsearchError, one_line
 from kdsearch.options import Options
 from kdsearch.spec import DataSpec
 from kdsearch.training import safe_files, safe_pt2

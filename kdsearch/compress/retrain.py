@@ -24,18 +24,16 @@ from torch import nn
 
 from kdsearch import objectives
 from kdsearch.architecture import Arch, parse_arch
-from kdsearch.errors import KdsearchError
-from kdsearch.evaluate import evaluate  # noqa: F401 - the CLI's and users' import
-from kdsearch.model_card import model_card
-from kdsearch.model_folder import (
+from kdsearch.compress.card import model_card
+from kdsearch.compress.folder import (
     FORMAT,
     check_out,
     export_onnx,
     export_pt2,
-    load_model,  # noqa: F401 - the CLI's and users' import
     test_identity,
     write_folder,
 )
+from kdsearch.errors import KdsearchError
 from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord, stored_spec

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial
 
-from kdsearch.model_folder import TOLERANCE_TEXT
+from kdsearch.compress.folder import TOLERANCE_TEXT
 from kdsearch.record import TeacherRecord, TrialRecord
 from kdsearch.training.latency import CARD_REPEATS
 
