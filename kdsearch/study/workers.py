@@ -4,7 +4,7 @@ The parent prepares what all workers share (data cache, teacher cache, the study
 storage) once, with every core, so that no worker waits for a teacher another is training;
 then it starts N copies of the same `run-study` command, each with `cores // N` torch
 threads. Each takes its own sampler stream from a counter in the
-database when it joins the study (`runner.create_study`), so workers never draw the same
+database when it joins the study (`identity.create_study`), so workers never draw the same
 students, whether started here or separately (`docker compose up --scale worker=4`). Each
 worker stops when the study holds the target number of finished trials. The parent waits for
 all of them and prints the Pareto table once.
