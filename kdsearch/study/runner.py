@@ -49,7 +49,7 @@ from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, probe_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
-from kdsearch.training.teacher_cache import StopSignal, Teacher, load_file_teacher
+from kdsearch.training.teacher_cache import Teacher, load_file_teacher
 
 # Importable from here as before the split (benchmarks and tests use them).
 __all__ = ["DIRECTIONS", "OBJECTIVES", "check_stored", "closing_summary", "make_sampler",
@@ -90,9 +90,16 @@ def load_logged(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> D
 
 
 def prepare_teacher(spec: StudySpec, opts: Options, log: Callable[[str], None]) -> Teacher:
-    """The study's teacher without a study (`kdsearch teacher`): cached, or trained now."""
-    data = load_logged(spec, opts, log)
-    return coordination.obtain_teacher(spec, data, opts, resolve_device(opts.device), log)
+    """The study's teacher without a study (`kdsearch teacher`): cached, or trained now.
+
+    Ctrl-C and SIGTERM stop as in `run_study`: after this epoch, a second one at once, the
+    finished epochs checkpointed for the same command to resume."""
+    shutdown = Shutdown()
+    with shutdown.installed():
+        data = load_logged(spec, opts, log)
+        shutdown.check()
+        return coordination.obtain_teacher(spec, data, opts, resolve_device(opts.device), log,
+                                           stop=shutdown)
 
 
 @dataclass(frozen=True)
@@ -107,25 +114,35 @@ class Prepared:
 
 
 def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
-            stop: StopSignal | None = None) -> Prepared:
+            stop: Shutdown | None = None) -> Prepared:
     """The one route to a study's teacher: storage, data, study, then the teacher, trained by
     exactly one worker and shared with the rest (coordination.obtain_teacher).
 
     The storage is checked first, read-only: an unreachable database, a study that kdsearch
     did not make or a changed study file end the run before the data set is loaded, and
     nothing is written to the storage until the data has loaded.
+
+    With `stop`, a signal ends the run at the next step boundary (`stop.check()`), never
+    inside a storage call.
     """
+    check = stop.check if stop is not None else lambda: None
     device = resolve_device(opts.device)
     stored = probe_storage(opts.storage)  # reachable? the study joinable? nothing written
+    check()
     if stored is not None:
         check_stored(spec, opts, stored)
+        check()
     data = load_logged(spec, opts, log)
+    check()
     baselines.resolve(spec, data.input_shape)  # a bad one fails before any training
     if spec.teacher_file is not None:  # a file that does not fit the data: one line, no study
         load_file_teacher(spec, data, device)
+        check()
     storage = open_storage(opts.storage, opts.heartbeats)
+    check()
     planned = startup.plan(spec, data.input_shape, data.num_classes, sampler_seed(spec, 0))
     study, stream = create_study(spec, opts, storage, [params for _, params in planned])
+    check()
     if planned and not startup.started(study):
         cost = COST[startup.planned_cost(spec)]
         log(f"TPE's first {len(planned)} students: from {cost.format(planned[0][0])} to "
@@ -133,37 +150,43 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
             "first (search/startup.py)")
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop)
+    check()
     annotate_study(study, spec, teacher)
     time_teacher(study, spec, teacher, device)
+    check()
     return Prepared(data, storage, study, stream, teacher)
-
 
 
 def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print,
               on_epoch: Callable | None = None,
-              after_trial: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
+              after_trial: Callable[[optuna.Study], None] | None = None,
+              worker: str = "", summary: bool = True) -> optuna.Study:
     """Join (or create) the study and run trials until it has `opts.n_trials` finished ones.
 
     `after_trial(study)` runs after each trial this worker ends (the CLI draws the learning
     curves into the dashboard there: the report side, which the runner does not import).
+    `worker` names this worker on its trial lines (`--workers` gives w1, w2, ...); without
+    `summary` the closing summary is left to the caller (the parent of those workers).
 
-    SIGINT / SIGTERM stop at the next epoch boundary: the running trial is marked FAIL and
-    queued for retry (a teacher in training keeps its checkpoint, which the same command
-    resumes), and `ShutdownRequested` is raised (exit code 130 / 143).
+    SIGINT / SIGTERM stop at the next epoch boundary, a second one at once (`shutdown.py`):
+    the running trial is marked FAIL and queued for retry (a teacher in training keeps its
+    checkpoint, which the same command resumes), and `ShutdownRequested` is raised (exit code
+    130 / 143).
     """
     shutdown = Shutdown()
     start = time.monotonic()
     with shutdown.installed():
-        study = _run(spec, opts, log, on_epoch, shutdown, after_trial)
-    for line in closing_summary(study, time.monotonic() - start):
-        log(line)
+        study = _run(spec, opts, log, on_epoch, shutdown, after_trial, worker)
+    if summary:
+        for line in closing_summary(study, time.monotonic() - start):
+            log(line)
     return study
-
 
 
 def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
          on_epoch: Callable | None, shutdown: Shutdown,
-         after_trial: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
+         after_trial: Callable[[optuna.Study], None] | None = None,
+         worker: str = "") -> optuna.Study:
     from tqdm import tqdm
 
     device = resolve_device(opts.device)
@@ -177,6 +200,7 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         if queued:
             log(f"queued {queued} hand-picked baseline student(s) to run first, at the full "
                 "budget: " + ", ".join(label for label, _ in picked))
+        shutdown.check()
     done = finished_count(study)
     target = opts.n_trials
     log(f"study '{opts.study_name}' in {redact(opts.storage)}: {done} of {target} trials finished")
@@ -195,7 +219,7 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
     stopper = on_epoch
 
     def epoch_hook(trial: optuna.Trial, epoch: int, val_acc: float) -> None:
-        shutdown.check()  # the safe point: stop between epochs, never inside one
+        shutdown.at_epoch()  # the safe point of a first signal: between epochs
         if stopper is not None and not TrialRecord.of(trial).baseline:
             stopper(trial, epoch, val_acc)
 
@@ -224,28 +248,29 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         current["epoch"] = epoch
         current["fraction"] = ((epoch - 1) * per_epoch + done_batches) / (epochs * per_epoch)
         show()
+        shutdown.at_batch(done_batches, per_epoch)  # a second signal stops here
 
     objective = make_objective(spec, data, teacher, device, on_epoch=epoch_hook,
                                on_batches=batches)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.monotonic()
     waiting_said = False
+    prefix = f"[{worker}] " if worker else ""
     try:
         while opts.timeout is None or time.monotonic() - start < opts.timeout:
-            with shutdown.deferring():
-                claim = coordination.claim_trial(study, storage, opts.storage, target,
-                                                 stream=prepared.stream)
-                if isinstance(claim, optuna.Trial):
-                    current.update(number=claim.number, fraction=0.0, epoch=1)
-                    show()
-                    frozen = _run_trial(study, storage, opts, claim, objective, shutdown, say)
-                    current["number"] = None
-                    if frozen is not None:
-                        bar.write(trial_line(frozen, spec.search.objectives),
-                                  file=sys.stderr)
-                    if after_trial is not None:
-                        after_trial(study)
-                    waiting_said = False
+            claim = coordination.claim_trial(study, storage, opts.storage, target,
+                                             stream=prepared.stream)
+            if isinstance(claim, optuna.Trial):
+                current.update(number=claim.number, fraction=0.0, epoch=1)
+                show()
+                frozen = _run_trial(study, storage, opts, claim, objective, shutdown, say)
+                current["number"] = None
+                if frozen is not None:
+                    bar.write(prefix + trial_line(frozen, spec.search.objectives),
+                              file=sys.stderr)
+                if after_trial is not None:
+                    after_trial(study)
+                waiting_said = False
             finished = study.get_trials(deepcopy=False, states=FINISHED)
             durations = durations_by_state(finished)
             bar.n = min(len(finished), target)
@@ -255,10 +280,11 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
                 break
             if claim == coordination.WAIT:
                 if not waiting_said:
-                    bar.write("the rest of the target is running on other workers; waiting in "
-                              "case one of them fails", file=sys.stderr)
+                    bar.write(prefix + "the rest of the target is running on other workers; "
+                              "waiting in case one of them fails", file=sys.stderr)
                     waiting_said = True
                 time.sleep(WAIT_POLL_SECONDS)
+                shutdown.check()
     finally:
         bar.close()
     return study
@@ -288,7 +314,9 @@ def _run_trial(study: optuna.Study, storage, opts: Options, trial: optuna.Trial,
     try:
         with coordination.Heartbeat(storage, trial._trial_id):
             shutdown.check()
-            values = objective(trial)
+            with shutdown.training(f"trial {trial.number}",
+                                   f"trial {trial.number} is queued for retry"):
+                values = objective(trial)
     except optuna.TrialPruned:
         return _tell(study, storage, trial, dropped, state=TrialState.PRUNED)
     except optuna.exceptions.UpdateFinishedTrialError:

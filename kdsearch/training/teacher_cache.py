@@ -170,12 +170,17 @@ def _why(e: BaseException) -> str:
 
 class StopSignal(Protocol):
     """What a caller that handles Ctrl-C lends the teacher's training (`study.shutdown.Shutdown`
-    is one): signals are held while `deferring()`, and `check()`, called after each epoch's
-    checkpoint, raises if one arrived. So a stop lands on an epoch boundary, work kept."""
+    is one). Its signal handlers only set a flag; the training asks at its safe points:
+    `at_epoch()`, after each epoch's checkpoint, raises after a first signal, `at_batch()` only
+    after a second (stop now). Either way every finished epoch is in the checkpoint."""
 
-    def deferring(self) -> AbstractContextManager[None]: ...
+    def training(self, what: str, now: str = "") -> AbstractContextManager[None]: ...
 
-    def check(self) -> None: ...
+    def at_batch(self, done: int, per_epoch: int) -> None: ...
+
+    def at_epoch(self) -> None: ...
+
+    def check(self) -> None: ...  # raises after any signal: for waits outside training
 
 
 def _files(record: TeacherRecord) -> tuple[str, ...]:
@@ -277,6 +282,8 @@ def train_teacher(spec: StudySpec, data: Dataset, device: torch.device, key: str
     def batches(epoch: int, done: int, per_epoch: int) -> None:
         bar.n = (epoch - 1) * per_epoch + done
         bar.set_postfix_str(f"epoch {epoch}/{epochs}{last[0]}")  # refreshes the bar
+        if stop is not None:
+            stop.at_batch(done, per_epoch)
 
     def progress(epoch: int, loss: float, val_acc: float) -> None:
         last[0] = f", last epoch loss {loss:.4f} val_acc {val_acc:.4f}"
@@ -290,9 +297,10 @@ def train_teacher(spec: StudySpec, data: Dataset, device: torch.device, key: str
         saved[0] = snapshot["epoch"]
 
     # A stop is taken only after the epoch's checkpoint: `train` calls `on_epoch` after it.
-    check = (lambda epoch, val_acc: stop.check()) if stop is not None else None
+    check = (lambda epoch, val_acc: stop.at_epoch()) if stop is not None else None
     try:
-        with stop.deferring() if stop is not None else nullcontext():
+        with (stop.training("the teacher", "the finished epochs are checkpointed")
+              if stop is not None else nullcontext()):
             result = train(model, data, spec.teacher_train, device, seed=spec.seed,
                            keep_best=True, progress=progress, on_batches=batches, resume=state,
                            on_epoch=check,
