@@ -147,9 +147,7 @@ def run_workers(study_arg: str, spec: StudySpec, opts: Options, seed: int | None
         + (f" (--workers {opts.workers}: no more workers than trials)" if n < opts.workers
            else ""))
     env = worker_env(environ, opts, threads)
-    procs = [subprocess.Popen(worker_args(study_arg, opts, seed, f"w{i}"), env=env,
-                              stdout=subprocess.DEVNULL, process_group=0)
-             for i in range(1, n + 1)]
+    procs: list[subprocess.Popen] = []
     received: list[int] = []
 
     def hand_on(signum: int, _frame) -> None:  # only passes the signal on: no raise here
@@ -163,6 +161,11 @@ def run_workers(study_arg: str, spec: StudySpec, opts: Options, seed: int | None
 
     old = {s: signal.signal(s, hand_on) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for i in range(1, n + 1):
+            if received:  # stopped before all had started: start no more
+                break
+            procs.append(subprocess.Popen(worker_args(study_arg, opts, seed, f"w{i}"), env=env,
+                                          stdout=subprocess.DEVNULL, process_group=0))
         codes = [p.wait() for p in procs]
     finally:
         for s, handler in old.items():
