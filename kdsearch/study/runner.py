@@ -173,7 +173,7 @@ def run_study(spec: StudySpec, opts: Options, log: Callable[[str], None] = print
     checkpoint, which the same command resumes), and `ShutdownRequested` is raised (exit code
     130 / 143).
     """
-    shutdown = Shutdown()
+    shutdown = Shutdown(prefix=f"[{worker}] " if worker else "")
     start = time.monotonic()
     with shutdown.installed():
         study = _run(spec, opts, log, on_epoch, shutdown, after_trial, worker)

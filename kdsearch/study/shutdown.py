@@ -55,10 +55,11 @@ class Shutdown:
     epochs, so that the first signal can say how long the running epoch has left.
     """
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, prefix: str = "") -> None:
         self.signum: int | None = None
         self.count = 0  # signals received
         self._stream = stream  # where the handler speaks (default: stderr's file descriptor)
+        self._prefix = prefix  # a worker's label ("[w2] ") on what it says
         self._what: str | None = None  # the epoch loop running, if any ("the teacher")
         self._now = ""  # what a stop now keeps, for that loop
         self._epoch_began = 0.0
@@ -92,9 +93,10 @@ class Shutdown:
         a buffered write to the same stream (the progress bar), where `print` would raise."""
         try:
             if self._stream is not None:
-                self._stream.write(text)
+                self._stream.write(self._prefix + text)
                 self._stream.flush()
                 return
+            text = self._prefix + text
             if sys.stderr is not None and sys.stderr.isatty():
                 text = "\r\x1b[K" + text  # over the progress bar's line, not glued to it
             os.write(2, text.encode(errors="replace"))
@@ -105,13 +107,16 @@ class Shutdown:
         """The running epoch's time left, from the batches done in it or the epochs before."""
         from kdsearch.study.console import duration  # imported by then: no import in a handler
 
+        def about(seconds: float) -> str:
+            return f"about {duration(seconds)}" if seconds >= 1 else "under a second"
+
         spent = time.monotonic() - self._epoch_began
         if self._fraction > 0:
-            return f"about {duration(spent / self._fraction * (1 - self._fraction))}, " \
+            return f"{about(spent / self._fraction * (1 - self._fraction))}, " \
                    "from this epoch's batches so far"
         if self._epochs:
             mean = sum(self._epochs) / len(self._epochs)
-            return f"about {duration(max(0.0, mean - spent))}, from the epoch time so far"
+            return f"{about(max(0.0, mean - spent))}, from the epoch time so far"
         return "its time is not measured yet"
 
     # --- the safe points ---------------------------------------------------------------------

@@ -172,9 +172,10 @@ def test_ctrl_c_at_the_parent_stops_every_worker_once_and_says_how_to_resume(tmp
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    for w in ("w1", "w2"):  # each heard one signal: a first one
+    for w in ("w1", "w2"):  # each heard one signal, a first one, and said so in its name
         assert f"[{w}] kdsearch: SIGINT: stopping trial " in err, err
         assert f"[{w}] kdsearch: SIGINT again" not in err
+        assert f"[{w}] kdsearch: stopped by SIGINT: trial " in err
     assert "kdsearch: stopped by SIGINT: the workers stopped" in err
     assert err.count("kdsearch: to resume: kdsearch run-study") == 1  # the parent's, once
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
