@@ -77,10 +77,12 @@ class Shutdown:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        if self.count == 2:
+        if self.count == 2 and self._what is not None:
             self._say(f"kdsearch: {name} again: stopping now"
-                      + (f" ({self._now})" if self._what is not None and self._now else "")
-                      + "\n")
+                      + (f" ({self._now})" if self._now else "") + "\n")
+        elif self.count == 2:
+            self._say(f"kdsearch: {name} again: stopping at the next safe point; a third one "
+                      "exits at once, without cleanup\n")
         elif self._what is not None:
             self._say(f"kdsearch: {name}: stopping {self._what} after this epoch "
                       f"({self._epoch_left()}); {_again(signum)} to stop now\n")

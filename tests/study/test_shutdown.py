@@ -243,6 +243,9 @@ def test_the_handler_sets_a_flag_and_safe_points_act_on_it():
     with pytest.raises(ShutdownRequested) as e:
         stop.check()
     assert e.value.exit_code == 130
+    stop._handle(signal.SIGINT, None)  # a second one cannot make a storage call end sooner
+    assert said.getvalue().splitlines()[1] == ("kdsearch: SIGINT again: stopping at the next safe "
+                                               "point; a third one exits at once, without cleanup")
 
     said = io.StringIO()
     stop = Shutdown(stream=said)
