@@ -252,20 +252,20 @@ def _tpe_before(on: bool):
     if not on:
         yield
         return
-    import kdsearch.study.runner as runner
+    import kdsearch.study.sampler as samplers  # identity.create_study calls it through here
 
-    made = runner.make_sampler
+    made = samplers.make_sampler
 
     def before(spec, stream, planned=()):  # the sampler before had no planned start-up
-        return optuna.samplers.TPESampler(seed=runner.sampler_seed(spec, stream),
+        return optuna.samplers.TPESampler(seed=samplers.sampler_seed(spec, stream),
                                           multivariate=True, constant_liar=True,
                                           n_startup_trials=startup_trials(spec))
 
-    runner.make_sampler = before
+    samplers.make_sampler = before
     try:
         yield
     finally:
-        runner.make_sampler = made
+        samplers.make_sampler = made
 
 
 @contextlib.contextmanager

@@ -195,7 +195,7 @@ import json, os, resource, sys, time
 import torch, optuna
 from kdsearch.training.data import load_data, Dataset
 from kdsearch.spec import parse_study
-from kdsearch.training.teacher_cache import Teacher
+from kdsearch.training.teacher import Teacher
 from kdsearch.search.objective import make_objective
 from kdsearch.architecture import CNNArch
 data_dir, cache = sys.argv[1], sys.argv[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared Optuna artifact store for the teacher, for workers on several "
                    "machines (env KDSEARCH_ARTIFACT_DIR)")
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                   help="worker processes sharing the storage, cores divided among them (default 1)")
+                   help="worker processes sharing the storage, cores divided among them "
+                   "(default 1; never more than the trials left)")
+    p.add_argument("--worker", metavar="LABEL", help=argparse.SUPPRESS)  # set by --workers
 
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
@@ -223,14 +226,17 @@ def cmd_run_study(args) -> int:
         code = run_workers(args.study, spec, opts, args.seed, os.environ,
                            log=lambda m: print(m, file=sys.stderr))
         study = load_study(opts.storage, opts.study_name)
-        for line in closing_summary(study, time.monotonic() - start):
+        for line in closing_summary(study, time.monotonic() - start):  # one for all workers
             print(line, file=sys.stderr)
         print(best_table(read_rows(study)))
         return code
     from kdsearch.report.dashboard import publish_learning_curves
 
-    study = run_study(spec, opts, log=lambda m: print(m, file=sys.stderr),
-                      after_trial=publish_learning_curves)
+    # A worker of `--workers` names itself on every line; its parent sums up the run.
+    tag = f"[{args.worker}] " if args.worker else ""
+    study = run_study(spec, opts, log=lambda m: print(tag + m, file=sys.stderr),
+                      after_trial=publish_learning_curves, worker=args.worker or "",
+                      summary=not args.worker)
     snap = read_rows(study)  # the table and the sweep from one read
     print(best_table(snap))
     if spec.search.sampler == "grid":
@@ -371,6 +377,27 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@contextlib.contextmanager
+def _foreign_logs_off():
+    """Keep the libraries' log lines and warnings (torch, ONNX Runtime's Python side,
+    SQLAlchemy, Optuna) off the terminal for the command, then restore them.
+
+    torch logs a whole traceback at WARNING before raising what kdsearch turns into one line
+    (a corrupt .pt2), and SQLAlchemy's pool logs one at ERROR for a connection dropped
+    mid-command; kdsearch speaks only through its own lines, never through `logging`, so
+    nothing of its own is lost. Library warnings go to `logging` too, which is off.
+    """
+    import logging
+
+    logging.disable(logging.ERROR)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        logging.disable(logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: idle threads sleep instead of spinning, so a busy machine (or
     # `--workers`) does not turn every parallel op into a spin-wait (measured 10x slower).
@@ -381,18 +408,24 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from kdsearch.study.shutdown import ShutdownRequested
 
+    worker = getattr(args, "worker", None)
+    tag = f"[{worker}] " if worker else ""  # a worker of --workers: its parent says how to resume
     try:
-        return COMMANDS[args.command](args)
+        with _foreign_logs_off():
+            return COMMANDS[args.command](args)
     except ShutdownRequested as e:
-        print(f"kdsearch: {e}\nkdsearch: to resume: {_command_line(argv)}", file=sys.stderr)
+        print(f"{tag}kdsearch: {e}" + ("" if worker else
+                                      f"\nkdsearch: to resume: {_command_line(argv)}"),
+              file=sys.stderr)
         return e.exit_code
     except KdsearchError as e:
         from kdsearch.study.storage import mask_urls
 
-        print(f"kdsearch: error: {one_line(mask_urls(str(e)))}", file=sys.stderr)
+        print(f"{tag}kdsearch: error: {one_line(mask_urls(str(e)))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("kdsearch: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"{tag}kdsearch: interrupted; run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -249,3 +249,37 @@ def test_run_study_refuses_a_changed_study_file_in_one_line(tmp_path):
     import optuna
 
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 1
+
+
+def test_a_corrupt_pt2_teacher_ends_in_our_line_alone(tmp_path):
+    """torch logs a whole traceback at WARNING before it raises; none of it reaches the user."""
+    import zipfile
+
+    from tests.helpers import tiny_study_text
+
+    with zipfile.ZipFile(tmp_path / "t.pt2", "w") as z:  # a zip, but no torch.export archive
+        z.writestr("archive/version", "1")
+        z.writestr("archive/models/model.json", "{bad")
+    text = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
+                                     '[teacher]\nfile = "t.pt2"\n[teacher.input]\nmean = [0.5]')
+    text = text.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
+    (tmp_path / "s.toml").write_text(text)
+    r = kdsearch("run-study", str(tmp_path / "s.toml"), "--storage", f"sqlite:///{tmp_path}/s.db",
+                 "--cache-dir", str(tmp_path / "c"), "--device", "cpu")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("kdsearch: error: ") and "t.pt2" in lines[-1], r.stderr
+    assert all(line.startswith(("kdsearch: ", "data ")) for line in lines), r.stderr
+
+
+def test_library_logs_are_off_for_a_command_and_back_after(caplog):
+    import logging
+
+    from kdsearch.cli import _foreign_logs_off
+
+    with caplog.at_level(logging.DEBUG), _foreign_logs_off():
+        logging.getLogger("sqlalchemy.pool").error("Exception during reset or similar")
+        logging.getLogger("torch.export").warning("Ran into the following error")
+    assert caplog.records == []
+    logging.getLogger("sqlalchemy.pool").error("after")
+    assert [r.getMessage() for r in caplog.records] == ["after"]

@@ -21,7 +21,7 @@ from kdsearch.training.engine import accuracy
 from kdsearch.training.latency import measure_latency
 from kdsearch.training.models import ArchitectureError, arch_params, build_model, count_macs
 from kdsearch.training.student import distill, student_seed
-from kdsearch.training.teacher_cache import Teacher
+from kdsearch.training.teacher import Teacher
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

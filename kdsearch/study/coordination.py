@@ -197,7 +197,8 @@ def _obtain(plan: TeacherPlan, data, opts, device, log, study, storage, stop) ->
     if teacher is not None and (artifact_dir is None or published()):
         return teacher
     with db_lock(storage.engine, opts.storage, f"kdsearch:teacher:{key}",
-                 on_wait=lambda: log(f"another worker is training teacher {key}; waiting")):
+                 on_wait=lambda: log(f"another worker is training teacher {key}; waiting"),
+                 poll=stop.check if stop is not None else None):
         if teacher is None:
             teacher = _teacher_under_lock(plan, data, study, cache_dir, artifact_dir, device,
                                           key, log, stop)

@@ -31,17 +31,21 @@ def _pg_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def _wait(try_once: Callable[[], bool], on_wait: Callable[[], None] | None) -> None:
+def _wait(try_once: Callable[[], bool], on_wait: Callable[[], None] | None,
+          poll: Callable[[], None] | None = None) -> None:
     waited = False
     while not try_once():
         if not waited and on_wait is not None:
             on_wait()
         waited = True
         time.sleep(POLL_SECONDS)  # a poll, not a blocking call: Ctrl-C stays responsive
+        if poll is not None:
+            poll()  # may raise to give up waiting (a stop), between two tries
 
 
 @contextmanager
-def _pg_lock(engine: Engine, name: str, on_wait: Callable[[], None] | None) -> Iterator[None]:
+def _pg_lock(engine: Engine, name: str, on_wait: Callable[[], None] | None,
+             poll: Callable[[], None] | None = None) -> Iterator[None]:
     key = _pg_key(name)
     conn = engine.connect()
     locked = False
@@ -52,7 +56,7 @@ def _pg_lock(engine: Engine, name: str, on_wait: Callable[[], None] | None) -> I
         return got
 
     try:
-        _wait(try_once, on_wait)
+        _wait(try_once, on_wait, poll)
         locked = True
         yield
     finally:
@@ -70,7 +74,8 @@ def _pg_lock(engine: Engine, name: str, on_wait: Callable[[], None] | None) -> I
 
 
 @contextmanager
-def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
+def _file_lock(path: Path, on_wait: Callable[[], None] | None,
+               poll: Callable[[], None] | None = None) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         def try_once() -> bool:
@@ -80,7 +85,7 @@ def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]
             except BlockingIOError:
                 return False
 
-        _wait(try_once, on_wait)
+        _wait(try_once, on_wait, poll)
         try:
             yield
         finally:
@@ -89,20 +94,22 @@ def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]
 
 @contextmanager
 def db_lock(engine: Engine, url: str, name: str,
-            on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+            on_wait: Callable[[], None] | None = None,
+            poll: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the lock `name` in the database at `url` (whose engine is `engine`).
 
-    `on_wait()` is called once if the lock is taken by someone else, before waiting.
+    `on_wait()` is called once if the lock is taken by someone else, before waiting; `poll()`
+    between tries, and may raise to give up (a Ctrl-C while another worker trains a teacher).
     """
     slug = hashlib.sha256(name.encode()).hexdigest()[:16]
     if engine.dialect.name == "postgresql":
-        with _pg_lock(engine, name, on_wait):
+        with _pg_lock(engine, name, on_wait, poll):
             yield
         return
     database = make_url(url).database if engine.dialect.name == "sqlite" else None
     if engine.dialect.name == "sqlite" and (not database or database == ":memory:"):
         lock = _memory_locks.setdefault(slug, threading.Lock())  # one process sees the DB
-        _wait(lambda: lock.acquire(blocking=False), on_wait)
+        _wait(lambda: lock.acquire(blocking=False), on_wait, poll)
         try:
             yield
         finally:
@@ -113,5 +120,5 @@ def db_lock(engine: Engine, url: str, name: str,
         path = db.with_name(f".{db.name}.kdsearch-locks") / f"{slug}.lock"
     else:
         path = Path(tempfile.gettempdir()) / f"kdsearch-{slug}.lock"
-    with _file_lock(path, on_wait):
+    with _file_lock(path, on_wait, poll):
         yield

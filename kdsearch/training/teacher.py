@@ -54,9 +54,14 @@ class Teacher:
 
 class StopSignal(Protocol):
     """What a caller that handles Ctrl-C lends the teacher's training (`study.shutdown.Shutdown`
-    is one): signals are held while `deferring()`, and `check()`, called after each epoch's
-    checkpoint, raises if one arrived. So a stop lands on an epoch boundary, work kept."""
+    is one). Its signal handlers only set a flag; the training asks at its safe points:
+    `at_epoch()`, after each epoch's checkpoint, raises after a first signal, `at_batch()` only
+    after a second (stop now). Either way every finished epoch is in the checkpoint."""
 
-    def deferring(self) -> AbstractContextManager[None]: ...
+    def training(self, what: str, now: str = "") -> AbstractContextManager[None]: ...
 
-    def check(self) -> None: ...
+    def at_batch(self, done: int, per_epoch: int) -> None: ...
+
+    def at_epoch(self) -> None: ...
+
+    def check(self) -> None: ...  # raises after any signal: for waits outside training

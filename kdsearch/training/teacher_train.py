@@ -93,6 +93,8 @@ def train_teacher(plan: TeacherPlan, data: Dataset, device: torch.device, key: s
     def batches(epoch: int, done: int, per_epoch: int) -> None:
         bar.n = (epoch - 1) * per_epoch + done
         bar.set_postfix_str(f"epoch {epoch}/{epochs}{last[0]}")  # refreshes the bar
+        if stop is not None:
+            stop.at_batch(done, per_epoch)
 
     def progress(epoch: int, loss: float, val_acc: float) -> None:
         last[0] = f", last epoch loss {loss:.4f} val_acc {val_acc:.4f}"
@@ -104,13 +106,14 @@ def train_teacher(plan: TeacherPlan, data: Dataset, device: torch.device, key: s
         saved[0] = snapshot["epoch"]
 
     # Training: a stop is taken only after the epoch's checkpoint (`on_epoch` follows it).
-    hooks = Hooks(on_epoch=(lambda epoch, val_acc: stop.check()) if stop is not None else None,
+    hooks = Hooks(on_epoch=(lambda epoch, val_acc: stop.at_epoch()) if stop is not None else None,
                   progress=progress, on_batches=batches,
                   checkpoint=save if partial is not None else None)
     settings = TrainSettings(recipe, device, seed=plan.seed, keep_best=True, resume=state,
                              hooks=hooks)
     try:
-        with stop.deferring() if stop is not None else nullcontext():
+        with (stop.training("the teacher", "the finished epochs are checkpointed")
+              if stop is not None else nullcontext()):
             result = train(model, data, settings)
     except BaseException as e:
         bar.close()  # first: a line logged while it is open lands inside the bar

@@ -106,7 +106,7 @@ def test_workers_creating_the_tables_together(backend, tmp_path):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(60)
+            t.join(120)  # a hang guard
         assert not errors, errors
 
 

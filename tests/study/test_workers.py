@@ -12,7 +12,13 @@ import pytest
 from optuna.trial import TrialState
 
 from kdsearch.options import Heartbeats, Options
-from kdsearch.study.workers import THREADS_ENV, threads_per_worker, worker_args, worker_env
+from kdsearch.study.workers import (
+    THREADS_ENV,
+    threads_per_worker,
+    worker_args,
+    worker_env,
+    worker_plan,
+)
 from tests.helpers import BACKENDS, REPO, cli_argv, cli_env, scratch_storage, tiny_study
 
 REPO = REPO
@@ -30,11 +36,11 @@ def test_workers_get_every_option_and_the_storage_url_only_in_the_environment():
     opts = Options(storage=url, study_name="s", n_trials=5, timeout=30.0, data_dir=Path("/d"),
                    cache_dir=Path("/c"), device="cpu", artifact_dir=Path("/a"),
                    heartbeats=Heartbeats(4, 12), offline=True, workers=2)
-    argv = worker_args("smoke", opts, seed=7)
+    argv = worker_args("smoke", opts, seed=7, label="w2")
     assert not any("hunter2" in a for a in argv)
     flags = dict(zip(argv[5::2], argv[6::2], strict=True))
     assert flags == {"--study-name": "s", "--n-trials": "5", "--device": "cpu",
-                     "--cache-dir": "/c", "--data-dir": "/d",
+                     "--cache-dir": "/c", "--data-dir": "/d", "--worker": "w2",
                      "--seed": "7", "--timeout": "30.0", "--artifact-dir": "/a"}
     # Every flag of run-study but --workers itself reaches the workers.
     from kdsearch.cli import build_parser
@@ -46,6 +52,16 @@ def test_workers_get_every_option_and_the_storage_url_only_in_the_environment():
     assert env["KDSEARCH_STORAGE"] == url and env[THREADS_ENV] == "2" and env["PATH"] == "/bin"
     assert (env["KDSEARCH_HEARTBEAT"], env["KDSEARCH_GRACE"], env["KDSEARCH_OFFLINE"]) == (
         "4", "12", "1")
+
+
+def test_no_more_workers_than_trials_left_and_a_warning_past_the_cores():
+    assert worker_plan(4, left=10, cores=8) == (4, None)
+    assert worker_plan(4, left=3, cores=8) == (3, None)  # a fourth would find nothing to run
+    assert worker_plan(4, left=0, cores=8) == (0, None)
+    n, warning = worker_plan(3, left=10, cores=2)
+    assert n == 3 and warning.startswith("warning: 3 workers on 2 cores") and \
+        "--workers 2" in warning
+    assert worker_plan(3, left=2, cores=2) == (2, None)  # capped first: within the cores
 
 
 def test_two_workers_fill_one_study(tmp_path):
@@ -78,11 +94,25 @@ def test_two_workers_fill_one_study(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "starting 2 workers" in proc.stderr
+    assert "starting 2 workers for 4 trials left" in proc.stderr
     assert proc.stdout.count("Pareto front of") == 1  # printed once, by the parent
+    assert proc.stderr.count("run-study 'w' done in") == 1  # one closing summary for the run
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{db}")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) >= 4
+    assert len(finished) == 4  # the target is exact across workers
+    # Each trial line names its worker, and says every finished trial once.
+    lines = [line for line in proc.stderr.splitlines() if " trial " in line and
+             line.startswith(("[w1] trial", "[w2] trial"))]
+    assert sorted(int(line.split()[2]) for line in lines) == sorted(t.number for t in finished)
+    assert not any(line.startswith("trial ") for line in proc.stderr.splitlines())
+
+    # The study is complete: say so and start no worker, however many are asked for.
+    argv = list(proc.args)
+    argv[argv.index("--workers") + 1] = "5"
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the target of 4 finished trials is reached; starting no workers" in again.stderr
+    assert "starting 5" not in again.stderr and "[w1]" not in again.stderr
     # Workers started together must not draw the same first student (their seeds differ).
     first_two = [t.params for t in sorted(study.trials, key=lambda t: t.number)[:2]]
     assert first_two[0] != first_two[1]
@@ -102,8 +132,10 @@ def test_workers_started_separately_never_draw_the_same_student(backend, tmp_pat
         errors = [p.communicate(timeout=300)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0], [e[-800:] for e in errors]
         study = optuna.load_study(study_name="tiny", storage=url)
+        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == 6  # the study-wide target, exact
         drawn = [t for t in study.trials if "failed_trial" not in t.system_attrs]  # not retries
-        assert len(drawn) >= 6
+        assert len(drawn) >= 6  # and any trial of a worker stopped for silence (then retried)
         keys = [tuple(sorted(t.params.items())) for t in drawn]
         assert len(set(keys)) == len(keys), keys
         # One stream per process, never shared (0, 1, 2: the order they joined the study).
@@ -111,3 +143,41 @@ def test_workers_started_separately_never_draw_the_same_student(backend, tmp_pat
         workers = {w for w, _ in stream_of}
         streams = {s for _, s in stream_of}
         assert len(stream_of) == len(workers) == len(streams) and streams <= {0, 1, 2}
+
+
+def test_ctrl_c_at_the_parent_stops_every_worker_once_and_says_how_to_resume(tmp_path):
+    """The workers run in their own process group: the parent hands the signal on once, so a
+    first Ctrl-C is a first one for each worker (stop after this epoch), not a second."""
+    import signal
+    import time
+
+    study_file = tiny_study(tmp_path, epochs=400, n_trials=2)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    proc = subprocess.Popen(cli_argv("run-study", study_file, "--storage", url, "--cache-dir",
+                                     tmp_path / "c", "--device", "cpu", "--workers", "2"),
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300  # a hang guard: the event is two trials under way
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=url).trials
+        except KeyError:
+            trials = []
+        if sum(t.state == TrialState.RUNNING and bool(t.user_attrs.get("val_curve"))
+               for t in trials) == 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    for w in ("w1", "w2"):  # each heard one signal, a first one, and said so in its name
+        assert f"[{w}] kdsearch: SIGINT: stopping trial " in err, err
+        assert f"[{w}] kdsearch: SIGINT again" not in err
+        assert f"[{w}] kdsearch: stopped by SIGINT: trial " in err
+    assert "kdsearch: stopped by SIGINT: the workers stopped" in err
+    assert err.count("kdsearch: to resume: kdsearch run-study") == 1  # the parent's, once
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
+    assert sorted(states, key=lambda s: s.name) == [TrialState.FAIL, TrialState.FAIL,
+                                                    TrialState.WAITING, TrialState.WAITING]
