@@ -11,7 +11,8 @@ import pytest
 
 import kdsearch
 from kdsearch.errors import KdsearchError, UsageError
-from tests.helpers import cli_env, kdsearch as run_cli, tiny_study
+from tests.helpers import cli_env, tiny_study
+from tests.helpers import kdsearch as run_cli
 
 NOTEBOOK = """
 import json, sys

@@ -101,23 +101,6 @@ def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, mon
     assert "non-finite loss" in pruned.user_attrs["stopped_reason"]
 
 
-def test_student_over_max_params_is_refused_before_training(tmp_path, monkeypatch):
-    # 235: the space's smallest student, so the file loads; the one drawn is larger (a random
-    # draw: the planned start-up never picks a student over the limit)
-    text = tiny_study_text().replace("[student.train]", "max_params = 235\n\n[student.train]")
-    text += 'startup = "random"\n'
-    spec = parse_study(text, tmp_path / "tiny.toml")
-
-    def no_training(*a, **k):
-        raise AssertionError("an over-budget student was trained")
-
-    monkeypatch.setattr("kdsearch.training.student.train", no_training)
-    study = run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
-    (trial,) = study.trials
-    assert trial.state == TrialState.PRUNED
-    assert "over budget" in trial.user_attrs["stopped_reason"]
-
-
 def test_trials_are_scored_on_validation_not_test(tmp_path, monkeypatch):
     """Swap the test split's labels: objective values must not move."""
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
