@@ -25,12 +25,14 @@ def test_smoke_study_end_to_end(smoke_run):
     assert "Pareto front of 'smoke'" in first.stdout
     import optuna
 
+    from kdsearch.record import TrialRecord
+
     study = optuna.load_study(study_name="smoke", storage=storage)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 3
     for t in complete:
         assert {"depth", "width", "kernel", "temperature"} <= set(t.params)
-        assert 0 <= t.values[0] <= 1 and t.values[1] == t.user_attrs["params"]
+        assert 0 <= t.values[0] <= 1 and t.values[1] == TrialRecord.of(t).params
 
     again = kdsearch("run-study", "smoke", "--storage", storage, "--cache-dir", str(tmp / "c"),
                      "--n-trials", "5")
@@ -106,37 +108,15 @@ def test_best_on_unknown_study_names_the_known_ones(smoke_run):
 
 # --- a teacher from a file: an ONNX model in NHWC, as a Keras export would be -------------------
 
-FILE_STUDY = """
-[data]
-dataset = "synthetic"
-val_size = 100
-synthetic = { n_train = 400, n_test = 150, channels = 3, height = 8, width = 8, num_classes = 3, noise = 1.5 }
-
-[teacher]
-file = "FILE"
-
-[teacher.input]
-scale = 255.0
-mean = [0.5]
-std = [0.25]
-layout = "NHWC"
-
-[student]
-family = "mlp"
-depth = 1
-width = { choices = [8, 16] }
-
-[student.train]
-epochs = 2
-batch_size = 64
-views = 2
-hflip = true
-translate = 1
-
-[search]
-n_trials = 2
-sampler = "random"
-"""
+FILE_STUDY = helpers.study_text(
+    description=None, seed=None,
+    data='dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 150, '
+         "channels = 3, height = 8, width = 8, num_classes = 3, noise = 1.5 }",
+    teacher='file = "FILE"', teacher_train=None,
+    teacher_input='scale = 255.0\nmean = [0.5]\nstd = [0.25]\nlayout = "NHWC"',
+    student='family = "mlp"\ndepth = 1\nwidth = { choices = [8, 16] }',
+    student_train="epochs = 2\nbatch_size = 64\nviews = 2\nhflip = true\ntranslate = 1",
+    search='n_trials = 2\nsampler = "random"')
 
 
 def _onnx_teacher(study_path, out, classes: int = 3):
