@@ -298,6 +298,7 @@ def test_the_smallest_student_is_allowed_exactly(tmp_path):
     assert spec.student.max_params == 235
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["teacher_width_0", "empty_choices", "float_among_int_choices",
                                   "impossible_max_params_cnn"])
 def test_refusals_through_the_cli_are_one_line_exit_2(tmp_path, case):

@@ -87,12 +87,14 @@ def swept(tmp_path_factory) -> optuna.Study:
                                       cache_dir=tmp / "cache", device="cpu"), log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_grid_point_once(swept):
     trials = swept.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     points = {(t.params["depth"], t.params["alpha"], t.params["repeat"]) for t in trials}
     assert len(trials) == 8 and len(points) == 8
 
 
+@pytest.mark.slow
 def test_sweep_plot_data_is_mean_over_seeds_per_setting(swept):
     data = accuracy_by(read_rows(swept), "layers")
     assert data.statistic == "mean" and set(data.groups) == {DISTILLED, PLAIN}
@@ -106,6 +108,7 @@ def test_sweep_plot_data_is_mean_over_seeds_per_setting(swept):
             assert p.mean == pytest.approx(statistics.fmean(expected))
 
 
+@pytest.mark.slow
 def test_sweep_table_lists_each_setting_with_its_seeds(swept):
     table = sweep_table(read_rows(swept))
     lines = table.splitlines()
@@ -113,6 +116,7 @@ def test_sweep_table_lists_each_setting_with_its_seeds(swept):
     assert all(" 2 " in line for line in lines[1:])  # two seeds per setting
 
 
+@pytest.mark.slow
 def test_sweeps_never_stop_trials_early(tmp_path):
     """Early stopping is on by default for searches; a sweep must train every point fully."""
     from optuna.trial import TrialState

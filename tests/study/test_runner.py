@@ -16,6 +16,7 @@ def _opts(tmp_path, n_trials, name="tiny"):
                       timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_records_everything(tmp_path, capsys):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     logs = []
@@ -62,6 +63,7 @@ def test_study_runs_resumes_and_records_everything(tmp_path, capsys):
     assert len(study.trials) == 4
 
 
+@pytest.mark.slow
 def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
     """Multi-objective studies refuse Trial.report; the curve is written through storage."""
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
@@ -80,6 +82,7 @@ def test_pruned_trial_keeps_the_epochs_it_ran_as_intermediate_values(tmp_path):
     assert trial.intermediate_values[1] == trial.user_attrs["val_curve"][0]
 
 
+@pytest.mark.slow
 def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, monkeypatch):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     real = engine.kd_loss
@@ -101,6 +104,7 @@ def test_nan_loss_ends_as_pruned_with_reason_and_the_study_goes_on(tmp_path, mon
     assert "non-finite loss" in pruned.user_attrs["stopped_reason"]
 
 
+@pytest.mark.slow
 def test_trials_are_scored_on_validation_not_test(tmp_path, monkeypatch):
     """Swap the test split's labels: objective values must not move."""
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
@@ -134,6 +138,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
         run_study(spec, Options(**{**opts.__dict__, "device": "cuda"}), log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_optuna_storage_is_plain_sqlite(tmp_path):
     spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
     run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
@@ -156,6 +161,7 @@ def test_run_estimate_averages_complete_and_pruned_trials_apart():
     assert run_estimate({C: [10.0], P: [0.4] * 3}, 4) < run_estimate(seen, 4)
 
 
+@pytest.mark.slow
 def test_a_changed_study_file_is_refused_naming_the_keys_and_nothing_is_written(tmp_path):
     from kdsearch import record
     from kdsearch.errors import StudyFileError
@@ -190,6 +196,7 @@ def test_a_changed_study_file_is_refused_naming_the_keys_and_nothing_is_written(
     assert len(attempt(same, n_trials=2, seed=0).trials) == 2
 
 
+@pytest.mark.slow
 def test_study_attributes_are_short_and_the_study_file_reads_back(tmp_path):
     """`optuna studies` prints every user attribute of every study on one row."""
     import json
@@ -219,6 +226,7 @@ def test_storage_is_checked_before_the_data_loads(tmp_path, monkeypatch):
         runner.prepare(spec, opts, log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_a_trial_taken_over_by_another_worker_is_dropped_with_a_warning(tmp_path):
     """This worker was silent past the grace period; another failed its trial and queued the
     retry. Its next write finds the trial finished: it warns, drops it and goes on."""

@@ -42,6 +42,7 @@ def _wait_mid_trial(url: str, proc: subprocess.Popen, timeout: float = 120) -> N
     raise AssertionError("no trial got past its first epoch")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
                          ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_at_epoch_boundary_and_resume_finishes(sig, code, tmp_path):

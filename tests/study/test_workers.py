@@ -48,6 +48,7 @@ def test_workers_get_every_option_and_the_storage_url_only_in_the_environment():
         "4", "12", "1")
 
 
+@pytest.mark.slow
 def test_two_workers_fill_one_study(tmp_path):
     study_file = tmp_path / "w.toml"
     text = (REPO / "studies" / "smoke.toml").read_text().replace("epochs = 3", "epochs = 1")
@@ -88,6 +89,7 @@ def test_two_workers_fill_one_study(tmp_path):
     assert first_two[0] != first_two[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_started_separately_never_draw_the_same_student(backend, tmp_path):
     """What `docker compose up --scale worker=3` does: three identical `run-study`

@@ -168,6 +168,7 @@ def test_a_fixed_batch_export_is_fed_padded_batches_of_its_size(files):
     torch.testing.assert_close(teacher(x), teacher_dyn(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchvision_architecture_from_a_state_dict(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(1)
