@@ -146,6 +146,7 @@ CASES = [  # (file, format expected, input settings)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "fmt", "settings"), CASES, ids=[c[0] for c in CASES])
 def test_each_format_returns_the_models_logits(files, model, name, fmt, settings):
     tf = TeacherFile(files[name], **settings)
