@@ -43,6 +43,7 @@ print(json.dumps({"n_first": n_first, "front": front, "trials": trials,
 """
 
 
+@pytest.mark.slow
 def test_a_notebook_runs_reads_compresses_and_loads(tmp_path):
     study_file = tiny_study(tmp_path, epochs=1, name="api", n_trials=3)
     storage = f"sqlite:///{tmp_path / 'api.db'}"
@@ -81,6 +82,7 @@ def test_device_is_checked_once_in_one_line():
     assert kdsearch.api.options(device="cpu").device == "cpu"
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_gpu_index_the_machine_lacks(tmp_path):
     study_file = tiny_study(tmp_path, epochs=1, n_trials=1)
     proc = run_cli("run-study", str(study_file), "--storage", f"sqlite:///{tmp_path / 's.db'}",
@@ -96,6 +98,7 @@ def test_compress_trial_wants_a_trial_or_limits(tmp_path):
             kdsearch.compress_trial("x", tmp_path / "out", storage="sqlite:///x.db", **kwargs)
 
 
+@pytest.mark.slow
 def test_reading_an_unknown_study_names_the_known_ones(tmp_path):
     study_file = tiny_study(tmp_path, epochs=1, name="known", n_trials=1)
     storage = f"sqlite:///{tmp_path / 'r.db'}"

@@ -18,6 +18,7 @@ def smoke_run(tmp_path_factory):
     return tmp, storage, first
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(smoke_run):
     tmp, storage, first = smoke_run
     assert first.returncode == 0, first.stderr
@@ -43,6 +44,7 @@ def test_smoke_study_end_to_end(smoke_run):
     assert len(study.trials) == 5
 
 
+@pytest.mark.slow
 def test_best_and_export(smoke_run):
     tmp, storage, _ = smoke_run
     best = kdsearch("best", "smoke", "--storage", storage)
@@ -92,6 +94,7 @@ def test_bad_arguments_are_one_line(args, tmp_path):
     _one_line_error(kdsearch(*args, cwd=tmp_path))
 
 
+@pytest.mark.slow
 def test_missing_data_is_one_line(tmp_path):
     result = kdsearch("run-study", "mnist_distill", "--data-dir", str(tmp_path / "nowhere"),
                       "--storage", f"sqlite:///{tmp_path}/x.db", "--cache-dir", str(tmp_path / "c"),
@@ -100,6 +103,7 @@ def test_missing_data_is_one_line(tmp_path):
     assert "--data-dir" in line and str(tmp_path / "nowhere") in line
 
 
+@pytest.mark.slow
 def test_best_on_unknown_study_names_the_known_ones(smoke_run):
     _, storage, _ = smoke_run
     line = _one_line_error(kdsearch("best", "nope", "--storage", storage))
@@ -151,6 +155,7 @@ def _onnx_accuracy(path, split) -> float:
     return float((out.argmax(1) == split.y.numpy()).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_a_study_distils_from_an_onnx_nhwc_teacher_file(tmp_path):
     import optuna
@@ -189,6 +194,7 @@ def test_a_study_distils_from_an_onnx_nhwc_teacher_file(tmp_path):
     assert "onnx teacher.onnx" in (out / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_a_teacher_file_with_the_wrong_classes_is_one_line_before_any_study(tmp_path):
     study_path = tmp_path / "byo.toml"
@@ -203,6 +209,7 @@ def test_a_teacher_file_with_the_wrong_classes_is_one_line_before_any_study(tmp_
     assert not (tmp_path / "s.db").exists()  # refused before the storage was touched
 
 
+@pytest.mark.slow
 def test_read_only_commands_never_write_to_a_storage(tmp_path):
     empty = tmp_path / "empty.db"
     empty.touch()
@@ -212,6 +219,7 @@ def test_read_only_commands_never_write_to_a_storage(tmp_path):
     assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
 
 
+@pytest.mark.slow
 def test_run_study_refuses_a_changed_study_file_in_one_line(tmp_path):
     from kdsearch.options import Options
     from kdsearch.spec import load_study

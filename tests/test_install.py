@@ -29,6 +29,7 @@ def test_a_pin_wins_over_the_numbering():
     assert expected_torch("0.14.0", []) is None  # before torch 2: no rule, no guess
 
 
+@pytest.mark.slow
 def test_a_torchvision_that_does_not_load_is_one_line_before_any_data(tmp_path):
     """A stand-in torchvision, first on the path, that fails as a mismatched build does."""
     site = tmp_path / "site"
