@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 from pathlib import Path
 
 from kdsearch.errors import KdsearchError, one_line
@@ -40,6 +39,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    from kdsearch.options import DEVICE_CHOICES, device_name
+
+    try:
+        return device_name(text)
+    except KdsearchError:
+        raise argparse.ArgumentTypeError(f"expected {DEVICE_CHOICES}, found {text!r}") from None
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device, default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where to train: auto (a GPU when there is one), cpu, cuda, or one GPU "
+                   "of several, cuda:N (default auto)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + error; argparse echoes bad values
         from kdsearch.study.storage import mask_urls
@@ -61,7 +75,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="torchvision root or ImageFolder (train/, test/) (env KDSEARCH_DATA_DIR)")
     p.add_argument("--cache-dir", metavar="DIR", type=Path,
                    help="teacher and data cache (env KDSEARCH_CACHE_DIR; default ~/.cache/kdsearch)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device(p)
     p.add_argument("--seed", type=_nonneg_int, help="override the study file's seed")
 
 
@@ -131,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage(p)
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device(p)
 
     p = sub.add_parser(
         "evaluate", help="test accuracy of a folder written by compress, held to its card",
@@ -142,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device(p)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
     p.add_argument("--storage", metavar="URL",
@@ -179,7 +193,7 @@ def _environment():
 
 def _options(args, spec=None):
     """Every setting of the command: arguments over environment over defaults."""
-    from kdsearch.options import Options, available_cores
+    from kdsearch.options import Options, available_cores, select_device
 
     env = _environment()
     n_trials, timeout = 1, None
@@ -197,51 +211,38 @@ def _options(args, spec=None):
         n_trials=n_trials, timeout=timeout,
         data_dir=getattr(args, "data_dir", None), data_home=env.data_home,
         cache_dir=getattr(args, "cache_dir", None) or env.cache_dir, offline=env.offline,
-        device=getattr(args, "device", "auto"), threads=env.threads or available_cores(),
+        device=select_device(getattr(args, "device", "auto")), threads=env.threads or available_cores(),
         heartbeats=env.heartbeats,
         artifact_dir=getattr(args, "artifact_dir", None) or env.artifact_dir,
         workers=getattr(args, "workers", 1))
 
 
 def _threads(opts) -> None:
+    from kdsearch.install import check_torchvision
+
+    check_torchvision()  # before torchvision's own 40-line traceback
     import torch
 
     torch.set_num_threads(opts.threads)
 
 
 def cmd_run_study(args) -> int:
+    from kdsearch import api
     from kdsearch.report.rows import read_rows
     from kdsearch.report.tables import best_table, sweep_table
-    from kdsearch.study.runner import run_study
-
-    spec = _spec(args)
-    opts = _options(args, spec)
-    _threads(opts)
-    if opts.workers > 1:
-        from kdsearch.study.runner import closing_summary
-        from kdsearch.study.storage import load_study
-        from kdsearch.study.workers import run_workers
-
-        start = time.monotonic()
-        code = run_workers(args.study, spec, opts, args.seed, os.environ,
-                           log=lambda m: print(m, file=sys.stderr))
-        study = load_study(opts.storage, opts.study_name)
-        for line in closing_summary(study, time.monotonic() - start):  # one for all workers
-            print(line, file=sys.stderr)
-        print(best_table(read_rows(study)))
-        return code
-    from kdsearch.report.dashboard import publish_learning_curves
 
     # A worker of `--workers` names itself on every line; its parent sums up the run.
     tag = f"[{args.worker}] " if args.worker else ""
-    study = run_study(spec, opts, log=lambda m: print(tag + m, file=sys.stderr),
-                      after_trial=publish_learning_curves, worker=args.worker or "",
-                      summary=not args.worker)
+    study, code, spec = api.run_study_job(
+        args.study, storage=args.storage, study_name=args.study_name, n_trials=args.n_trials,
+        timeout=args.timeout, seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        device=args.device, workers=args.workers, artifact_dir=args.artifact_dir,
+        env=os.environ, log=lambda m: print(tag + m, file=sys.stderr), worker=args.worker or "")
     snap = read_rows(study)  # the table and the sweep from one read
     print(best_table(snap))
-    if spec.search.sampler == "grid":
+    if spec.search.sampler == "grid" and args.workers == 1:
         print(f"\nsweep of '{study.study_name}' (mean ± sd over seeds):\n{sweep_table(snap)}")
-    return 0
+    return code
 
 
 def cmd_teacher(args) -> int:
@@ -271,10 +272,11 @@ def _load(args, name: str | None = None):
 
 
 def cmd_best(args) -> int:
-    from kdsearch.report.rows import read_rows
+    from kdsearch import api
     from kdsearch.report.tables import best_text
 
-    print(best_text(read_rows(_load(args)), args.format))
+    print(best_text(api.read(args.study, storage=args.storage, study_name=args.study_name,
+                             env=os.environ), args.format))
     return 0
 
 

@@ -110,3 +110,38 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def device_name(text: str) -> str:
+    """A device as typed (`auto`, `cpu`, `cuda`, `cuda:N`), checked for form only: the command
+    line refuses `--device gpu` before anything loads."""
+    kind, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+        return text
+    raise UsageError(f"device: expected {DEVICE_CHOICES}, found {text!r}")
+
+
+def select_device(text: str) -> str:
+    """Check a device against this machine and make a `cuda:N` torch's current device, so that
+    code asking for the current GPU (synchronisation, bf16 support) lands on the chosen one.
+
+    Checked here, once, because a missing GPU or index otherwise surfaces deep in training
+    as a multi-line CUDA error.
+    """
+    name = device_name(text)
+    if not name.startswith("cuda"):
+        return name
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UsageError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    index = int(name.partition(":")[2] or torch.cuda.current_device())
+    if index >= count:
+        raise UsageError(f"--device {name}: this machine has {count} CUDA device"
+                         f"{'s' * (count > 1)} (cuda:0 to cuda:{count - 1})")
+    torch.cuda.set_device(index)
+    return name

@@ -98,40 +98,35 @@ def scratch_storage(kind: str, tmp_path: Path):
 
 # Tiny studies
 
-TINY_MLP_STUDY = """
-description = "tests: a few-second study"
-seed = 0
+# The tiny MLP study, table by table: every tiny study of the tests is this with tables swapped.
+TINY_TABLES = {
+    "data": 'dataset = "synthetic"\nval_size = 100\n'
+            "synthetic = { n_train = 400, n_test = 100, num_classes = 3, noise = 1.0 }",
+    "teacher": 'family = "mlp"\nhidden = [32]',
+    "teacher.train": "epochs = 1\nbatch_size = 64",
+    "student": 'family = "mlp"\ndepth = { low = 1, high = 2 }\nwidth = { choices = [4, 8, 16] }',
+    "student.train": "epochs = 2\nbatch_size = 32",
+    "search": 'n_trials = 3\nsampler = "random"',
+}
 
-[data]
-dataset = "synthetic"
-val_size = 100
-[data.synthetic]
-n_train = 400
-n_test = 100
-num_classes = 3
-noise = 1.0
 
-[teacher]
-family = "mlp"
-hidden = [32]
+def study_text(description: str | None = "tests: a few-second study", seed: int | None = 0,
+               **tables: str | None) -> str:
+    """The one builder of tiny study files: TINY_TABLES with tables replaced by keyword
+    (`student_train=` is [student.train], `search_early_stopping=` [search.early_stopping]),
+    new ones added, and a table given as None left out. Trains in a second or two."""
+    merged = dict(TINY_TABLES)
+    for key, body in tables.items():
+        merged[key.replace("_", ".", 1) if key not in merged else key] = body
+    head = (f'description = "{description}"\n' if description is not None else "") + \
+        (f"seed = {seed}\n" if seed is not None else "")
+    return head + "".join(f"\n[{name}]\n{body.strip()}\n" for name, body in merged.items()
+                          if body is not None)
 
-[teacher.train]
-epochs = 1
-batch_size = 64
 
-[student]
-family = "mlp"
-depth = { low = 1, high = 2 }
-width = { choices = [4, 8, 16] }
-
-[student.train]
-epochs = EPOCHS
-batch_size = 32
-
-[search]
-n_trials = N_TRIALS
-sampler = "random"
-"""
+# The same with placeholders EPOCHS and N_TRIALS, as older tests fill it in.
+TINY_MLP_STUDY = study_text(student_train="epochs = EPOCHS\nbatch_size = 32",
+                            search='n_trials = N_TRIALS\nsampler = "random"')
 
 
 def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int = 3,
@@ -145,45 +140,20 @@ def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int 
     return path
 
 
-TINY_CONV_STUDY = """
-description = "tiny test study"
-seed = 0
-
-[data]
-dataset = "synthetic"
-val_size = 100
-synthetic = {{ n_train = 400, n_test = 100, channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.5 }}
-
-[teacher]
-family = "mlp"
-hidden = [32]
-
-[teacher.train]
-epochs = 2
-batch_size = 64
-lr = 0.003
-
-[student]
-family = "{family}"
-depth = {{ low = 1, high = 2 }}
-width = {{ choices = [4, 8] }}
-{extra}
-temperature = {{ low = 1.0, high = 10.0, log = true }}
-alpha = {{ low = 0.0, high = 1.0 }}
-
-[student.train]
-epochs = 2
-batch_size = 64
-lr = 0.003
-
-[search]
-n_trials = {n_trials}
-"""
-
-
 def tiny_study_text(family: str = "cnn", n_trials: int = 2) -> str:
-    extra = "kernel = { choices = [3, 5] }\nconvs_per_block = 1\ndense = 0" if family == "cnn" else ""
-    return TINY_CONV_STUDY.format(family=family, extra=extra, n_trials=n_trials)
+    """A tiny study of conv (or MLP) students on 1x8x8 images, distilled with a searched T and
+    alpha, sampled by TPE."""
+    extra = "kernel = { choices = [3, 5] }\nconvs_per_block = 1\ndense = 0\n" if family == "cnn" else ""
+    return study_text(
+        description="tiny test study",
+        data='dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 100, '
+             "channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.5 }",
+        teacher_train="epochs = 2\nbatch_size = 64\nlr = 0.003",
+        student=f'family = "{family}"\ndepth = {{ low = 1, high = 2 }}\n'
+                f"width = {{ choices = [4, 8] }}\n{extra}"
+                "temperature = { low = 1.0, high = 10.0, log = true }\nalpha = { low = 0.0, high = 1.0 }",
+        student_train="epochs = 2\nbatch_size = 64\nlr = 0.003",
+        search=f"n_trials = {n_trials}")
 
 
 TINY_DATA = """

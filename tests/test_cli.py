@@ -18,6 +18,7 @@ def smoke_run(tmp_path_factory):
     return tmp, storage, first
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(smoke_run):
     tmp, storage, first = smoke_run
     assert first.returncode == 0, first.stderr
@@ -25,12 +26,14 @@ def test_smoke_study_end_to_end(smoke_run):
     assert "Pareto front of 'smoke'" in first.stdout
     import optuna
 
+    from kdsearch.record import TrialRecord
+
     study = optuna.load_study(study_name="smoke", storage=storage)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 3
     for t in complete:
         assert {"depth", "width", "kernel", "temperature"} <= set(t.params)
-        assert 0 <= t.values[0] <= 1 and t.values[1] == t.user_attrs["params"]
+        assert 0 <= t.values[0] <= 1 and t.values[1] == TrialRecord.of(t).params
 
     again = kdsearch("run-study", "smoke", "--storage", storage, "--cache-dir", str(tmp / "c"),
                      "--n-trials", "5")
@@ -41,6 +44,7 @@ def test_smoke_study_end_to_end(smoke_run):
     assert len(study.trials) == 5
 
 
+@pytest.mark.slow
 def test_best_and_export(smoke_run):
     tmp, storage, _ = smoke_run
     best = kdsearch("best", "smoke", "--storage", storage)
@@ -90,6 +94,7 @@ def test_bad_arguments_are_one_line(args, tmp_path):
     _one_line_error(kdsearch(*args, cwd=tmp_path))
 
 
+@pytest.mark.slow
 def test_missing_data_is_one_line(tmp_path):
     result = kdsearch("run-study", "mnist_distill", "--data-dir", str(tmp_path / "nowhere"),
                       "--storage", f"sqlite:///{tmp_path}/x.db", "--cache-dir", str(tmp_path / "c"),
@@ -98,6 +103,7 @@ def test_missing_data_is_one_line(tmp_path):
     assert "--data-dir" in line and str(tmp_path / "nowhere") in line
 
 
+@pytest.mark.slow
 def test_best_on_unknown_study_names_the_known_ones(smoke_run):
     _, storage, _ = smoke_run
     line = _one_line_error(kdsearch("best", "nope", "--storage", storage))
@@ -106,37 +112,15 @@ def test_best_on_unknown_study_names_the_known_ones(smoke_run):
 
 # --- a teacher from a file: an ONNX model in NHWC, as a Keras export would be -------------------
 
-FILE_STUDY = """
-[data]
-dataset = "synthetic"
-val_size = 100
-synthetic = { n_train = 400, n_test = 150, channels = 3, height = 8, width = 8, num_classes = 3, noise = 1.5 }
-
-[teacher]
-file = "FILE"
-
-[teacher.input]
-scale = 255.0
-mean = [0.5]
-std = [0.25]
-layout = "NHWC"
-
-[student]
-family = "mlp"
-depth = 1
-width = { choices = [8, 16] }
-
-[student.train]
-epochs = 2
-batch_size = 64
-views = 2
-hflip = true
-translate = 1
-
-[search]
-n_trials = 2
-sampler = "random"
-"""
+FILE_STUDY = helpers.study_text(
+    description=None, seed=None,
+    data='dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 150, '
+         "channels = 3, height = 8, width = 8, num_classes = 3, noise = 1.5 }",
+    teacher='file = "FILE"', teacher_train=None,
+    teacher_input='scale = 255.0\nmean = [0.5]\nstd = [0.25]\nlayout = "NHWC"',
+    student='family = "mlp"\ndepth = 1\nwidth = { choices = [8, 16] }',
+    student_train="epochs = 2\nbatch_size = 64\nviews = 2\nhflip = true\ntranslate = 1",
+    search='n_trials = 2\nsampler = "random"')
 
 
 def _onnx_teacher(study_path, out, classes: int = 3):
@@ -171,6 +155,7 @@ def _onnx_accuracy(path, split) -> float:
     return float((out.argmax(1) == split.y.numpy()).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_a_study_distils_from_an_onnx_nhwc_teacher_file(tmp_path):
     import optuna
@@ -209,6 +194,7 @@ def test_a_study_distils_from_an_onnx_nhwc_teacher_file(tmp_path):
     assert "onnx teacher.onnx" in (out / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_a_teacher_file_with_the_wrong_classes_is_one_line_before_any_study(tmp_path):
     study_path = tmp_path / "byo.toml"
@@ -223,6 +209,7 @@ def test_a_teacher_file_with_the_wrong_classes_is_one_line_before_any_study(tmp_
     assert not (tmp_path / "s.db").exists()  # refused before the storage was touched
 
 
+@pytest.mark.slow
 def test_read_only_commands_never_write_to_a_storage(tmp_path):
     empty = tmp_path / "empty.db"
     empty.touch()
@@ -232,6 +219,7 @@ def test_read_only_commands_never_write_to_a_storage(tmp_path):
     assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
 
 
+@pytest.mark.slow
 def test_run_study_refuses_a_changed_study_file_in_one_line(tmp_path):
     from kdsearch.options import Options
     from kdsearch.spec import load_study

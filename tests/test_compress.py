@@ -29,6 +29,7 @@ def smoke(tmp_path_factory):
     return study, url, tmp
 
 
+@pytest.mark.slow
 def test_pick_by_budget_is_best_val_within_it(smoke):
     study, _, _ = smoke
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -39,6 +40,7 @@ def test_pick_by_budget_is_best_val_within_it(smoke):
     assert picked.user_attrs["params"] <= budget
 
 
+@pytest.mark.slow
 def test_pick_errors_are_kdsearch_errors(smoke):
     study, _, _ = smoke
     with pytest.raises(KdsearchError, match="no trial 99"):
@@ -81,6 +83,7 @@ def test_dominating_trial_follows_the_study_objectives():
     assert dominating_trial(study, t[3]) is None
 
 
+@pytest.mark.slow
 def test_compress_then_evaluate_in_a_fresh_process(smoke):
     study, url, tmp = smoke
     out = tmp / "model"
@@ -181,6 +184,7 @@ def test_compress_needs_a_trial_or_limits_not_both(tmp_path, args, found):
         f"--max-latency-ms), found {found}"]
 
 
+@pytest.mark.slow
 def test_a_resnet_study_runs_compresses_and_evaluates_through_the_cli(tmp_path):
     """Batch norm and residual blocks survive every step: a resnet teacher and students
     (searched lr, onecycle, label smoothing), the model folder and every export format."""

@@ -229,12 +229,14 @@ def _builds_everywhere(spec: StudySpec) -> None:
     _BUILT.add(key)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_is_a_spec_or_one_line(text):
     _check(text)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(st.sampled_from(sorted(SHIPPED)), st.data())
 def test_mutated_study_files_are_a_spec_or_one_line(name, data):
@@ -389,6 +391,7 @@ def _every_staged_student(space, shape) -> list | None:
     return [suggest_student(optuna.trial.FixedTrial(p), space, shape).arch for p in points]
 
 
+@pytest.mark.slow
 @settings(max_examples=max(EXAMPLES // 2, 10), deadline=None)
 @given(student_spaces())
 def test_drawn_spaces_load_only_if_every_corner_builds(doc):
@@ -422,6 +425,7 @@ def test_drawn_spaces_load_only_if_every_corner_builds(doc):
                 parse_study(to_toml(doc), Path("hostile.toml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_studies_build_at_every_corner(name):
     text = (shipped_studies_dir() / f"{name}.toml").read_text() if name != "tiny" else to_toml(
@@ -467,6 +471,7 @@ def _fake_run(spec, opts, log=print, on_epoch=None):
     raise KdsearchError("stub run")
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=st.lists(_ARGS, max_size=7))
@@ -520,6 +525,7 @@ def _reasons(study: optuna.Study) -> list[tuple[str, str]]:
     return [(t.state.name, t.user_attrs.get("stopped_reason", "")) for t in study.trials]
 
 
+@pytest.mark.slow
 def test_nan_loss_is_a_pruned_trial(tmp_path, cache_dir, monkeypatch):
     # NaN that still flows through autograd, as a real diverging loss would
     monkeypatch.setattr("kdsearch.training.engine.kd_loss", lambda s, *a, **k: s.sum() * float("nan"))
@@ -530,6 +536,7 @@ def test_nan_loss_is_a_pruned_trial(tmp_path, cache_dir, monkeypatch):
                for _, r in _reasons(study))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", [
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
@@ -545,6 +552,7 @@ def test_out_of_memory_is_a_pruned_trial(error, tmp_path, cache_dir, monkeypatch
     assert all(r.startswith("out of memory on cpu with") for _, r in _reasons(study))
 
 
+@pytest.mark.slow
 def test_student_over_max_params_is_refused_before_training(tmp_path, cache_dir, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("an over-budget student was trained")
@@ -556,6 +564,7 @@ def test_student_over_max_params_is_refused_before_training(tmp_path, cache_dir,
     assert all(r.startswith("over budget: ") and "> max_params 275" in r for _, r in _reasons(study))
 
 
+@pytest.mark.slow
 def test_unexpected_error_is_recorded_then_raised(tmp_path, cache_dir, monkeypatch):
     def boom(*args, **kwargs):
         raise ValueError("boom")
@@ -567,6 +576,7 @@ def test_unexpected_error_is_recorded_then_raised(tmp_path, cache_dir, monkeypat
     assert _reasons(study) == [("FAIL", "error: ValueError: boom")]
 
 
+@pytest.mark.slow
 def test_corrupt_teacher_cache_is_rebuilt_with_a_warning(tmp_path, cache_dir):
     _run(tmp_path, cache_dir, n_trials=1)
     (logits,) = Path(cache_dir).glob("teachers/*/logits.pt")

@@ -119,6 +119,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_the_cycle_finder_finds_a_cycle_and_the_report_cycle_is_gone():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
@@ -127,6 +128,7 @@ def test_the_cycle_finder_finds_a_cycle_and_the_report_cycle_is_gone():
     assert "kdsearch.report.plots" not in graph["kdsearch.report.rows"]
 
 
+@pytest.mark.slow
 def test_no_import_cycle_between_kdsearch_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

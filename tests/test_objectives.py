@@ -86,6 +86,7 @@ def test_metric_names_read_back():
 # --- end to end through the CLI ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_macs_study_runs_reports_exports_and_compresses_on_macs(tmp_path):
     study_file = helpers.tiny_study(tmp_path, epochs=1, n_trials=4, name="m", objectives=["macs"])
     url = f"sqlite:///{tmp_path / 'm.db'}"
@@ -153,6 +154,7 @@ def test_an_empty_study_of_other_objectives_is_refused_before_anything_is_writte
     assert set(optuna_internals.study_system_attrs(made)) == {"study:metric_names"}
 
 
+@pytest.mark.slow
 def test_params_and_latency_study_records_the_method_and_draws_both_costs(tmp_path):
     study_file = helpers.tiny_study(tmp_path, epochs=1, n_trials=3, name="lat",
                                     objectives=["params", "latency_ms"])
@@ -201,6 +203,7 @@ def _opts(tmp_path: Path, n: int) -> Options:
                    timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 
+@pytest.mark.slow
 def test_max_macs_and_max_latency_refuse_students_before_training(tmp_path):
     # 300 MACs: only the width-4 students (268 and 284 MACs) fit; the rest are refused
     text = (helpers.TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "6")
@@ -229,6 +232,7 @@ def test_max_macs_and_max_latency_refuse_students_before_training(tmp_path):
     assert study.metric_names == ["val_accuracy", "params"]
 
 
+@pytest.mark.slow
 def test_the_same_student_is_timed_once_and_ties_on_latency(tmp_path):
     """Identical students have identical latency: the second reuses the first's measurement
     (and says so) rather than differing by timing noise."""

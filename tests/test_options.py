@@ -54,6 +54,7 @@ def _reads_environment(path: Path) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_nothing_below_the_command_line_reads_the_environment():
     readers = sorted(str(p.relative_to(REPO)) for p in (REPO / "kdsearch").rglob("*.py")
                      if _reads_environment(p))

@@ -344,6 +344,7 @@ def test_a_narrow_head_is_the_smallest_student_when_the_classes_are_many(tmp_pat
         parse_study(_student_key(MOBILE_HEAD, f"max_macs = {fewest - 1}"), tmp_path / "h.toml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["teacher_width_0", "empty_choices", "float_among_int_choices",
                                   "impossible_max_params_cnn"])
 def test_refusals_through_the_cli_are_one_line_exit_2(tmp_path, case):

@@ -64,6 +64,7 @@ def test_loopback_detection():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
 
 
+@pytest.mark.slow
 def test_banner_lists_the_study_on_localhost(server):
     address, banner = server
     assert address.startswith("http://127.0.0.1:") and address.endswith("/dashboard/")
@@ -71,6 +72,7 @@ def test_banner_lists_the_study_on_localhost(server):
     assert "warning" not in banner
 
 
+@pytest.mark.slow
 def test_studies_api_carries_metric_names_and_note(server):
     address, _ = server
     base = address.removesuffix("dashboard/")
@@ -92,6 +94,7 @@ def test_studies_api_carries_metric_names_and_note(server):
         assert len(curve) == 2 and all(0.0 <= v <= 1.0 for v in curve)
 
 
+@pytest.mark.slow
 def test_page_renders_study_and_trials_in_chromium(server):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
@@ -140,6 +143,7 @@ def test_page_renders_study_and_trials_in_chromium(server):
     assert "val_curve" in detail
 
 
+@pytest.mark.slow
 def test_learning_curves_graph_holds_every_trials_curve(storage):
     import optuna
 
@@ -157,6 +161,7 @@ def test_learning_curves_graph_holds_every_trials_curve(storage):
     assert len(curves) == 4 and curves == expected
 
 
+@pytest.mark.slow
 def test_busy_port_is_one_line_error(storage):
     import socket
 

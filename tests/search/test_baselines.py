@@ -65,6 +65,7 @@ def _opts(tmp_path, n_trials):
                       timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
 
 
+@pytest.mark.slow
 def test_the_baseline_runs_first_in_full_once_and_is_marked(tmp_path):
     spec = _spec(tmp_path, PICK, n_trials=4)
     logs: list[str] = []

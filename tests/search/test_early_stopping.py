@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from kdsearch.record import TrialRecord, set_trial, trial_attrs
 from kdsearch.search.early_stopping import (
     Peer,
     ahead,
@@ -19,7 +20,7 @@ from kdsearch.search.early_stopping import (
     should_stop,
 )
 from kdsearch.spec import EarlyStoppingSpec, parse_study
-from tests.helpers import REPO
+from tests.helpers import REPO, study_text
 
 RULE = EarlyStoppingSpec(rungs=[1, 3], min_trials=4, quantile=0.5, min_dominators=2)
 # Eight finished peers: accuracy grows with size, as it does in a real study.
@@ -128,9 +129,9 @@ def test_a_slow_starter_inside_its_warmup_runs_on_and_is_judged_after_it():
     study = _study_with_peers()
     stopper = make_stopper(AFTER_WARMUP, epochs=10, warmup=2)
     trial = study.ask()
-    trial.set_user_attr("params", 50_000)
+    set_trial(trial, params=50_000)
     stopper(trial, 1, 0.35)  # behind every smaller peer, but inside the warm-up
-    assert "stopped_at_rung" not in study.trials[-1].user_attrs
+    assert TrialRecord.of(study.trials[-1]).stopped_at_rung is None
     with pytest.raises(optuna.TrialPruned, match="rung 3"):
         stopper(trial, 3, 0.40)  # still behind once the step size has peaked: stopped
 
@@ -158,15 +159,13 @@ def _study_with_peers() -> optuna.Study:
             optuna.trial.create_trial(
                 values=[p.accuracy, p.costs],
                 state=TrialState.COMPLETE,
-                user_attrs={
-                    "params": p.costs,
-                    "val_curve": [p.accuracy - 0.1, p.accuracy - 0.05, p.accuracy],
-                },
+                user_attrs=trial_attrs(
+                    params=p.costs, val_curve=[p.accuracy - 0.1, p.accuracy - 0.05, p.accuracy]),
             )
         )
     study.add_trial(
         optuna.trial.create_trial(  # refused before training: no curve, not a peer
-            state=TrialState.PRUNED, user_attrs={"params": 10}
+            state=TrialState.PRUNED, user_attrs=trial_attrs(params=10)
         )
     )
     return study
@@ -183,24 +182,24 @@ def test_hook_prunes_a_dominated_trial_and_records_the_rung():
     study = _study_with_peers()
     stopper = make_stopper(RULE, epochs=10)
     trial = study.ask()
-    trial.set_user_attr("params", 50_000)
+    set_trial(trial, params=50_000)
     with pytest.raises(optuna.TrialPruned):
         stopper(trial, 1, 0.35)
     study.tell(trial, state=TrialState.PRUNED)
     stored = study.trials[-1]
     assert stored.state == TrialState.PRUNED
-    assert stored.user_attrs["stopped_at_rung"] == 1
-    assert "dominated at rung 1" in stored.user_attrs["stopped_reason"]
+    assert TrialRecord.of(stored).stopped_at_rung == 1
+    assert "dominated at rung 1" in TrialRecord.of(stored).stopped_reason
 
 
 def test_hook_lets_a_good_trial_run_and_ignores_other_epochs():
     study = _study_with_peers()
     stopper = make_stopper(RULE, epochs=10)
     trial = study.ask()
-    trial.set_user_attr("params", 50_000)
+    set_trial(trial, params=50_000)
     stopper(trial, 1, 0.80)  # better than every smaller peer at rung 1 (<= 0.74): continues
     stopper(trial, 2, 0.01)  # epoch 2 is not a rung: never judged
-    assert "stopped_at_rung" not in study.trials[-1].user_attrs
+    assert TrialRecord.of(study.trials[-1]).stopped_at_rung is None
 
 
 def test_with_several_costs_a_dominator_is_no_worse_on_every_one():
@@ -221,18 +220,18 @@ def test_hook_on_a_macs_study_compares_macs_not_params():
                               (8_000, 4_000, 0.9)]:
         study.add_trial(optuna.trial.create_trial(
             values=[acc, macs], state=TrialState.COMPLETE,
-            user_attrs={"params": params, "macs": macs, "val_curve": [acc - 0.1, acc]}))
+            user_attrs=trial_attrs(params=params, macs=macs, val_curve=[acc - 0.1, acc])))
     rule = RULE.model_copy(update={"min_trials": 4})
     by_macs = make_stopper(rule, epochs=10, costs=("macs",))
     by_params = make_stopper(rule, epochs=10)
     trial = study.ask()
-    trial.set_user_attr("params", 100)  # smaller than every peer: params cannot stop it
-    trial.set_user_attr("macs", 50_000)  # costlier than every peer, and less accurate
+    set_trial(trial, params=100)  # smaller than every peer: params cannot stop it
+    set_trial(trial, macs=50_000)  # costlier than every peer, and less accurate
     by_params(trial, 1, 0.3)
-    assert "stopped_at_rung" not in trial.user_attrs
+    assert TrialRecord.of(trial).stopped_at_rung is None
     with pytest.raises(optuna.TrialPruned, match=r"beaten by 4 of 4 trials with <= 50,000 MACs"):
         by_macs(trial, 1, 0.3)
-    assert trial.study.trials[-1].user_attrs["stopped_at_rung"] == 1
+    assert TrialRecord.of(trial.study.trials[-1]).stopped_at_rung == 1
 
 
 def test_reachable_extends_the_curve_at_its_steeper_last_gain():
@@ -257,8 +256,8 @@ def test_reachable_judge_keeps_a_slow_starter_and_stops_a_flat_one():
         study = _study_with_peers()
         stopper = make_stopper(judge, epochs=10)
         trial = study.ask()
-        trial.set_user_attr("params", 9_000)
-        trial.set_user_attr("val_curve", curve)
+        set_trial(trial, params=9_000)
+        set_trial(trial, val_curve=curve)
         if stops:
             with pytest.raises(optuna.TrialPruned, match="rung 3"):
                 stopper(trial, 3, curve[-1])
@@ -266,39 +265,15 @@ def test_reachable_judge_keeps_a_slow_starter_and_stops_a_flat_one():
             stopper(trial, 3, curve[-1])
 
 
-TINY = """
-seed = 0
-[data]
-dataset = "synthetic"
-val_size = 100
-[data.synthetic]
-n_train = 400
-n_test = 100
-num_classes = 3
-noise = 1.5
-[teacher]
-family = "mlp"
-hidden = [32]
-[teacher.train]
-epochs = 2
-batch_size = 64
-[student]
-family = "mlp"
-depth = { low = 1, high = 2 }
-width = { choices = [2, 4, 8, 16, 32] }
-[student.train]
-epochs = 3
-batch_size = 64
-lr = 0.003
-[search]
-n_trials = 10
-sampler = "random"
-[search.early_stopping]
-rungs = [1, 2]
-min_trials = 3
-quantile = 0.3
-min_dominators = 1
-"""
+TINY = study_text(
+    description=None,
+    data='dataset = "synthetic"\nval_size = 100\n'
+         "synthetic = { n_train = 400, n_test = 100, num_classes = 3, noise = 1.5 }",
+    teacher_train="epochs = 2\nbatch_size = 64",
+    student='family = "mlp"\ndepth = { low = 1, high = 2 }\nwidth = { choices = [2, 4, 8, 16, 32] }',
+    student_train="epochs = 3\nbatch_size = 64\nlr = 0.003",
+    search='n_trials = 10\nsampler = "random"',
+    search_early_stopping="rungs = [1, 2]\nmin_trials = 3\nquantile = 0.3\nmin_dominators = 1")
 
 
 @pytest.mark.parametrize("warmup", [None, 1])
@@ -330,25 +305,25 @@ def test_run_study_stops_exactly_the_trials_the_rule_names(tmp_path, warmup):
                 "1-epoch warm-up, as after_warmup = true asks)")
     assert said == [expected]
     trials = study.get_trials()
-    stopped = [t for t in trials if "stopped_at_rung" in t.user_attrs]
+    stopped = [t for t in trials if TrialRecord.of(t).stopped_at_rung is not None]
     assert stopped, "the rule never fired on 10 random students: not a working early stopper"
     assert any(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:
-        curve = t.user_attrs.get("val_curve", [])
+        curve = TrialRecord.of(t).val_curve
         fate = None
         for rung in rungs:
             if len(curve) < rung:
                 break
             earlier = [
-                Peer(e.user_attrs["params"], e.user_attrs["val_curve"][rung - 1])
+                Peer(TrialRecord.of(e).params, TrialRecord.of(e).val_curve[rung - 1])
                 for e in trials
-                if e.number < t.number and len(e.user_attrs.get("val_curve", [])) >= rung
+                if e.number < t.number and len(TrialRecord.of(e).val_curve) >= rung
             ]
             if should_stop(
-                t.user_attrs["params"], curve[rung - 1], earlier, spec.search.early_stopping
+                TrialRecord.of(t).params, curve[rung - 1], earlier, spec.search.early_stopping
             ):
                 fate = rung
                 break
-        assert t.user_attrs.get("stopped_at_rung") == fate, t.number
+        assert TrialRecord.of(t).stopped_at_rung == fate, t.number
         if fate is not None:
             assert t.state == TrialState.PRUNED and len(curve) == fate

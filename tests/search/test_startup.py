@@ -74,6 +74,7 @@ def test_the_sampler_hands_out_the_plan_then_models_the_study(tmp_path):
     assert study.trials[3].params not in planned
 
 
+@pytest.mark.slow
 def test_a_run_starts_with_the_plan_and_a_resumed_run_does_not_repeat_it(tmp_path):
     spec = parse_study(tiny_study_text(n_trials=6), tmp_path / "tiny.toml")
     opts = Options(storage=f"sqlite:///{tmp_path}/s.db", study_name="tiny", n_trials=2,

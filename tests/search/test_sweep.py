@@ -9,13 +9,14 @@ import pytest
 
 from kdsearch.errors import StudyFileError
 from kdsearch.options import Options
+from kdsearch.record import TrialRecord
 from kdsearch.report.accuracy import accuracy_by
 from kdsearch.report.rows import DISTILLED, PLAIN, is_distilled, read_rows
 from kdsearch.report.tables import sweep_table
 from kdsearch.search.sweep import sweep_grid, sweep_size, swept_params, trials_wanted
 from kdsearch.spec import load_study
 from kdsearch.study.runner import run_study
-from tests.helpers import TINY_DATA, write_study
+from tests.helpers import TINY_DATA, study_text, write_study
 
 SWEEP = TINY_DATA + """
 [student]
@@ -86,12 +87,14 @@ def swept(tmp_path_factory) -> optuna.Study:
                                       cache_dir=tmp / "cache", device="cpu"), log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_grid_point_once(swept):
     trials = swept.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     points = {(t.params["depth"], t.params["alpha"], t.params["repeat"]) for t in trials}
     assert len(trials) == 8 and len(points) == 8
 
 
+@pytest.mark.slow
 def test_sweep_plot_data_is_mean_over_seeds_per_setting(swept):
     data = accuracy_by(read_rows(swept), "layers")
     assert data.statistic == "mean" and set(data.groups) == {DISTILLED, PLAIN}
@@ -99,12 +102,13 @@ def test_sweep_plot_data_is_mean_over_seeds_per_setting(swept):
     for line, points in data.groups.items():
         assert [p.x for p in points] == [1, 2]
         for p in points:
-            expected = [t.user_attrs["val_accuracy"] for t in trials if t.params["depth"] == p.x
+            expected = [TrialRecord.of(t).val_accuracy for t in trials if t.params["depth"] == p.x
                         and (not is_distilled(t.params["alpha"])) == (line == PLAIN)]
             assert sorted(p.values) == sorted(expected) and len(expected) == 2
             assert p.mean == pytest.approx(statistics.fmean(expected))
 
 
+@pytest.mark.slow
 def test_sweep_table_lists_each_setting_with_its_seeds(swept):
     table = sweep_table(read_rows(swept))
     lines = table.splitlines()
@@ -112,6 +116,7 @@ def test_sweep_table_lists_each_setting_with_its_seeds(swept):
     assert all(" 2 " in line for line in lines[1:])  # two seeds per setting
 
 
+@pytest.mark.slow
 def test_sweeps_never_stop_trials_early(tmp_path):
     """Early stopping is on by default for searches; a sweep must train every point fully."""
     from optuna.trial import TrialState
@@ -120,34 +125,16 @@ def test_sweeps_never_stop_trials_early(tmp_path):
     from kdsearch.spec import parse_study
     from kdsearch.study.runner import run_study
 
-    text = """
-[data]
-dataset = "synthetic"
-val_size = 100
-synthetic = { n_train = 400, n_test = 100, num_classes = 3, noise = 1.5 }
-
-[teacher]
-family = "mlp"
-hidden = [32]
-
-[teacher.train]
-epochs = 2
-
-[student]
-family = "mlp"
-depth = { choices = [1, 2] }
-width = { choices = [2, 8] }
-temperature = 2.0
-alpha = { choices = [0.0, 0.9] }
-
-[student.train]
-epochs = 2
-
-[search]
-sampler = "grid"
-repeats = 2
-early_stopping = { enabled = true, rungs = [1], min_trials = 1 }
-"""
+    text = study_text(
+        description=None, seed=None,
+        data='dataset = "synthetic"\nval_size = 100\n'
+             "synthetic = { n_train = 400, n_test = 100, num_classes = 3, noise = 1.5 }",
+        teacher_train="epochs = 2",
+        student='family = "mlp"\ndepth = { choices = [1, 2] }\nwidth = { choices = [2, 8] }\n'
+                "temperature = 2.0\nalpha = { choices = [0.0, 0.9] }",
+        student_train="epochs = 2",
+        search='sampler = "grid"\nrepeats = 2\n'
+               "early_stopping = { enabled = true, rungs = [1], min_trials = 1 }")
     spec = parse_study(text, tmp_path / "grid.toml")
     opts = Options(storage=f"sqlite:///{tmp_path}/s.db", study_name="grid", n_trials=16,
                       timeout=None, data_dir=None, cache_dir=tmp_path / "c", device="cpu")

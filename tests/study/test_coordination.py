@@ -46,6 +46,7 @@ def _worker(url: str, target: int, counts: list[int], errors: list[BaseException
         errors.append(e)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_workers_stop_at_exactly_the_target(backend, tmp_path, monkeypatch):
     # Widen the race: a pause between counting the trials and creating one. Without the
@@ -76,6 +77,7 @@ def test_concurrent_workers_stop_at_exactly_the_target(backend, tmp_path, monkey
         storage.engine.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dead_workers_trial_is_failed_and_retried_with_its_params(backend, tmp_path, monkeypatch):
     with scratch_storage(backend, tmp_path) as url:

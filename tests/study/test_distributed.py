@@ -59,6 +59,7 @@ def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                             cwd=log.parent)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_three_workers_one_teacher_exact_target(backend, tmp_path):
     target = 6

@@ -53,6 +53,7 @@ with db_lock(create_engine(url), url, "held"):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_lock_released_when_holder_is_killed(backend, tmp_path):
     with scratch_storage(backend, tmp_path) as url:

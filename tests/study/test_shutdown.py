@@ -95,6 +95,7 @@ class _Lines:
         return "".join(self.lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
                          ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_at_epoch_boundary_and_resume_finishes(sig, code, tmp_path):

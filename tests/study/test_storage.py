@@ -67,6 +67,7 @@ def test_rejected_login_is_one_line_without_password():
     assert SECRET not in text and "no_such_role_kd" in text and "\n" not in text
 
 
+@pytest.mark.slow
 def test_cli_bad_database_is_one_line_exit_2(tmp_path):
     study = tiny_study(tmp_path)
     proc = subprocess.run(
@@ -85,6 +86,7 @@ def test_pg_server_url_is_postgresql():
     assert PG_SERVER.startswith("postgresql")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_creating_the_tables_together(backend, tmp_path):
     """Found by the three-worker test: Optuna's table creation races ("UNIQUE constraint

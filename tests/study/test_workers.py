@@ -64,6 +64,7 @@ def test_no_more_workers_than_trials_left_and_a_warning_past_the_cores():
     assert worker_plan(3, left=2, cores=2) == (2, None)  # capped first: within the cores
 
 
+@pytest.mark.slow
 def test_two_workers_fill_one_study(tmp_path):
     study_file = tmp_path / "w.toml"
     text = (REPO / "studies" / "smoke.toml").read_text().replace("epochs = 3", "epochs = 1")
@@ -118,6 +119,7 @@ def test_two_workers_fill_one_study(tmp_path):
     assert first_two[0] != first_two[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_started_separately_never_draw_the_same_student(backend, tmp_path):
     """What `docker compose up --scale worker=3` does: three identical `run-study`

@@ -44,6 +44,7 @@ def _write_idx(path, array, magic_type=0x08):
         f.write(array.astype(np.uint8).tobytes())
 
 
+@pytest.mark.slow
 def test_named_dataset_from_a_local_torchvision_root(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -269,6 +270,7 @@ def test_data_dir_serves_an_image_folder_study_without_a_path(tmp_path):
         load_data(spec)  # a caller that cannot name the file still gives both ways
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_ends_the_cli_in_one_line(tmp_path):
     _image_folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "train" / "cat" / "0.png"

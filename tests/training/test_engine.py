@@ -53,6 +53,7 @@ CNN = CNNArch(
 )
 
 
+@pytest.mark.slow
 def test_cnn_learns_and_comes_back_in_the_default_layout(data):
     model = _model(data, CNN)
     recipe = TrainRecipe(epochs=3, batch_size=50, lr=0.01, max_norm=3.0)
@@ -88,6 +89,7 @@ def test_prenormalising_matches_per_batch_normalising(data, monkeypatch):
         assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_distillation_from_cached_logits_and_augmented_live_teacher(data):
     teacher = _model(data, MLPArch(hidden=[32]))
     logits = teacher(data.train.x).detach()
@@ -109,6 +111,7 @@ def test_non_finite_loss_is_reported(data):
             teacher_logits=torch.full((len(data.train), 3), float("nan"))))
 
 
+@pytest.mark.slow
 def test_on_epoch_can_stop_training(data):
     class Stop(Exception):
         pass
@@ -186,6 +189,7 @@ RESUMABLE = [  # every random draw of the loop: batch order, flips, jitter, drop
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,recipe", RESUMABLE, ids=["cnn-adam-aug", "mlp-sgd"])
 def test_training_resumed_after_an_epoch_ends_bit_identical(data, arch, recipe, tmp_path):
     # The last epoch's weights, not the best's: the best one may be saved before the cut.
@@ -268,6 +272,7 @@ def test_no_decay_on_norms_and_biases_and_nesterov_as_asked(data):
     assert not make_optimizer(model, TrainRecipe(optimizer="sgd", momentum=0)).defaults["nesterov"]
 
 
+@pytest.mark.slow
 def test_a_batch_norm_model_skips_a_final_batch_of_one(data):
     """400 training images in batches of 133: the last holds one image, which batch norm in
     training mode cannot normalise where the map is 1x1 ('Expected more than 1 value per
@@ -280,6 +285,7 @@ def test_a_batch_norm_model_skips_a_final_batch_of_one(data):
     assert result.epochs_run == 2 and 0.0 <= result.val_accuracy <= 1.0
 
 
+@pytest.mark.slow
 def test_batch_progress_reports_within_each_epoch_and_leaves_training_unchanged(data,
                                                                                 monkeypatch):
     """Progress bars move inside an epoch; listening must not change what is learned."""
@@ -344,6 +350,7 @@ print("trained")
 """
 
 
+@pytest.mark.slow
 def test_a_strided_1x1_convolution_over_few_channels_trains_on_one_thread():
     """oneDNN's channels_last backward of a 1x1 stride-2 convolution over fewer than 8 input
     channels (a shortcut-B resnet of base width 6) corrupts memory on one CPU thread (torch

@@ -144,6 +144,7 @@ def test_resnet8_counts(arch, params, macs):
     assert count_macs(arch, CIFAR, 10) == macs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [
     RESNET20, RESNET8_B, MOBILENET, TINY_RESNET, TINY_MOBILENET,
     ResNetArch(blocks=[2, 1, 1, 1], base_width=6, width_growth=1.5, kernel=5),
@@ -201,6 +202,7 @@ def test_invalid_residual_architectures_are_refused(bad):
         parse_arch(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [TINY_RESNET, TINY_MOBILENET], ids=lambda a: a.family)
 def test_eval_mode_batch_norm_is_deterministic_and_per_image(arch):
     torch.manual_seed(0)
@@ -219,6 +221,7 @@ def test_eval_mode_batch_norm_is_deterministic_and_per_image(arch):
     assert torch.equal(a, again)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [TINY_RESNET, TINY_MOBILENET], ids=lambda a: a.family)
 def test_a_training_step_updates_weights_and_statistics(arch):
     torch.manual_seed(0)
@@ -239,6 +242,7 @@ def test_a_training_step_updates_weights_and_statistics(arch):
     assert any(k.endswith("weight") for k in changed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [TINY_RESNET, TINY_MOBILENET], ids=lambda a: a.family)
 def test_the_engine_trains_and_evaluates_residual_families(arch):
     from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe
@@ -272,6 +276,7 @@ def _trained_ish(arch) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [TINY_RESNET, ResNetArch(blocks=[1, 1], base_width=4), TINY_MOBILENET],
                          ids=["resnet-B", "resnet-A", "mobilenet"])
 def test_torch_export_matches_eager(arch):
@@ -281,6 +286,7 @@ def test_torch_export_matches_eager(arch):
         assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [TINY_RESNET, ResNetArch(blocks=[1, 1], base_width=4), TINY_MOBILENET],
                          ids=["resnet-B", "resnet-A", "mobilenet"])
 def test_compress_exports_run_and_match(arch, tmp_path):

@@ -152,6 +152,7 @@ def _assert_same_teacher(a, b):
     assert a.record.curve == b.record.curve and a.record.epochs == b.record.epochs
 
 
+@pytest.mark.slow
 def test_interrupted_teacher_resumes_and_ends_bit_identical(resumable, tmp_path):
     spec, data, whole = resumable
     cache, logs = tmp_path / "cache", []
@@ -176,6 +177,7 @@ def test_interrupted_teacher_resumes_and_ends_bit_identical(resumable, tmp_path)
     _assert_same_teacher(whole, reloaded)
 
 
+@pytest.mark.slow
 def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(resumable, tmp_path,
                                                                   monkeypatch):
     """A Ctrl-C without a `StopSignal` (the `teacher` command) may land mid-write."""
@@ -202,6 +204,7 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(resumable, tmp
     _assert_same_teacher(whole, resumed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "other-recipe", "other-weights"])
 def test_a_bad_partial_checkpoint_warns_once_and_starts_over(resumable, tmp_path, damage):
     spec, data, whole = resumable
@@ -231,6 +234,7 @@ def test_a_bad_partial_checkpoint_warns_once_and_starts_over(resumable, tmp_path
     assert not partial.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_teacher_stops_at_an_epoch_and_the_rerun_resumes(tmp_path):
     """The real path: `run-study`, SIGINT while the teacher trains, the same command again."""
     study = tiny_study(tmp_path, epochs=1, n_trials=1)

@@ -146,6 +146,7 @@ CASES = [  # (file, format expected, input settings)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "fmt", "settings"), CASES, ids=[c[0] for c in CASES])
 def test_each_format_returns_the_models_logits(files, model, name, fmt, settings):
     tf = TeacherFile(files[name], **settings)
@@ -168,6 +169,7 @@ def test_a_fixed_batch_export_is_fed_padded_batches_of_its_size(files):
     torch.testing.assert_close(teacher(x), teacher_dyn(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchvision_architecture_from_a_state_dict(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(1)
