@@ -22,7 +22,7 @@ PACKAGE = REPO / "kdsearch"
 # is placed. Data flows training -> search -> study -> report.
 FLOORS = [
     {"errors", "optuna_internals"},  # the latter: Optuna's private API, behind one door
-    {"architecture", "objectives", "options"},
+    {"architecture", "objectives", "options", "install"},
     {"sizes"},  # the size and MAC arithmetic of an architecture, without torch
     {"spec"},  # the study file
     {"record"},
@@ -30,6 +30,7 @@ FLOORS = [
     {"search"},
     {"study"},
     {"report", "compress"},
+    {"api"},  # the Python API: the CLI's commands as functions
     {"kdsearch"},  # the package's own __init__ (its version, the Python API's front)
     {"cli"},
 ]
