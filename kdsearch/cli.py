@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("teacher", help="train the study's teacher, or show the cached one")
     p.add_argument("study")
     _add_run_options(p)
+    p.add_argument("--export", metavar="DIR", type=Path,
+                   help="also write the trained teacher as DIR/NAME.pt2, NAME.onnx and a card "
+                   "NAME.md, for studies to distill from with [teacher] file = ...")
+    p.add_argument("--name", help="the exported files' name (default: the study's name)")
 
     p = sub.add_parser("best", help="table of Pareto-optimal trials")
     p.add_argument("study")
@@ -261,6 +265,12 @@ def cmd_teacher(args) -> int:
         print(f"file      {m.file.get('path', '')} (sha256 {m.file.get('sha256', '')[:16]})")
     if m.note:
         print(f"note      {m.note}")
+    if args.export is not None:
+        from kdsearch.compress.teacher_export import export_teacher
+
+        command = "kdsearch teacher " + " ".join(sys.argv[2:])
+        for path in export_teacher(teacher, args.export, args.name or spec.name, command):
+            print(f"exported  {path}")
     return 0
 
 

@@ -379,3 +379,40 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary_one(folder, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     write_folder(model, lambda tmp: (tmp / "architecture.json").write_text("{}"))  # replaced whole
     assert sorted(p.name for p in model.iterdir()) == ["architecture.json"]
+
+
+# --- a trained teacher exported as files, and a study distilling from them -----------------------
+
+
+@pytest.mark.slow
+def test_teacher_export_gives_files_a_study_distills_from_at_the_same_accuracy(tmp_path):
+    from tests.helpers import kdsearch as run, study_text
+
+    data = ('dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 200, '
+            "channels = 3, height = 8, width = 8, num_classes = 3, noise = 1.0 }")
+    trained = tmp_path / "trained.toml"
+    trained.write_text(study_text(data=data, teacher='family = "resnet"\nblocks = [1, 1]\n'
+                                  "base_width = 4", teacher_train="epochs = 3\nbatch_size = 64\n"
+                                  'optimizer = "sgd"\nlr = 0.05'))
+    cache = str(tmp_path / "cache")
+    out = run("teacher", str(trained), "--storage", f"sqlite:///{tmp_path}/a.db", "--cache-dir",
+              cache, "--export", str(tmp_path / "teachers"), "--name", "tiny_resnet")
+    files = [tmp_path / "teachers" / f"tiny_resnet{s}" for s in (".pt2", ".onnx", ".md")]
+    assert all(f.is_file() for f in files), out.stdout
+    test_acc = float(next(line.split()[1] for line in out.stdout.splitlines()
+                          if line.startswith("test_acc")))
+    card = files[2].read_text()
+    assert f"**{test_acc:.4f}**" in card and "scale = 1.0" in card
+    # Again onto the same files: refused, nothing overwritten.
+    again = run("teacher", str(trained), "--storage", f"sqlite:///{tmp_path}/a.db", "--cache-dir",
+                cache, "--export", str(tmp_path / "teachers"), "--name", "tiny_resnet", check=False)
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    for suffix in (".pt2", ".onnx"):
+        user = tmp_path / f"user{suffix}.toml"
+        user.write_text(study_text(data=data, teacher=f'file = "teachers/tiny_resnet{suffix}"',
+                                   teacher_train=None, teacher_input="scale = 1.0"))
+        loaded = run("teacher", str(user), "--storage", f"sqlite:///{tmp_path}/b.db",
+                     "--cache-dir", cache)
+        got = float(next(line.split()[1] for line in loaded.stdout.splitlines()
+                         if line.startswith("test_acc")))
+        assert got == pytest.approx(test_acc, abs=1 / 200 + 1e-9), suffix

@@ -56,10 +56,12 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
 
-def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> str | None:
+def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path: Path,
+               dtype: torch.dtype = torch.uint8) -> str | None:
     """A `torch.export` program with a dynamic batch size, traced on two zero images and saved
-    without them (`safe_pt2.save_pt2`); None, or why it could not be written."""
-    example = torch.zeros((2, *input_shape), dtype=torch.uint8)
+    without them (`safe_pt2.save_pt2`); None, or why it could not be written. A teacher file is
+    traced on float pixels (`dtype`): kdsearch feeds teacher files float tensors."""
+    example = torch.zeros((2, *input_shape), dtype=dtype)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -73,9 +75,10 @@ def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> st
         return _why(e)
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> str | None:
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path,
+                dtype: torch.dtype = torch.uint8) -> str | None:
     """One self-contained ONNX file with a dynamic batch size; None, or why not."""
-    example = torch.zeros((1, *input_shape), dtype=torch.uint8)
+    example = torch.zeros((1, *input_shape), dtype=dtype)
     try:
         # Students are small: no external data. No exporter chatter on stdout.
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
