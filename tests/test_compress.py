@@ -386,7 +386,8 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary_one(folder, tmp_p
 
 @pytest.mark.slow
 def test_teacher_export_gives_files_a_study_distills_from_at_the_same_accuracy(tmp_path):
-    from tests.helpers import kdsearch as run, study_text
+    from tests.helpers import kdsearch as run
+    from tests.helpers import study_text
 
     data = ('dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 200, '
             "channels = 3, height = 8, width = 8, num_classes = 3, noise = 1.0 }")
