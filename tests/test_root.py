@@ -13,7 +13,7 @@ from tests.helpers import REPO
 
 ROOT = {
     ".ci", ".gitignore", "Dockerfile", "README.md", "benchmarks", "docker-compose.yml", "docs",
-    "examples", "kdsearch", "pyproject.toml", "studies", "tests",
+    "examples", "kdsearch", "pyproject.toml", "studies", "teachers", "tests",
 }
 
 
