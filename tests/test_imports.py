@@ -32,6 +32,7 @@ FLOORS = [
     {"report", "compress"},
     {"api"},  # the Python API: the CLI's commands as functions
     {"kdsearch"},  # the package's own __init__ (its version, the Python API's front)
+    {"arguments"},  # the command line's grammar (cli.py runs it)
     {"cli"},
 ]
 FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
