@@ -87,6 +87,21 @@ class TrainRecipe(Frozen):
     # false: weight decay on conv and linear weights only, not on biases and batch-norm scales
     # (decaying those only shrinks what batch norm re-normalises)
     decay_norms_and_biases: bool = True
+    # A cheaper fidelity for early-stopping's first rungs (training/epoch_plan.py): the first
+    # `early_epochs` epochs each train on a fresh, seeded random `early_fraction` of the
+    # training images, the later ones on all; validation is unchanged. 1.0 and 0: off.
+    early_fraction: float = Field(default=1.0, gt=0, le=1)
+    early_epochs: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _early_epochs_within_budget(self) -> TrainRecipe:
+        if self.early_fraction < 1 and not self.early_epochs:
+            raise refuse("early_epochs >= 1 with early_fraction < 1 (else no epoch is short)",
+                          "early_epochs = 0", "early_fraction")
+        if self.early_epochs and self.early_epochs >= self.epochs:
+            raise refuse(f"fewer early epochs than epochs ({self.epochs}), so the last ones "
+                          "train on all the images", f"{self.early_epochs}", "early_epochs")
+        return self
 
     @model_validator(mode="after")
     def _warmup_within_budget(self) -> TrainRecipe:
@@ -131,7 +146,8 @@ class TrainRecipe(Frozen):
 
 
 _ADDED_RECIPE_DEFAULTS = {"nesterov": True, "warmup_epochs": None, "label_smoothing": 0.0,
-                          "decay_norms_and_biases": True, "views": 0, "translate": 0}
+                          "decay_norms_and_biases": True, "views": 0, "translate": 0,
+                          "early_fraction": 1.0, "early_epochs": 0}
 
 
 class StudentRecipe(TrainRecipe):

@@ -32,6 +32,7 @@ from kdsearch.errors import NonFiniteLossError
 from kdsearch.spec import TrainRecipe
 from kdsearch.training.data import Dataset, Split
 from kdsearch.training.distill import KD, kd_loss
+from kdsearch.training.epoch_plan import epoch_images, epoch_steps
 from kdsearch.training.evaluate import (
     EVAL_BATCH,
     EVAL_BATCH_CNN_CPU,
@@ -304,12 +305,11 @@ def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> TrainResu
             model.to(memory_format=torch.channels_last)
         amp = _amp_dtype(device)
         optimizer = make_optimizer(model, recipe)
-        steps_per_epoch = math.ceil(len(split) / recipe.batch_size)
-        loop = Loop(optimizer, make_schedule(optimizer, recipe, steps_per_epoch),
+        images, steps = epoch_images(len(split), recipe), epoch_steps(len(split), recipe)  # per epoch
+        loop = Loop(optimizer, make_schedule(optimizer, recipe, steps),
                     torch.amp.GradScaler("cuda") if amp == torch.float16 else None, gen)
-        # Batch norm in training mode cannot normalise a batch of one image on a 1x1 map (and
-        # on larger maps gets one image's statistics): such a last batch is skipped; its image
-        # is in other batches in the other epochs' permutations.
+        # Batch norm in training mode cannot normalise a batch of one image on a 1x1 map (and on larger
+        # maps gets one image's statistics): such a last batch is skipped; its image is in other epochs'.
         skip_single = _has_batch_norm(model)
 
         try:
@@ -320,15 +320,15 @@ def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> TrainResu
                 done = restore(s.resume, model, loop, recipe, s.seed, device)
             earlier = done.seconds
             for epoch in range(done.epoch + 1, recipe.epochs + 1):
-                # One epoch: a fresh permutation, batches sliced by index; the loss is summed
-                # on the device and read once per epoch, so no batch waits for the host.
+                # One epoch: a fresh permutation (its head, in a short epoch), batches sliced by
+                # index; the loss is summed on the device, read once per epoch.
                 model.train()
-                order = torch.randperm(len(split), generator=gen).to(device)
+                order = torch.randperm(len(split), generator=gen)[: images[epoch - 1]].to(device)
                 if table is not None:  # each image's view this epoch, from the same stream
                     shown = torch.randint(0, table.k, (len(split),), generator=gen).to(device)
                 running = torch.zeros((), device=device)
                 told = time.monotonic()
-                for step, i in enumerate(range(0, len(split), recipe.batch_size), start=1):
+                for step, i in enumerate(range(0, len(order), recipe.batch_size), start=1):
                     idx = order[i : i + recipe.batch_size]
                     if skip_single and len(idx) == 1:
                         continue
@@ -350,11 +350,11 @@ def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> TrainResu
                     _step(loss, loop, model, recipe)
                     running += loss.detach().float() * len(idx)
                     if s.hooks.on_batches is not None and (
-                            step == steps_per_epoch
+                            step == steps[epoch - 1]
                             or time.monotonic() - told >= BATCH_PROGRESS_SECONDS):
-                        s.hooks.on_batches(epoch, step, steps_per_epoch)
+                        s.hooks.on_batches(epoch, step, steps[epoch - 1])
                         told = time.monotonic()
-                epoch_loss = float(running) / max(len(split), 1)
+                epoch_loss = float(running) / max(len(order), 1)
                 if not math.isfinite(epoch_loss):
                     raise NonFiniteLossError(f"loss became {epoch_loss} during epoch {epoch}")
 

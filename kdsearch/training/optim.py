@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdsearch.spec import TrainRecipe
+from kdsearch.training.epoch_plan import steps_until
 
 
 def param_groups(model: nn.Module, recipe: TrainRecipe) -> list[dict]:
@@ -61,10 +62,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainRecipe,
-                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """The recipe's schedule, stepped once per batch; None for a constant rate without warm-up."""
-    total = steps_per_epoch * recipe.epochs
-    warmup = min(round(recipe.warmup() * steps_per_epoch), total)
+                  steps: list[int]) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The recipe's schedule over `steps` (each epoch's, epoch_plan.epoch_steps), stepped once
+    per batch; None for a constant rate without warm-up."""
+    total = sum(steps)
+    warmup = min(steps_until(recipe.warmup(), steps), total)
     if recipe.lr_schedule == "constant" and not warmup:
         return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
