@@ -153,6 +153,7 @@ def test_compress_then_evaluate_in_a_fresh_process(smoke):
     torch.testing.assert_close(logits["onnx"], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_a_non_model_folder_is_one_line(tmp_path):
     proc = kdsearch("evaluate", str(tmp_path), check=False)
     assert proc.returncode == 2
@@ -175,6 +176,7 @@ def test_pick_within_several_limits_on_a_hand_study():
         pick_trial(study, max_latency_ms=1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, found", [([], "neither"), (["--trial", "0", "--max-macs", "5"], "both")])
 def test_compress_needs_a_trial_or_limits_not_both(tmp_path, args, found):
     proc = kdsearch("compress", "hand", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--out",
@@ -229,6 +231,7 @@ def _copy(folder, tmp_path):
     return dst
 
 
+@pytest.mark.slow
 def test_the_folder_is_written_whole_and_model_pt2_carries_no_data(folder):
     import zipfile
 
@@ -249,6 +252,7 @@ def test_the_folder_is_written_whole_and_model_pt2_carries_no_data(folder):
     assert (out / "model.pt2").stat().st_size < (out / "model.onnx").stat().st_size + 64 * 1024
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_swapped_model_pt2_whose_payload_never_runs(folder, tmp_path):
     from tests.payloads import craft
 
@@ -293,6 +297,7 @@ class _Foreign(torch.nn.Module):
         return self.fc(x.float().flatten(1))
 
 
+@pytest.mark.slow
 def test_evaluate_names_a_missing_a_foreign_and_a_disagreeing_copy(folder, tmp_path):
     from kdsearch.spec import DataSpec
     from kdsearch.training.data import load_data
@@ -328,6 +333,7 @@ def test_evaluate_names_a_missing_a_foreign_and_a_disagreeing_copy(folder, tmp_p
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_evaluate_refuses_a_fifo_or_a_device_for_a_copy(folder, tmp_path):
     import os
 
@@ -347,6 +353,7 @@ def test_evaluate_refuses_a_fifo_or_a_device_for_a_copy(folder, tmp_path):
         evaluate(model, Options(device="cpu"))
 
 
+@pytest.mark.slow
 def test_compress_out_onto_a_file_or_a_foreign_folder_is_refused_before_training(smoke, tmp_path):
     _, url, tmp = smoke
     taken = tmp_path / "notes.txt"
@@ -363,6 +370,7 @@ def test_compress_out_onto_a_file_or_a_foreign_folder_is_refused_before_training
     assert taken.read_text() == "mine" and [p.name for p in other.iterdir()] == ["cat.jpg"]
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_the_old_folder_and_no_temporary_one(folder, tmp_path):
     from kdsearch.compress.folder import write_folder
 

@@ -19,6 +19,7 @@ def _fronts_traces(fig):
     return {t.name: (list(t.x), list(t.y)) for t in fig.data if t.mode == "lines+markers"}
 
 
+@pytest.mark.slow
 def test_export_draws_both_fronts_from_one_storage(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(images, "write_image", lambda fig, path: path.write_text("img"))
     url = f"sqlite:///{tmp_path / 'h.db'}"

@@ -115,6 +115,7 @@ def test_export_module_reads_the_study_once(tmp_path, monkeypatch):
     assert calls == [1] and reads == [1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("chromium"), reason="no system Chromium")
 def test_export_writes_real_png_and_svg(tmp_path):
     study = hand_study([(0.8, 50, 3, 0.7), (0.85, 60, 5, 0.2), (0.7, 50, 3, 0.0)])

@@ -129,6 +129,7 @@ def test_signal_stops_at_epoch_boundary_and_resume_finishes(sig, code, tmp_path)
         assert trials[1].params == trials[0].params
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_the_teacher_at_once_keeping_every_finished_epoch(tmp_path):
     """`kdsearch teacher` with epochs of thousands of batches: the first Ctrl-C says it waits
     for the epoch's end and how long that is; the second stops within the epoch, the epochs
@@ -205,6 +206,7 @@ class _HeldProxy:
         self.server.close()
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_storage_opens_on_postgresql_ends_in_our_lines_only(tmp_path):
     """The handler used to raise inside the database call: three SQLAlchemy tracebacks. Now
     the signal is said at once, the open finishes, and the run stops at the next safe point."""

@@ -147,6 +147,7 @@ def test_workers_started_separately_never_draw_the_same_student(backend, tmp_pat
         assert len(stream_of) == len(workers) == len(streams) and streams <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_the_parent_stops_every_worker_once_and_says_how_to_resume(tmp_path):
     """The workers run in their own process group: the parent hands the signal on once, so a
     first Ctrl-C is a first one for each worker (stop after this epoch), not a second."""
