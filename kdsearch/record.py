@@ -10,6 +10,7 @@ Every key is named once, here, as a field of a frozen record: writers go through
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,22 @@ class TrialRecord:
         if "val_curve" in values:
             values["val_curve"] = tuple(values["val_curve"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class KD:
+    """How a student learns from its teacher (a trial's T and alpha), read by the engine, the
+    trial lines and the reports through `KD.of`: the defaults, once, are a plain student."""
+
+    temperature: float = 1.0  # T > 0; without a soft term (alpha 0) it changes nothing
+    alpha: float = 0.0  # the soft term's weight in [0, 1]; 0 trains on the labels alone
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> KD:
+        """A trial's T and alpha, from its sampled parameters (`temperature`, `alpha`); the
+        defaults above for one that has none."""
+        return cls(float(params.get("temperature", cls.temperature)),
+                   float(params.get("alpha", cls.alpha)))
 
 
 TRIAL_KEYS = frozenset(f.name for f in dataclasses.fields(TrialRecord))

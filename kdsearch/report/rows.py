@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kdsearch import objectives
 from kdsearch.errors import KdsearchError
 from kdsearch.record import (
+    KD,
     STUDY_DEFINITION,
     TEACHER_LATENCY,
     TeacherRecord,
@@ -198,7 +199,7 @@ def read_rows(study: optuna.Study) -> Snapshot:
             number=t.number, state=t.state.name,
             val_accuracy=a.val_accuracy, test_accuracy=a.test_accuracy,
             params=a.params, macs=a.macs, arch=a.arch_summary,
-            temperature=t.params.get("temperature"), alpha=t.params.get("alpha"),
+            temperature=KD.of(t.params).temperature, alpha=KD.of(t.params).alpha,
             pareto=t.number in front, trial=t, baseline=a.baseline, record=a,
             latency_ms=a.latency_ms,
         ))

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsearch import objectives
 from kdsearch.objectives import COST
-from kdsearch.record import TrialRecord
+from kdsearch.record import KD, TrialRecord
 from kdsearch.search.early_stopping import judged_rungs
 from kdsearch.spec import StudySpec
 
@@ -24,8 +24,8 @@ def trial_line(trial: FrozenTrial, costs: Sequence[str] = objectives.DEFAULT) ->
     a = TrialRecord.of(trial)
     head = f"trial {trial.number:>3} {trial.state.name.lower():8}"
     arch = (a.arch_summary or "?") + (f" [{a.baseline}]" if a.baseline else "")
-    p = trial.params
-    knobs = f"T={p.get('temperature', 0):.2f} alpha={p.get('alpha', 0):.2f}"
+    kd = KD.of(trial.params)
+    knobs = f"T={kd.temperature:.2f} alpha={kd.alpha:.2f}"
     if trial.state == TrialState.COMPLETE:
         return (f"{head} val_acc {a.val_accuracy:.4f}  test_acc {a.test_accuracy:.4f}  "
                 f"params {a.params:>9,}  macs {a.macs:>11,}  "

@@ -18,27 +18,10 @@ alpha still weighs the teacher against it: alpha = 0 is plain training with smoo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class KD:
-    """How a student learns from its teacher: the defaults are a plain student."""
-
-    temperature: float = 1.0  # T > 0; without a soft term (alpha 0) it changes nothing
-    alpha: float = 0.0  # the soft term's weight in [0, 1]; 0 trains on the labels alone
-
-    @classmethod
-    def of(cls, params: Mapping[str, Any]) -> KD:
-        """A trial's T and alpha, from its sampled parameters (`temperature`, `alpha`); the
-        defaults above for one that has none."""
-        return cls(float(params.get("temperature", cls.temperature)),
-                   float(params.get("alpha", cls.alpha)))
+from kdsearch.record import KD  # noqa: F401 - the defaults live there, torch-free
 
 
 def kd_loss(
