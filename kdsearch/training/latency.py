@@ -144,7 +144,10 @@ def ort_providers(device, available) -> list:
     device = torch.device(device)
     providers: list = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in available:
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        index = device.index
+        if index is None:  # plain "cuda": the GPU select_device made current
+            index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     return providers
 
 
