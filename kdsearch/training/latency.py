@@ -138,16 +138,34 @@ def cpu_latency(model: nn.Module, input_shape: tuple[int, int, int], repeats: in
     return card_latency(model, one, many, repeats, batch)
 
 
-def onnx_session(path: Path):
-    """An ONNX Runtime session on the CPU with the threads torch was given, quiet."""
+def ort_providers(device, available) -> list:
+    """ONNX Runtime's providers for a kdsearch device: CUDA on the GPU that `--device cuda:N`
+    picked for torch (ORT would otherwise take GPU 0), with the CPU behind it."""
+    device = torch.device(device)
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        index = device.index
+        if index is None:  # plain "cuda": the GPU select_device made current
+            index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+    return providers
+
+
+def onnx_session(path: Path, device="cpu"):
+    """An ONNX Runtime session with the threads torch was given, on `device`, quiet.
+
+    Every session kdsearch opens comes from here, so ORT's own C++ log lines (warnings written
+    straight to stderr) never reach the terminal: errors reach the user as kdsearch's one line.
+    """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # also quiets what ORT logs before the options apply
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: graph-optimiser notes are not the user's
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+                                providers=ort_providers(device, ort.get_available_providers()))
 
 
 def onnx_latency(path: Path, input_shape: tuple[int, int, int], repeats: int = CARD_REPEATS,

@@ -102,18 +102,13 @@ _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor
 
 def load_onnx(tf, num_classes, input_shape, device):
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (a missing ORT is named here, in the teacher's words)
     except ImportError:
         raise TeacherFileError(f"{tf.path}: an ONNX teacher needs ONNX Runtime: pip install onnxruntime") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: graph-optimiser notes are not the user's concern
-    options.intra_op_num_threads = torch.get_num_threads()  # the threads kdsearch was given, as torch uses
-    options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    from kdsearch.training.latency import onnx_session
+
     try:
-        session = ort.InferenceSession(str(tf.path), sess_options=options, providers=providers)
+        session = onnx_session(tf.path, device)
     except Exception as e:
         raise TeacherFileError(one_line(f"{tf.path}: does not load as ONNX: {describe_onnx(e)}")) from None
     inputs = session.get_inputs()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import optuna
 import pytest
@@ -116,7 +115,7 @@ def test_export_module_reads_the_study_once(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("chromium"), reason="no system Chromium")
+@pytest.mark.skipif(images.find_chrome() is None, reason="no Chrome/Chromium")
 def test_export_writes_real_png_and_svg(tmp_path):
     study = hand_study([(0.8, 50, 3, 0.7), (0.85, 60, 5, 0.2), (0.7, 50, 3, 0.0)])
     written = export(study, tmp_path, log=lambda m: None)
@@ -129,3 +128,73 @@ def test_export_writes_real_png_and_svg(tmp_path):
     assert "Hypervolume of the front" in summary and "![pareto](pareto.png)" in summary
 
 
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *a, **k):
+        self.calls.append((a, k))
+
+
+def test_cli_export_without_a_browser_skips_images_in_one_line_and_never_starts_kaleido(
+        tmp_path, monkeypatch, capsys):
+    import kaleido
+    import plotly.graph_objects as go
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    hand_study(TRIALS, storage=url)
+    monkeypatch.setattr(images, "find_chrome", lambda: None)
+    started, rendered = _Recorder(), _Recorder()
+    monkeypatch.setattr(kaleido, "start_sync_server", started)
+    monkeypatch.setattr(go.Figure, "write_image", rendered)  # the call that used to hang
+    out = tmp_path / "out"
+    assert cli.main(["export", "hand", "--storage", url, "--out", str(out)]) == 2
+    lines = _error_line(capsys)
+    assert len(lines) == 1 and lines[0].startswith(
+        "kdsearch: error: HTML, CSV and summary written; PNG and SVG skipped: no Chrome/Chromium")
+    assert "apt-get install -y chromium" in lines[0] and "kaleido.get_chrome_sync()" in lines[0]
+    assert started.calls == [] and rendered.calls == []
+    names = {p.name for p in out.iterdir()}
+    assert {"trials.csv", "summary.md", "pareto.html", PLOTLY_JS} <= names
+    assert not any(n.endswith((".png", ".svg")) for n in names)
+
+
+def test_find_chrome_follows_browser_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "nothing-here"))
+    assert images.find_chrome() is None
+    monkeypatch.setenv("BROWSER_PATH", "/bin/true")
+    assert images.find_chrome() == "/bin/true"
+
+
+def test_a_browser_that_never_answers_fails_in_one_line_at_the_deadline(tmp_path, monkeypatch):
+    import threading
+
+    import plotly.graph_objects as go
+
+    release = threading.Event()
+    monkeypatch.setattr(images, "find_chrome", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(images, "IMAGE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(go.Figure, "write_image", lambda self, *a, **k: release.wait())
+    try:
+        with pytest.raises(ImageExportError, match=r"pareto.png not written: Chrome did not answer "
+                                                   r"within 0.5 s") as e:
+            images.write_image(go.Figure(), tmp_path / "pareto.png")
+        assert "\n" not in str(e.value)
+    finally:
+        release.set()
+
+
+def test_a_browser_that_dies_at_start_fails_in_one_line_without_waiting(tmp_path, monkeypatch, capfd):
+    """A 'browser' that exits at once (/bin/false): kaleido's server thread dies and would leave
+    write_image waiting forever; the deadline is set far off to show it is not what ends it."""
+    import plotly.graph_objects as go
+
+    monkeypatch.setenv("BROWSER_PATH", "/bin/false")
+    monkeypatch.setattr(images, "IMAGE_TIMEOUT_S", 10_000)
+    with images.one_browser():
+        with pytest.raises(ImageExportError, match="pareto.png not written: Chrome/Chromium did "
+                                                   "not start; PNG and SVG skipped"):
+            images.write_image(go.Figure(), tmp_path / "pareto.png")
+    assert "Traceback" not in capfd.readouterr().err

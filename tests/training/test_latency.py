@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from kdsearch.architecture import MLPArch
-from kdsearch.training.latency import MIN_REPEATS, measure_latency, median_interval
+from kdsearch.training.latency import MIN_REPEATS, measure_latency, median_interval, ort_providers
 from kdsearch.training.models import build_model
 
 
@@ -35,3 +35,51 @@ def test_measure_latency_records_its_method_and_leaves_the_model_and_rng_as_they
     low, high = m["ci95_ms"]
     assert 0 < low <= timed.median_ms <= high
     assert m["stopped"].startswith(("median's 95% interval", "time budget", "repeat cap"))
+
+
+def test_ort_follows_the_chosen_gpu_and_the_cpu_gets_only_the_cpu_provider():
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_providers("cuda:1", both) == [("CUDAExecutionProvider", {"device_id": 1}),
+                                             "CPUExecutionProvider"]
+    assert ort_providers(torch.device("cuda:0"), both)[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    assert ort_providers("cpu", both) == ["CPUExecutionProvider"]
+    assert ort_providers("cuda:1", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+_NOISY_SESSION = """
+import sys
+import onnx
+from onnx import TensorProto, helper
+from kdsearch.training.latency import onnx_session
+
+# An initializer no node uses: ONNX Runtime warns about removing it, on stderr, from C++.
+unused = helper.make_tensor("unused", TensorProto.FLOAT, [1], [0.0])
+graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [unused])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.save(model, sys.argv[1])
+if sys.argv[2] == "kdsearch":
+    onnx_session(sys.argv[1])
+else:
+    import onnxruntime as ort
+    ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+"""
+
+
+def test_onnx_runtime_warnings_never_reach_the_terminal(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    def stderr(how: str) -> str:
+        run = subprocess.run([sys.executable, "-c", _NOISY_SESSION, str(tmp_path / "m.onnx"), how],
+                             capture_output=True, text=True, env=env, check=True)
+        return run.stderr
+
+    assert "unused" in stderr("plain")  # the model does make ORT warn ...
+    assert stderr("kdsearch") == ""  # ... and kdsearch's sessions keep it quiet
