@@ -133,15 +133,17 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
     """Train the grid's points not finished yet, writing the table after each."""
     import torch
 
-    from kdsearch.options import Options, resolve_options
+    from kdsearch.options import Options
     from kdsearch.study import coordination
     from kdsearch.study.runner import load_logged
     from kdsearch.training.engine import accuracy, resolve_device
     from kdsearch.training.models import build_model
     from kdsearch.training.student import distill, student_seed
 
-    opts: Options = resolve_options(storage=args.storage, data_dir=args.data_dir,
-                                    cache_dir=args.cache_dir, device=args.device)
+    opts = Options(storage=args.storage, study_name=args.study_name,
+                   data_dir=Path(args.data_dir) if args.data_dir else None,
+                   cache_dir=Path(args.cache_dir or "~/.cache/kdsearch").expanduser(),
+                   device=args.device, threads=args.threads, offline=True)
     device = resolve_device(opts.device)
     torch.set_num_threads(args.threads)
     data = load_logged(spec, opts, log=print)
