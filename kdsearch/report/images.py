@@ -21,7 +21,7 @@ from pathlib import Path
 
 # Generous: the first image also waits for Chrome to boot, which takes seconds on a busy machine;
 # a Chrome that has not answered in this time is not going to.
-IMAGE_TIMEOUT_S = float(os.environ.get("KDSEARCH_IMAGE_TIMEOUT", "120"))
+IMAGE_TIMEOUT_S = 120.0
 
 HOW_TO_GET_CHROME = ("static images need a Chrome/Chromium: 'apt-get install -y chromium', or "
                      "python3 -c 'import kaleido; kaleido.get_chrome_sync()', then run export again")
@@ -32,13 +32,13 @@ class ImageExportError(Exception):
 
 
 def find_chrome() -> str | None:
-    """The browser kaleido would start, found the way kaleido finds it, or None."""
-    if path := os.environ.get("BROWSER_PATH"):
-        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    """The browser kaleido would start, found the way kaleido finds it (choreographer honours
+    BROWSER_PATH itself), or None when that is not an executable file."""
     try:
         from choreographer.browsers.chromium import Chromium
 
-        return Chromium.find_browser(skip_local=False)
+        path = Chromium.find_browser(skip_local=False)
+        return path if path and os.path.isfile(path) and os.access(path, os.X_OK) else None
     except Exception:  # another choreographer: look where it would
         for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
             if path := shutil.which(name):
@@ -76,8 +76,8 @@ def write_image(fig, path: Path) -> None:
     if worker.is_alive():
         _abandon_server()
         raise ImageExportError(
-            f"{path.name} not written: Chrome did not answer within {IMAGE_TIMEOUT_S:g} s "
-            "(KDSEARCH_IMAGE_TIMEOUT sets the limit); PNG and SVG skipped")
+            f"{path.name} not written: Chrome did not answer within {IMAGE_TIMEOUT_S:g} s; "
+            "PNG and SVG skipped")
     e = outcome[0]
     if e is not None:
         first = str(e).splitlines()[0][:100] if str(e) else ""
