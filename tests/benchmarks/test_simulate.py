@@ -45,6 +45,8 @@ def test_grid_points_enumerate_each_family_with_its_own_knobs():
 
 @pytest.mark.parametrize("method", ["kdsearch", "random", "moasha", "nsga2+plan"])
 def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
+    if method == "moasha":
+        pytest.importorskip("syne_tune", reason="Syne Tune is the bench extra: pip install .[bench]")
     simulate, table, spec = sim
     budget = 3 * table.mean_trial_seconds()
     run = simulate.Run(method, 7, budget, 2)
