@@ -314,3 +314,20 @@ def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",
                         "macs": params * 10, "arch_summary": f"cnn k{kernel} {params}",
                         "architecture": arch, "n_layers": 2, "epochs": 1}))
     return study
+
+
+def view_data(n: int = 96):
+    """Random 3x6x6 images of 4 classes as a Dataset, and a linear teacher on their pixels whose
+    outputs depend on position and orientation, so a wrong fixed view shows in its logits."""
+    import torch
+    from torch import nn
+
+    from kdsearch.training.data import Dataset, Split
+
+    torch.manual_seed(0)
+    shape, classes = (3, 6, 6), 4
+    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
+    y = torch.randint(0, classes, (n,))
+    data = Dataset("t", Split(x, y), Split(x[:16], y[:16]), Split(x[:16], y[:16]), classes,
+                   (0.5,) * 3, (0.25,) * 3, "t")
+    return data, nn.Sequential(nn.Flatten(), nn.Linear(3 * 36, classes)).eval()

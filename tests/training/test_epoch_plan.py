@@ -16,12 +16,12 @@ from torch import nn
 from kdsearch.errors import StudyFileError
 from kdsearch.spec import DataSpec, SyntheticSpec, TrainRecipe, load_study
 from kdsearch.training import engine
-from kdsearch.training.data import Dataset, Split, load_data
+from kdsearch.training.data import load_data
 from kdsearch.training.engine import Hooks, TrainSettings, train
 from kdsearch.training.epoch_plan import epoch_images, epoch_steps, steps_until
 from kdsearch.training.optim import make_optimizer, make_schedule
 from kdsearch.training.views import ViewSet, make_views, view_logits
-from tests.helpers import tiny_staged_study_text
+from tests.helpers import tiny_staged_study_text, view_data
 
 CPU = torch.device("cpu")
 
@@ -125,13 +125,9 @@ def test_the_defaults_change_nothing(data):
 
 
 def test_a_short_epoch_shows_each_image_in_its_own_view_with_that_views_logits(monkeypatch):
-    torch.manual_seed(0)
-    shape, classes, n = (3, 6, 6), 4, 96
-    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
-    y = torch.randint(0, classes, (n,))
-    data = Dataset("t", Split(x, y), Split(x[:16], y[:16]), Split(x[:16], y[:16]), classes,
-                   (0.5,) * 3, (0.25,) * 3, "t")
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 36, classes)).eval()
+    data, teacher = view_data()
+    x, n, classes = data.train.x, len(data.train), data.num_classes
+    shape = tuple(x.shape[1:])
 
     def forward(xb):
         with torch.no_grad():

@@ -12,6 +12,7 @@ from kdsearch.spec import TrainRecipe
 from kdsearch.training import engine
 from kdsearch.training.data import Dataset, Split
 from kdsearch.training.views import ViewSet, make_views, render, view_logits
+from tests.helpers import view_data
 
 
 def test_render_flips_then_shifts_with_zero_fill():
@@ -53,14 +54,8 @@ class Recorder(nn.Module):
 
 
 def test_loss_gets_the_teachers_logits_for_exactly_the_pixels_the_student_sees(monkeypatch):
-    torch.manual_seed(0)
-    shape, classes, n = (3, 6, 6), 4, 96
-    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
-    y = torch.randint(0, classes, (n,))
-    data = Dataset("t", Split(x, y), Split(x[:16], y[:16]), Split(x[:16], y[:16]), classes,
-                   (0.5,) * 3, (0.25,) * 3, "t")
-    # A teacher whose outputs depend on position and orientation, so a wrong view shows.
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 36, classes)).eval()
+    data, teacher = view_data()
+    x, n, classes = data.train.x, len(data.train), data.num_classes
     with torch.no_grad():
         teacher[1].weight.copy_(torch.randn_like(teacher[1].weight))
 
