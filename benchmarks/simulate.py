@@ -67,6 +67,7 @@ from kdsearch.record import set_trial  # noqa: E402
 from kdsearch.search import startup  # noqa: E402
 from kdsearch.search.early_stopping import judged_rungs, make_stopper  # noqa: E402
 from kdsearch.search.space import suggest_recipe, suggest_student  # noqa: E402
+from kdsearch.sizes import arch_params  # noqa: E402
 from kdsearch.spec import StudySpec, load_study  # noqa: E402
 
 PEERS = ("optuna-default", "nsga2", "random", "moasha", "moasha-ranks", "morea")
@@ -231,8 +232,6 @@ class OptunaMethod(Method):
         trial = self.study.ask()
         choice = suggest_student(trial, self.spec.student.space, INPUT_SHAPE)
         suggest_recipe(trial, self.spec.student.train)
-        from kdsearch.training.models import arch_params
-
         set_trial(trial, params=arch_params(choice.arch, INPUT_SHAPE, NUM_CLASSES))
         self.curves[trial.number] = []
         return trial, dict(trial.params)
