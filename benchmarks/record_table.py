@@ -212,6 +212,17 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
     save()
 
 
+def with_early_plan(spec: StudySpec, text: str) -> StudySpec:
+    """The study with its student recipe's cheaper early epochs set, validated as in a file."""
+    from kdsearch.spec.tables import StudentRecipe
+
+    fraction, epochs = text.split(":")
+    fields = spec.student.train.model_dump() | {"early_fraction": float(fraction),
+                                                "early_epochs": int(epochs)}
+    train = StudentRecipe.model_validate(fields)
+    return spec.model_copy(update={"student": spec.student.model_copy(update={"train": train})})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)
@@ -224,10 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shard", default="0/1", help="i/n: train every n-th point from the i-th")
+    ap.add_argument("--early", metavar="FRACTION:EPOCHS",
+                    help="train the first EPOCHS epochs on a FRACTION of the images "
+                         "([student.train] early_fraction, early_epochs), for rank_fidelity.py")
     args = ap.parse_args(argv)
     index, count = (int(x) for x in args.shard.split("/"))
     args.shard = (index, count)
     spec = load_study(str(args.study))
+    if args.early:
+        spec = with_early_plan(spec, args.early)
     if args.synthetic:
         write_table(args.out, args.study, synthetic_rows(spec), 269_722,
                     spec.student.train.epochs, {"synthetic": True})

@@ -1,0 +1,40 @@
+"""Rank fidelity (benchmarks/rank_fidelity.py): tau within size bands, on hand-made tables."""
+
+from __future__ import annotations
+
+import json
+
+from tests.benchmarks.test_simulate import _module
+
+
+def _row(n_params: int, val: list[float], seconds: float = 10.0) -> dict:
+    return {"params": {"family": "resnet", "resnet.base_width": n_params}, "n_params": n_params,
+            "val": val, "test": val, "seconds": [seconds] * len(val)}
+
+
+def test_tau_counts_only_pairs_within_a_band():
+    fid = _module("rank_fidelity")
+    # Two bands; across them the order is reversed at the rung, which must not count.
+    rows = [_row(12_000, [0.5, 0.6]), _row(15_000, [0.4, 0.5]),
+            _row(50_000, [0.3, 0.9]), _row(60_000, [0.2, 0.8])]
+    early, final = [r["val"][0] for r in rows], [r["val"][1] for r in rows]
+    assert fid.banded_tau(rows, early, final) == (1.0, 2)
+    swapped = [early[1], early[0], early[2], early[3]]
+    assert fid.banded_tau(rows, swapped, final) == (0.0, 2)
+
+
+def test_report_names_a_slow_starter_and_the_cheaper_plans_cost(tmp_path):
+    fid = _module("rank_fidelity")
+    full = [_row(12_000, [0.2, 0.5, 0.7]), _row(15_000, [0.4, 0.5, 0.6]),
+            _row(20_000, [0.3, 0.4, 0.5])]
+    early = [_row(r["n_params"], r["val"], seconds=5.0) for r in full]
+    paths = []
+    for name, rows in (("full.json", full), ("early.json", early)):
+        path = tmp_path / name
+        path.write_text(json.dumps({"rows": rows, "meta": {"command": name}}))
+        paths.append(path)
+    text = fid.report(paths)
+    # epoch 1: the 12k student is last in its band, and first at the end
+    assert "| 1 | -0.333 | -0.333 | 3 | 0.333 | resnet 12000 (12,000) (band 8) |" in text
+    assert "| 3 | 1.000 | 1.000 | 3 | 1.000 | - |" in text
+    assert "training seconds 45 (0.50 of the reference)" in text
