@@ -12,7 +12,9 @@ accuracy, its test accuracy and the epoch's seconds (training plus the validatio
 test pass is timed apart, once) are stored on the trial. Run it again after a stop and it goes
 on with the points not finished (a trial left RUNNING by a killed run is marked FAIL and its
 point trained again); `--shard i/n` trains every n-th point, so two processes (one core each)
-share a grid. The table is written after every point, so what is done is never lost.
+share a grid. The table is written after every point, so what is done is never lost; rows
+already in `--out` count as done, so a committed table goes on growing on another machine
+whose storage is new.
 
 The grid is the study file's whole student space: every knob must be a fixed value or a list of
 choices, and the points are enumerated by walking `suggest_student` through every branch (a
@@ -110,6 +112,14 @@ def write_table(path: Path, spec_path: Path, rows: list[dict], teacher_params: i
     tmp.replace(path)
 
 
+def _table_rows(path: Path) -> list[dict]:
+    """The rows of a table written before, or none."""
+    try:
+        return json.loads(Path(path).read_text())["rows"]
+    except FileNotFoundError:
+        return []
+
+
 def synthetic_rows(spec: StudySpec, seed: int = 0) -> list[dict]:
     """A made-up table of the grid: accuracy rising with log size towards 0.9, distillation
     settings moving it a little, seconds proportional to MACs. For the simulator's tests."""
@@ -161,10 +171,18 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
         return {json.dumps(t.params, sort_keys=True): t for t in
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
 
+    # Rows of the table already written (committed by a run on another machine, whose storage
+    # did not come along) count as done and stay in the table.
+    kept = {json.dumps(r["params"], sort_keys=True): r for r in _table_rows(args.out)
+            if r["params"] in points}
+
     def save() -> None:
-        rows = [_row(spec, t.params, t.user_attrs["val_curve"], t.user_attrs["test_curve"],
-                     t.user_attrs["epoch_seconds"], t.user_attrs["test_seconds"])
-                for t in finished().values()]
+        rows = dict(kept)
+        rows.update({key: _row(spec, t.params, t.user_attrs["val_curve"],
+                               t.user_attrs["test_curve"], t.user_attrs["epoch_seconds"],
+                               t.user_attrs["test_seconds"])
+                     for key, t in finished().items()})
+        rows = list(rows.values())
         rows.sort(key=lambda r: points.index(r["params"]) if r["params"] in points else 0)
         write_table(args.out, spec_path, rows, teacher.record.params, spec.student.train.epochs,
                     {"teacher": teacher.record.description,
@@ -174,7 +192,8 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
                      "threads": args.threads, "torch": torch.__version__,
                      "command": " ".join(sys.argv)})
 
-    todo = [p for p in mine if json.dumps(p, sort_keys=True) not in finished()]
+    done = set(finished()) | set(kept)
+    todo = [p for p in mine if json.dumps(p, sort_keys=True) not in done]
     print(f"{len(points)} points in the grid, {len(mine)} in shard {index}/{count}, "
           f"{len(mine) - len(todo)} done, {len(todo)} to train")
     for n, params in enumerate(todo, 1):

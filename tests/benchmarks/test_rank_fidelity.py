@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.benchmarks.test_simulate import _module
 
 
@@ -38,3 +40,61 @@ def test_report_names_a_slow_starter_and_the_cheaper_plans_cost(tmp_path):
     assert "| 1 | -0.333 | -0.333 | 3 | 0.333 | resnet 12000 (12,000) (band 8) |" in text
     assert "| 3 | 1.000 | 1.000 | 3 | 1.000 | - |" in text
     assert "training seconds 45 (0.50 of the reference)" in text
+
+
+GRID_STUDY = """description = "tests: a two-point grid"
+seed = 0
+
+[data]
+dataset = "synthetic"
+val_size = 40
+synthetic = { n_train = 120, n_test = 40, channels = 3, height = 32, width = 32, num_classes = 10 }
+
+[teacher]
+family = "mlp"
+hidden = [16]
+
+[teacher.train]
+epochs = 1
+batch_size = 64
+
+[student]
+family = "resnet"
+stages = 3
+blocks = 1
+base_width = { choices = [4, 6] }
+width_growth = 2.0
+kernel = 3
+shortcut = "B"
+temperature = 4.0
+alpha = 0.9
+
+[student.train]
+epochs = 2
+batch_size = 64
+lr = 0.05
+
+[search]
+n_trials = 2
+"""
+
+
+@pytest.mark.slow
+def test_a_committed_table_goes_on_growing_with_new_storage(tmp_path, capsys):
+    """The table written by one machine counts as done on the next, whose storage is new."""
+    record = _module("record_table")
+    study = tmp_path / "grid.toml"
+    study.write_text(GRID_STUDY)
+    out = tmp_path / "table.json"
+    common = [str(study), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert record.main(common + ["--storage", f"sqlite:///{tmp_path / 'a.db'}",
+                                 "--shard", "0/2"]) == 0
+    first = json.loads(out.read_text())["rows"]
+    assert [r["params"]["base_width"] for r in first] == [4] and len(first[0]["val"]) == 2
+    # a new machine: another storage, the table as committed; only the other point trains
+    capsys.readouterr()
+    assert record.main(common + ["--storage", f"sqlite:///{tmp_path / 'b.db'}"]) == 0
+    assert "2 points in the grid, 2 in shard 0/1, 1 done, 1 to train" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["params"]["base_width"] for r in rows] == [4, 6]
+    assert rows[0] == first[0]  # kept as it was, not trained again
