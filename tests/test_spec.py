@@ -14,7 +14,13 @@ from kdsearch.spec import (
     parse_study,
 )
 from kdsearch.training.data import NAMED
-from tests.helpers import STAGED_CHOICE, kdsearch, tiny_staged_study_text, tiny_study_text
+from tests.helpers import (
+    RESNET_TEACHER,
+    STAGED_CHOICE,
+    kdsearch,
+    tiny_staged_study_text,
+    tiny_study_text,
+)
 
 
 def test_shipped_studies_load():
@@ -128,9 +134,8 @@ def _student_key(text: str, line: str) -> str:
     return text.replace("[student.train]", f"{line}\n\n[student.train]")
 
 
-RESNET = 'description = "residual"\n' + tiny_staged_study_text()
-CHOICE = 'description = "residual"\n' + tiny_staged_study_text(STAGED_CHOICE)
-RESNET_TEACHER = 'family = "resnet"\nblocks = [1, 1]\nbase_width = 8'
+RESNET = tiny_staged_study_text(description="residual")
+CHOICE = tiny_staged_study_text(STAGED_CHOICE, description="residual")
 
 REFUSED = {  # case: (study text, what the one line must say)
     "shortcut_c": (RESNET.replace('["A", "B"]', '["A", "C"]'),
@@ -376,13 +381,8 @@ def test_an_image_folder_study_is_checked_once_its_shape_is_known(tmp_path):
 
 # --- a teacher from a file, and fixed views -----------------------------------------------------
 
-FILE_TEACHER = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
-                                         '[teacher]\nfile = "t.onnx"\nINPUT')
-FILE_TEACHER = FILE_TEACHER.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
-
-
 def _file_study(input_lines: str = "", student_train: str = "") -> str:
-    text = FILE_TEACHER.replace("INPUT", input_lines)
+    text = tiny_study_text(teacher=f'file = "t.onnx"\n{input_lines}', teacher_train=None)
     return text.replace("[student.train]\n", f"[student.train]\n{student_train}\n")
 
 
