@@ -239,6 +239,7 @@ def test_run_study_refuses_a_changed_study_file_in_one_line(tmp_path):
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 1
 
 
+@pytest.mark.slow  # a CLI process; _foreign_logs_off is tested in process below
 def test_a_corrupt_pt2_teacher_ends_in_our_line_alone(tmp_path):
     """torch logs a whole traceback at WARNING before it raises; none of it reaches the user."""
     import zipfile

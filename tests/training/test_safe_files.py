@@ -67,6 +67,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a process of plain torch: the control of the fast refusals below
 def test_the_crafted_archives_run_their_payload_under_plain_torch_export_load(crafted, tmp_path):
     """Without kdsearch, each payload runs: the archives test what they claim to."""
     paths = [str(p) for p, _ in crafted.values()]
@@ -235,6 +236,7 @@ def _one_line(proc, path: Path) -> str:
     return errors[0]
 
 
+@pytest.mark.slow  # CLI processes; the loader refuses the same files in process above
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(("command", "kind"), [("teacher", "sample_inputs"), ("run-study", "use_pickle")])
 def test_the_cli_refuses_a_payload_teacher_that_would_load_as_a_good_one(crafted, tmp_path, command, kind):
@@ -248,6 +250,7 @@ def test_the_cli_refuses_a_payload_teacher_that_would_load_as_a_good_one(crafted
     assert not marker.exists()
 
 
+@pytest.mark.slow  # a CLI process; the readers refuse a FIFO in process above
 @pytest.mark.timeout(300)
 def test_the_cli_refuses_a_fifo_teacher_without_hanging(tmp_path):
     fifo = tmp_path / "teacher.pt2"
