@@ -124,132 +124,61 @@ def study_text(description: str | None = "tests: a few-second study", seed: int 
                           if body is not None)
 
 
-# The same with placeholders EPOCHS and N_TRIALS, as older tests fill it in.
-TINY_MLP_STUDY = study_text(student_train="epochs = EPOCHS\nbatch_size = 32",
-                            search='n_trials = N_TRIALS\nsampler = "random"')
+def mlp_study_text(epochs: int = 2, n_trials: int = 3, **tables: str | None) -> str:
+    """The tiny MLP study with its student's epochs and the trial count set, batches of 32;
+    `tables` go on to study_text."""
+    return study_text(**{"student_train": f"epochs = {epochs}\nbatch_size = 32",
+                         "search": f'n_trials = {n_trials}\nsampler = "random"', **tables})
 
 
 def tiny_study(folder: Path, epochs: int = 2, name: str = "tiny", n_trials: int = 3,
                objectives: list[str] | None = None) -> Path:
-    """TINY_MLP_STUDY as a file; `objectives` sets `[search] objectives` (default: left out)."""
+    """mlp_study_text as a file; `objectives` sets `[search] objectives` (default: left out)."""
     path = folder / f"{name}.toml"
-    text = TINY_MLP_STUDY.replace("EPOCHS", str(epochs)).replace("N_TRIALS", str(n_trials))
+    text = mlp_study_text(epochs=epochs, n_trials=n_trials)
     if objectives is not None:  # [search] is the file's last table
         text += "objectives = [" + ", ".join(f'"{o}"' for o in objectives) + "]\n"
     path.write_text(text)
     return path
 
 
-def tiny_study_text(family: str = "cnn", n_trials: int = 2) -> str:
+def tiny_study_text(family: str = "cnn", n_trials: int = 2, **tables: str | None) -> str:
     """A tiny study of conv (or MLP) students on 1x8x8 images, distilled with a searched T and
-    alpha, sampled by TPE."""
+    alpha, sampled by TPE; `tables` go on to study_text."""
     extra = "kernel = { choices = [3, 5] }\nconvs_per_block = 1\ndense = 0\n" if family == "cnn" else ""
-    return study_text(
-        description="tiny test study",
-        data='dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 100, '
-             "channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.5 }",
-        teacher_train="epochs = 2\nbatch_size = 64\nlr = 0.003",
-        student=f'family = "{family}"\ndepth = {{ low = 1, high = 2 }}\n'
-                f"width = {{ choices = [4, 8] }}\n{extra}"
-                "temperature = { low = 1.0, high = 10.0, log = true }\nalpha = { low = 0.0, high = 1.0 }",
-        student_train="epochs = 2\nbatch_size = 64\nlr = 0.003",
-        search=f"n_trials = {n_trials}")
+    return study_text(**{
+        "description": "tiny test study",
+        "data": 'dataset = "synthetic"\nval_size = 100\nsynthetic = { n_train = 400, n_test = 100, '
+                "channels = 1, height = 8, width = 8, num_classes = 3, noise = 1.5 }",
+        "teacher_train": "epochs = 2\nbatch_size = 64\nlr = 0.003",
+        "student": f'family = "{family}"\ndepth = {{ low = 1, high = 2 }}\n'
+                   f"width = {{ choices = [4, 8] }}\n{extra}"
+                   "temperature = { low = 1.0, high = 10.0, log = true }\nalpha = { low = 0.0, high = 1.0 }",
+        "student_train": "epochs = 2\nbatch_size = 64\nlr = 0.003",
+        "search": f"n_trials = {n_trials}",
+        **tables})
 
 
-TINY_DATA = """
-[data]
-dataset = "synthetic"
-val_size = 200
+# The conv study's tables: 800 noisier 8x8 images of 4 classes and a one-conv teacher trained 3
+# epochs, for the tests that need a conv teacher: study_text(**CNN_TABLES, student=..., ...).
+CNN_TABLES = {
+    "data": 'dataset = "synthetic"\nval_size = 200\n'
+            "synthetic = { n_train = 800, n_test = 200, num_classes = 4, noise = 2.5 }",
+    "teacher": 'family = "cnn"\nconvs = [{ channels = 8, kernel = 3, padding = "same", pool = true }]\n'
+               "dense = [32]",
+    "teacher_train": "epochs = 3\nbatch_size = 64\nlr = 0.003",
+}
+# The same with a searched conv student, 5 random trials of 2 epochs.
+CNN_SEARCH_TABLES = {
+    **CNN_TABLES,
+    "student": 'family = "cnn"\ndepth = { low = 1, high = 2 }\nconvs_per_block = 1\n'
+               "width = { choices = [2, 4] }\nkernel = { choices = [3, 5] }\n"
+               "dense = { choices = [0, 16] }",
+    "student_train": "epochs = 2\nbatch_size = 64\nlr = 0.003",
+    "search": 'n_trials = 5\nsampler = "random"',
+}
 
-[data.synthetic]
-n_train = 800
-n_test = 200
-num_classes = 4
-noise = 2.5
-
-[teacher]
-family = "cnn"
-convs = [{ channels = 8, kernel = 3, padding = "same", pool = true }]
-dense = [32]
-
-[teacher.train]
-epochs = 3
-batch_size = 64
-lr = 0.003
-"""
-
-TINY_SEARCH = TINY_DATA + """
-[student]
-family = "cnn"
-depth = { low = 1, high = 2 }
-convs_per_block = 1
-width = { choices = [2, 4] }
-kernel = { choices = [3, 5] }
-dense = { choices = [0, 16] }
-
-[student.train]
-epochs = 2
-batch_size = 64
-lr = 0.003
-
-[search]
-n_trials = 5
-sampler = "random"
-"""
-
-
-def write_study(folder: Path, name: str, body: str, description: str = "a tiny test study") -> Path:
-    path = folder / f"{name}.toml"
-    path.write_text(f'description = "{description}"\nseed = 0\n{body}')
-    return path
-
-
-def kdsearch(*args: str, check: bool = True, timeout: float = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process with this checkout first on the path."""
-    proc = subprocess.run(cli_argv(*args), capture_output=True, text=True, cwd=cwd,
-                          env=cli_env(env), timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kdsearch {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def teacher_summary(**changes) -> dict:
-    """A study's teacher attribute, as `kdsearch run-study` writes it, for hand-made studies."""
-    from kdsearch.record import TeacherRecord
-
-    values = dict(key="k", arch={"family": "mlp", "hidden": [64]}, description="mlp 64",
-                  params=1000, macs=10_000, val_accuracy=0.9, test_accuracy=0.88,
-                  train_seconds=1.0, epochs=1, dataset="synthetic", data_identity="d",
-                  input_shape=(1, 8, 8), num_classes=2, recipe={}, seed=0,
-                  created="2026-01-01T00:00:00Z")
-    return TeacherRecord(**{**values, **changes}).summary()
-
-
-TINY_STAGED = TINY_DATA.replace('''family = "cnn"
-convs = [{ channels = 8, kernel = 3, padding = "same", pool = true }]
-dense = [32]''', '''family = "resnet"
-blocks = [1, 1]
-base_width = 8''') + """
-[student]
-temperature = {{ low = 1.0, high = 10.0, log = true }}
-alpha = {{ low = 0.0, high = 1.0 }}
-{student}
-
-[student.train]
-epochs = 1
-batch_size = 64
-optimizer = "sgd"
-lr = {{ low = 0.02, high = 0.2, log = true }}
-lr_schedule = "onecycle"
-label_smoothing = 0.1
-weight_decay = 5e-4
-decay_norms_and_biases = false
-
-[search]
-n_trials = {n_trials}
-sampler = "random"
-"""
+RESNET_TEACHER = 'family = "resnet"\nblocks = [1, 1]\nbase_width = 8'
 STAGED_RESNET = """family = "resnet"
 stages = { low = 1, high = 2 }
 blocks = 1
@@ -275,10 +204,42 @@ kernel = { choices = [3, 5] }
 expansion = { choices = [2, 4] }"""
 
 
-def tiny_staged_study_text(student: str = STAGED_RESNET, n_trials: int = 2) -> str:
-    """A tiny study of the residual families: a resnet teacher, resnet (or, with STAGED_CHOICE,
-    resnet-or-mobilenet) students trained with SGD, onecycle, label smoothing and a searched lr."""
-    return TINY_STAGED.format(student=student, n_trials=n_trials)
+def tiny_staged_study_text(student: str = STAGED_RESNET, n_trials: int = 2, **tables) -> str:
+    """A tiny study of the residual families on CNN_TABLES' data: a resnet teacher, resnet (or,
+    with STAGED_CHOICE, resnet-or-mobilenet) students trained with SGD, onecycle, label smoothing
+    and a searched lr. `tables` go on to study_text."""
+    return study_text(**{
+        **CNN_TABLES,
+        "teacher": RESNET_TEACHER,
+        "student": "temperature = { low = 1.0, high = 10.0, log = true }\n"
+                   f"alpha = {{ low = 0.0, high = 1.0 }}\n{student}",
+        "student_train": 'epochs = 1\nbatch_size = 64\noptimizer = "sgd"\n'
+                         "lr = { low = 0.02, high = 0.2, log = true }\nlr_schedule = \"onecycle\"\n"
+                         "label_smoothing = 0.1\nweight_decay = 5e-4\ndecay_norms_and_biases = false",
+        "search": f'n_trials = {n_trials}\nsampler = "random"',
+        **tables})
+
+
+def kdsearch(*args: str, check: bool = True, timeout: float = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process with this checkout first on the path."""
+    proc = subprocess.run(cli_argv(*args), capture_output=True, text=True, cwd=cwd,
+                          env=cli_env(env), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdsearch {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def teacher_summary(**changes) -> dict:
+    """A study's teacher attribute, as `kdsearch run-study` writes it, for hand-made studies."""
+    from kdsearch.record import TeacherRecord
+
+    values = dict(key="k", arch={"family": "mlp", "hidden": [64]}, description="mlp 64",
+                  params=1000, macs=10_000, val_accuracy=0.9, test_accuracy=0.88,
+                  train_seconds=1.0, epochs=1, dataset="synthetic", data_identity="d",
+                  input_shape=(1, 8, 8), num_classes=2, recipe={}, seed=0,
+                  created="2026-01-01T00:00:00Z")
+    return TeacherRecord(**{**values, **changes}).summary()
 
 
 def hand_study(trials: list[tuple[float, int, int, float]], family: str = "cnn",

@@ -191,7 +191,7 @@ def test_a_resnet_study_runs_compresses_and_evaluates_through_the_cli(tmp_path):
     """Batch norm and residual blocks survive every step: a resnet teacher and students
     (searched lr, onecycle, label smoothing), the model folder and every export format."""
     path = tmp_path / "tiny_resnet.toml"
-    path.write_text('description = "tiny resnet"\nseed = 0\n' + tiny_staged_study_text())
+    path.write_text(tiny_staged_study_text(description="tiny resnet"))
     common = ("--storage", f"sqlite:///{tmp_path / 's.db'}", "--cache-dir", str(tmp_path / "c"),
               "--device", "cpu")
     kdsearch("run-study", str(path), *common)

@@ -46,7 +46,7 @@ def _complete(study: optuna.Study) -> list:
 
 # --- the study file ---------------------------------------------------------------------------
 
-BASE = helpers.TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "2")
+BASE = helpers.mlp_study_text(epochs=1, n_trials=2)
 
 
 def test_a_file_without_objectives_keeps_params():
@@ -206,7 +206,7 @@ def _opts(tmp_path: Path, n: int) -> Options:
 @pytest.mark.slow
 def test_max_macs_and_max_latency_refuse_students_before_training(tmp_path):
     # 300 MACs: only the width-4 students (268 and 284 MACs) fit; the rest are refused
-    text = (helpers.TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "6")
+    text = (helpers.mlp_study_text(epochs=1, n_trials=6)
             .replace("[student.train]", "max_macs = 300\n[student.train]"))
     study = run_study(parse_study(text, tmp_path / "limits.toml"), _opts(tmp_path, 6),
                       log=lambda m: None)
@@ -219,7 +219,7 @@ def test_max_macs_and_max_latency_refuse_students_before_training(tmp_path):
     assert all(t.user_attrs["macs"] <= 300 for t in _complete(study))
 
     # A latency no student can meet: each is timed (untrained), refused, and never trained.
-    text = (helpers.TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "2")
+    text = (helpers.mlp_study_text(epochs=1, n_trials=2)
             .replace("[student.train]", "max_latency_ms = 0.000001\n[student.train]"))
     spec = parse_study(text, tmp_path / "fast.toml")
     (tmp_path / "fast").mkdir()
@@ -236,10 +236,8 @@ def test_max_macs_and_max_latency_refuse_students_before_training(tmp_path):
 def test_the_same_student_is_timed_once_and_ties_on_latency(tmp_path):
     """Identical students have identical latency: the second reuses the first's measurement
     (and says so) rather than differing by timing noise."""
-    text = (helpers.TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "2")
-            .replace("depth = { low = 1, high = 2 }", "depth = 1")
-            .replace("width = { choices = [4, 8, 16] }", "width = 4")
-            + 'objectives = ["latency_ms"]\n')
+    text = helpers.mlp_study_text(epochs=1, n_trials=2, student='family = "mlp"\ndepth = 1\nwidth = 4') \
+        + 'objectives = ["latency_ms"]\n'
     study = run_study(parse_study(text, tmp_path / "one.toml"), _opts(tmp_path, 2),
                       log=lambda m: None)
     first, second = (t.user_attrs for t in study.trials)

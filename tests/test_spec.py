@@ -14,7 +14,13 @@ from kdsearch.spec import (
     parse_study,
 )
 from kdsearch.training.data import NAMED
-from tests.helpers import STAGED_CHOICE, kdsearch, tiny_staged_study_text, tiny_study_text
+from tests.helpers import (
+    RESNET_TEACHER,
+    STAGED_CHOICE,
+    kdsearch,
+    tiny_staged_study_text,
+    tiny_study_text,
+)
 
 
 def test_shipped_studies_load():
@@ -79,21 +85,6 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_malformed_study_files_give_one_line_naming_file_and_key(tmp_path, case):
-    text, fragment = BAD[case]
-    path = tmp_path / f"{case}.toml"
-    path.write_text(text)
-    with pytest.raises(StudyFileError) as info:
-        load_study(str(path))
-    message = str(info.value)
-    assert "\n" not in message
-    assert str(path) in message
-    assert fragment in message
-    if "key '" in fragment:
-        assert "expected" in message and "found" in message
-
-
 def test_unknown_study_name_lists_the_shipped_ones():
     with pytest.raises(StudyFileError, match="shipped studies: .*smoke"):
         find_study_file("no_such_study")
@@ -128,9 +119,8 @@ def _student_key(text: str, line: str) -> str:
     return text.replace("[student.train]", f"{line}\n\n[student.train]")
 
 
-RESNET = 'description = "residual"\n' + tiny_staged_study_text()
-CHOICE = 'description = "residual"\n' + tiny_staged_study_text(STAGED_CHOICE)
-RESNET_TEACHER = 'family = "resnet"\nblocks = [1, 1]\nbase_width = 8'
+RESNET = tiny_staged_study_text(description="residual")
+CHOICE = tiny_staged_study_text(STAGED_CHOICE, description="residual")
 
 REFUSED = {  # case: (study text, what the one line must say)
     "shortcut_c": (RESNET.replace('["A", "B"]', '["A", "C"]'),
@@ -287,19 +277,20 @@ REFUSED = {  # case: (study text, what the one line must say)
 }
 
 
-@pytest.mark.parametrize("case", sorted(REFUSED))
-def test_values_the_builders_cannot_take_are_refused_at_load(tmp_path, case):
-    text, fragment = REFUSED[case]
+@pytest.mark.parametrize("case", sorted(BAD) + sorted(REFUSED))
+def test_a_study_file_the_loader_cannot_take_is_refused_at_load_in_one_line(tmp_path, case):
+    """Malformed files (BAD) and values the model builders cannot take (REFUSED) alike: one line
+    that names the file and, past the TOML syntax, the key, what was expected and what was found."""
+    text, fragment = {**BAD, **REFUSED}[case]
     assert text not in (CNN, MLP, RESNET, CHOICE), "the edit did not apply"
     path = tmp_path / f"{case}.toml"
     path.write_text(text)
     with pytest.raises(StudyFileError) as info:
         load_study(str(path))
     message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(f"{path}: key '")
-    assert fragment in message
-    assert "expected" in message and "found" in message
+    assert "\n" not in message and message.startswith(f"{path}: ") and fragment in message
+    if case != "syntax":
+        assert message.startswith(f"{path}: key '") and "expected" in message and "found" in message
 
 
 def test_the_smallest_student_is_allowed_exactly(tmp_path):
@@ -376,13 +367,8 @@ def test_an_image_folder_study_is_checked_once_its_shape_is_known(tmp_path):
 
 # --- a teacher from a file, and fixed views -----------------------------------------------------
 
-FILE_TEACHER = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
-                                         '[teacher]\nfile = "t.onnx"\nINPUT')
-FILE_TEACHER = FILE_TEACHER.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
-
-
 def _file_study(input_lines: str = "", student_train: str = "") -> str:
-    text = FILE_TEACHER.replace("INPUT", input_lines)
+    text = tiny_study_text(teacher=f'file = "t.onnx"\n{input_lines}', teacher_train=None)
     return text.replace("[student.train]\n", f"[student.train]\n{student_train}\n")
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from kdsearch.options import Options
 from kdsearch.report.dashboard import LEARNING_CURVES, is_loopback, publish_learning_curves
-from kdsearch.spec import load_study
+from kdsearch.spec import parse_study
 from kdsearch.study.runner import run_study
-from tests.helpers import ARTIFACTS, REPO, TINY_SEARCH, write_study
+from tests.helpers import ARTIFACTS, CNN_SEARCH_TABLES, REPO, study_text
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -26,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("dash")
-    spec = load_study(str(write_study(tmp, "dashtiny", TINY_SEARCH)))
+    spec = parse_study(study_text(**CNN_SEARCH_TABLES), tmp / "dashtiny.toml")
     url = f"sqlite:///{tmp / 'study.db'}"
     run_study(spec, Options(storage=url, study_name="dashtiny", n_trials=4, timeout=None,
                                data_dir=None, cache_dir=tmp / "cache", device="cpu"),

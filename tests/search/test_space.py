@@ -18,8 +18,7 @@ SHAPE = (1, 8, 8)
 
 
 def _spec(student_text: str, extra: str = ""):
-    return parse_study('description = "t"\n' + tiny_staged_study_text(student_text) + extra,
-                       Path("staged.toml"))
+    return parse_study(tiny_staged_study_text(student_text) + extra, Path("staged.toml"))
 
 
 def test_a_resnet_space_suggests_its_knobs_and_builds_the_arch():

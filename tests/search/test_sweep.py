@@ -14,31 +14,21 @@ from kdsearch.report.accuracy import accuracy_by
 from kdsearch.report.rows import DISTILLED, PLAIN, is_distilled, read_rows
 from kdsearch.report.tables import sweep_table
 from kdsearch.search.sweep import sweep_grid, sweep_size, swept_params, trials_wanted
-from kdsearch.spec import load_study
+from kdsearch.spec import parse_study
 from kdsearch.study.runner import run_study
-from tests.helpers import TINY_DATA, study_text, write_study
+from tests.helpers import CNN_TABLES, study_text
 
-SWEEP = TINY_DATA + """
-[student]
-family = "mlp"
-depth = { choices = [1, 2] }  # hidden layers: a depth of 0 is refused at load
-width = 8
-temperature = 4.0
-alpha = { choices = [0.0, 0.9] }
-
-[student.train]
-epochs = 1
-batch_size = 64
-lr = 0.003
-
-[search]
-sampler = "grid"
-repeats = 2
-"""
+SWEEP = study_text(
+    **CNN_TABLES,
+    student='family = "mlp"\n'
+            "depth = { choices = [1, 2] }  # hidden layers: a depth of 0 is refused at load\n"
+            "width = 8\ntemperature = 4.0\nalpha = { choices = [0.0, 0.9] }",
+    student_train="epochs = 1\nbatch_size = 64\nlr = 0.003",
+    search='sampler = "grid"\nrepeats = 2')
 
 
 def test_grid_holds_swept_values_alpha_and_repeats(tmp_path):
-    spec = load_study(str(write_study(tmp_path, "sw", SWEEP)))
+    spec = parse_study(SWEEP, tmp_path / "sw.toml")
     grid = sweep_grid(spec)
     assert grid["depth"] == [1, 2] and grid["alpha"] == [0.0, 0.9] and grid["repeat"] == [0, 1]
     assert grid["width"] == [8] and grid["temperature"] == [4.0]
@@ -47,40 +37,40 @@ def test_grid_holds_swept_values_alpha_and_repeats(tmp_path):
 
 
 def test_grid_size_is_the_default_trial_count_and_a_cap(tmp_path):
-    spec = load_study(str(write_study(tmp_path, "sw", SWEEP)))
+    spec = parse_study(SWEEP, tmp_path / "sw.toml")
     assert trials_wanted(spec, None) == (8, None)
     assert trials_wanted(spec, 3) == (3, None)
     n, note = trials_wanted(spec, 50)
     assert n == 8 and "8 points" in note
-    explicit = load_study(str(write_study(tmp_path, "sw2", SWEEP.replace(
-        'repeats = 2', 'repeats = 2\nn_trials = 5'))))
+    explicit = parse_study(SWEEP.replace('repeats = 2', 'repeats = 2\nn_trials = 5'),
+                           tmp_path / "sw2.toml")
     assert trials_wanted(explicit, None) == (5, None)
 
 
 def test_three_swept_parameters_are_refused(tmp_path):
     body = SWEEP.replace("width = 8\n", "width = { choices = [8, 16] }\n").replace(
         "temperature = 4.0", "temperature = { choices = [2.0, 4.0] }")
-    spec = load_study(str(write_study(tmp_path, "sw", body)))
+    spec = parse_study(body, tmp_path / "sw.toml")
     with pytest.raises(StudyFileError, match="one or two.*found 3: depth, width, temperature"):
         sweep_grid(spec)
 
 
 def test_float_range_in_a_grid_is_refused(tmp_path):
-    spec = load_study(str(write_study(tmp_path, "sw", SWEEP.replace(
-        "temperature = 4.0", "temperature = { low = 1.0, high = 4.0 }"))))
+    spec = parse_study(SWEEP.replace(
+        "temperature = 4.0", "temperature = { low = 1.0, high = 4.0 }"), tmp_path / "sw.toml")
     with pytest.raises(StudyFileError, match="student.temperature: a grid sweep needs"):
         sweep_grid(spec)
 
 
 def test_repeats_need_a_grid(tmp_path):
     with pytest.raises(StudyFileError, match="repeats > 1 only with sampler = 'grid'"):
-        load_study(str(write_study(tmp_path, "sw", SWEEP.replace('"grid"', '"random"'))))
+        parse_study(SWEEP.replace('"grid"', '"random"'), tmp_path / "sw.toml")
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> optuna.Study:
     tmp = tmp_path_factory.mktemp("sweep")
-    spec = load_study(str(write_study(tmp, "sw", SWEEP)))
+    spec = parse_study(SWEEP, tmp / "sw.toml")
     n, _ = trials_wanted(spec, None)
     return run_study(spec, Options(storage=f"sqlite:///{tmp / 's.db'}", study_name="sw",
                                       n_trials=n, timeout=None, data_dir=None,
@@ -120,10 +110,6 @@ def test_sweep_table_lists_each_setting_with_its_seeds(swept):
 def test_sweeps_never_stop_trials_early(tmp_path):
     """Early stopping is on by default for searches; a sweep must train every point fully."""
     from optuna.trial import TrialState
-
-    from kdsearch.options import Options
-    from kdsearch.spec import parse_study
-    from kdsearch.study.runner import run_study
 
     text = study_text(
         description=None, seed=None,

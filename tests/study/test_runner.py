@@ -8,7 +8,7 @@ from kdsearch.options import Options
 from kdsearch.record import TrialRecord, study_teacher
 from kdsearch.spec import parse_study
 from kdsearch.study.runner import run_study
-from tests.helpers import tiny_study_text
+from tests.helpers import mlp_study_text, tiny_study_text
 
 
 def _opts(tmp_path, n_trials, name="tiny"):
@@ -162,9 +162,7 @@ def test_run_estimate_averages_complete_and_pruned_trials_apart():
 def test_a_changed_study_file_is_refused_naming_the_keys_and_nothing_is_written(tmp_path):
     from kdsearch import record
     from kdsearch.errors import StudyFileError
-    from tests.helpers import TINY_MLP_STUDY
-
-    text = TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1")
+    text = mlp_study_text(epochs=1, n_trials=1)
     spec = parse_study(text, tmp_path / "tiny.toml")
     run_study(spec, _opts(tmp_path, 1), log=lambda m: None)
     url = f"sqlite:///{tmp_path}/s.db"

@@ -9,7 +9,7 @@ from PIL import Image
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec, SyntheticSpec
 from kdsearch.training.data import load_data
-from tests.helpers import TINY_MLP_STUDY, kdsearch
+from tests.helpers import kdsearch, mlp_study_text
 
 
 def test_synthetic_is_deterministic_and_split_is_disjoint():
@@ -276,7 +276,7 @@ def test_a_corrupt_image_ends_the_cli_in_one_line(tmp_path):
     bad = tmp_path / "imgs" / "train" / "cat" / "0.png"
     bad.write_bytes(b"not a png")
     study = tmp_path / "folder.toml"
-    study.write_text(TINY_MLP_STUDY.replace("EPOCHS", "1").replace("N_TRIALS", "1").replace(
+    study.write_text(mlp_study_text(epochs=1, n_trials=1).replace(
         'dataset = "synthetic"\nval_size = 100', 'dataset = "imagefolder"\nval_size = 3'))
     proc = kdsearch("run-study", str(study), "--data-dir", str(tmp_path / "imgs"),
                     "--storage", f"sqlite:///{tmp_path / 's.db'}", "--cache-dir",

@@ -25,7 +25,7 @@ from torch import nn
 from kdsearch.errors import KdsearchError, TeacherFileError
 from kdsearch.training import safe_files, safe_pt2
 from kdsearch.training.teacher_file import TeacherFile, file_digest, load_teacher_file
-from tests.helpers import kdsearch
+from tests.helpers import kdsearch, study_text
 from tests.payloads import Payload, craft, json_edit, rewrite, saved
 
 SHAPE, CLASSES = (3, 8, 8), 3
@@ -67,6 +67,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a process of plain torch: the control of the fast refusals below
 def test_the_crafted_archives_run_their_payload_under_plain_torch_export_load(crafted, tmp_path):
     """Without kdsearch, each payload runs: the archives test what they claim to."""
     paths = [str(p) for p, _ in crafted.values()]
@@ -216,25 +217,15 @@ def test_an_image_folder_with_a_fifo_is_refused(tmp_path):
         load_data(DataSpec(dataset="imagefolder", path=str(tmp_path), val_size=1))
 
 
-TEACHER_STUDY = """description = "a teacher file route"
-seed = 0
-[data]
-dataset = "synthetic"
-val_size = 50
-synthetic = {{ n_train = 100, n_test = 50, channels = 3, height = 8, width = 8, num_classes = 3 }}
-[teacher]
-file = "{file}"
-[teacher.input]
-scale = 1.0
-[student]
-family = "mlp"
-depth = 1
-width = 4
-[student.train]
-epochs = 1
-[search]
-n_trials = 1
-"""
+def _teacher_study(file: Path) -> str:
+    """A one-trial study whose teacher is `file`."""
+    return study_text(
+        description="a teacher file route",
+        data='dataset = "synthetic"\nval_size = 50\nsynthetic = { n_train = 100, n_test = 50, '
+             "channels = 3, height = 8, width = 8, num_classes = 3 }",
+        teacher=f'file = "{file}"', teacher_train=None, teacher_input="scale = 1.0",
+        student='family = "mlp"\ndepth = 1\nwidth = 4', student_train="epochs = 1",
+        search="n_trials = 1")
 
 
 def _one_line(proc, path: Path) -> str:
@@ -245,24 +236,26 @@ def _one_line(proc, path: Path) -> str:
     return errors[0]
 
 
+@pytest.mark.slow  # CLI processes; the loader refuses the same files in process above
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(("command", "kind"), [("teacher", "sample_inputs"), ("run-study", "use_pickle")])
 def test_the_cli_refuses_a_payload_teacher_that_would_load_as_a_good_one(crafted, tmp_path, command, kind):
     path, marker = crafted[kind]
     marker.unlink(missing_ok=True)
     study = tmp_path / "byo.toml"
-    study.write_text(TEACHER_STUDY.format(file=path))
+    study.write_text(_teacher_study(path))
     extra = ["--storage", f"sqlite:///{tmp_path / 's.db'}"] if command == "run-study" else []
     proc = kdsearch(command, str(study), "--cache-dir", str(tmp_path / "c"), *extra, check=False)
     assert "refused" in _one_line(proc, path)
     assert not marker.exists()
 
 
+@pytest.mark.slow  # a CLI process; the readers refuse a FIFO in process above
 @pytest.mark.timeout(300)
 def test_the_cli_refuses_a_fifo_teacher_without_hanging(tmp_path):
     fifo = tmp_path / "teacher.pt2"
     os.mkfifo(fifo)
     study = tmp_path / "byo.toml"
-    study.write_text(TEACHER_STUDY.format(file=fifo))
+    study.write_text(_teacher_study(fifo))
     proc = kdsearch("teacher", str(study), "--cache-dir", str(tmp_path / "c"), check=False, timeout=240)
     assert "a FIFO, not a regular file" in _one_line(proc, fifo)

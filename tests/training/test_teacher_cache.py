@@ -12,7 +12,7 @@ from kdsearch.spec import parse_study
 from kdsearch.study.resolve import load_file_teacher, teacher_plan, views_settings
 from kdsearch.training import teacher_store, teacher_views
 from kdsearch.training.data import load_data
-from tests.helpers import TINY_SEARCH, cli_argv, cli_env, tiny_study, tiny_study_text
+from tests.helpers import CNN_SEARCH_TABLES, cli_argv, cli_env, study_text, tiny_study, tiny_study_text
 
 CPU = torch.device("cpu")
 
@@ -126,8 +126,8 @@ class _StopAfter:
 def resumable(tmp_path_factory):
     """A teacher whose every epoch draws random numbers (order, flips, jitter, dropout), whose
     best epoch comes after the cut below, and the cache of it trained without a stop."""
-    text = f'description = "resume"\nseed = 0\n{TINY_SEARCH}'
-    spec = parse_study(text, tmp_path_factory.mktemp("study") / "s.toml")
+    spec = parse_study(study_text(description="resume", **CNN_SEARCH_TABLES),
+                       tmp_path_factory.mktemp("study") / "s.toml")
     recipe = spec.teacher_train.model_copy(
         update={"epochs": 3, "jitter": 1, "hflip": True, "lr_schedule": "cosine"})
     spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"dropout": 0.2}),
@@ -270,9 +270,7 @@ def test_ctrl_c_during_the_teacher_stops_at_an_epoch_and_the_rerun_resumes(tmp_p
 
 def _file_study(tmp_path, student_train: str = "", teacher_input: str = "mean = [0.5]"):
     """A tiny study whose teacher is the TorchScript file `t.pt` next to it."""
-    text = tiny_study_text().replace('[teacher]\nfamily = "mlp"\nhidden = [32]',
-                                     f'[teacher]\nfile = "t.pt"\n[teacher.input]\n{teacher_input}')
-    text = text.replace("[teacher.train]\nepochs = 2\nbatch_size = 64\nlr = 0.003\n", "")
+    text = tiny_study_text(teacher='file = "t.pt"', teacher_train=None, teacher_input=teacher_input)
     text = text.replace("[student.train]\n", f"[student.train]\n{student_train}\n")
     (tmp_path / "s.toml").write_text(text)
     spec = parse_study(text, tmp_path / "s.toml")
@@ -421,11 +419,12 @@ def test_a_teacher_file_with_one_hot_soft_targets_is_named_in_a_warning(tmp_path
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
-def test_the_teacher_command_refuses_a_teacher_near_chance_in_one_line(tmp_path):
+def test_the_teacher_command_refuses_a_teacher_near_chance_in_one_line(tmp_path, capsys):
+    from kdsearch import cli
+
     _rescaling_teacher(tmp_path, "mean = [0.5]")
-    done = subprocess.run(cli_argv("teacher", tmp_path / "s.toml", "--cache-dir",
-                                   tmp_path / "cache"), env=cli_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    line = done.stderr.strip().splitlines()[-1]
+    code = cli.main(["teacher", str(tmp_path / "s.toml"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
     assert line.startswith("kdsearch: error:") and "near chance" in line and "scale" in line
