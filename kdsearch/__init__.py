@@ -5,6 +5,12 @@ The Python API (`kdsearch.run_study`, `front`, `trials`, `compress_trial`, `eval
 CLI start) stays free of torch and Optuna.
 """
 
+import os
+
+# As the CLI does: OpenMP threads that sleep when idle instead of spinning, or a notebook's
+# trial beside another process runs several times slower. Only effective before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 API = ("run_study", "front", "trials", "read", "compress_trial", "evaluate", "load_model")

@@ -112,3 +112,14 @@ def test_reading_an_unknown_study_names_the_known_ones(tmp_path):
 def test_workers_need_the_environment_they_run_in(tmp_path):
     with pytest.raises(UsageError, match="env=os.environ"):
         kdsearch.run_study(str(tiny_study(tmp_path)), workers=2)
+
+
+def test_importing_kdsearch_first_keeps_openmp_passive_unless_told_otherwise():
+    """A notebook imports kdsearch before torch: OpenMP then sleeps when idle, as in the CLI."""
+    code = "import os, kdsearch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in cli_env().items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE"
