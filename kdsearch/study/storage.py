@@ -159,11 +159,12 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats(),
             try:
                 with db_lock(lock_engine, url, "kdsearch:create-tables"):
                     storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+                    if sqlite:  # in the same turn: the first switch to WAL needs the file alone
+                        with storage.engine.connect() as conn:  # WAL persists: readers never block
+                            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             finally:
                 lock_engine.dispose()
             if sqlite:
-                with storage.engine.connect() as conn:  # WAL persists: readers never block
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
                 _sqlite_immediate_transactions(storage.engine)
     except StorageError:
         raise
