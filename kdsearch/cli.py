@@ -251,9 +251,7 @@ def _foreign_logs_off():
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before torch loads OpenMP: idle threads sleep instead of spinning, so a busy machine (or
-    # `--workers`) does not turn every parallel op into a spin-wait (measured 10x slower).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY=PASSIVE is already set: importing kdsearch sets it (kdsearch/__init__.py).
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

@@ -34,7 +34,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
     Oversubscribing cores is far worse than leaving one idle: with other busy processes on two
     cores, a 2-thread training loop with spinning OpenMP threads measured up to 10x slower
-    than a 1-thread one (the CLI sets OMP_WAIT_POLICY=PASSIVE for that reason).
+    than a 1-thread one (importing kdsearch sets OMP_WAIT_POLICY=PASSIVE for that reason).
     """
     return max(1, (cores or available_cores()) // max(1, workers))
 
