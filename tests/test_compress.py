@@ -404,8 +404,9 @@ def test_teacher_export_gives_files_a_study_distills_from_at_the_same_accuracy(t
                                   "base_width = 4", teacher_train="epochs = 3\nbatch_size = 64\n"
                                   'optimizer = "sgd"\nlr = 0.05'))
     cache = str(tmp_path / "cache")
+    # --export as a newcomer types it: relative to the working directory
     out = run("teacher", str(trained), "--storage", f"sqlite:///{tmp_path}/a.db", "--cache-dir",
-              cache, "--export", str(tmp_path / "teachers"), "--name", "tiny_resnet")
+              cache, "--export", "teachers/", "--name", "tiny_resnet", cwd=tmp_path)
     files = [tmp_path / "teachers" / f"tiny_resnet{s}" for s in (".pt2", ".onnx", ".md")]
     assert all(f.is_file() for f in files), out.stdout
     test_acc = float(next(line.split()[1] for line in out.stdout.splitlines()

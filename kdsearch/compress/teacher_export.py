@@ -37,7 +37,7 @@ def export_teacher(teacher: Teacher, out: Path, name: str, command: str) -> list
     kdsearch teacher files and score as the cache says, and return their paths."""
     if teacher.model is None:
         raise KdsearchError("this study's teacher is already a file: nothing to export")
-    out = Path(out)
+    out = Path(out).resolve()  # the files are checked through the loader, which wants absolute paths
     targets = [out / f"{name}{suffix}" for suffix in (".pt2", ".onnx", ".md")]
     taken = [str(p) for p in targets if p.exists() or p.is_symlink()]
     if taken:
