@@ -74,13 +74,17 @@ class _Walk:
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every point of the study's student space (and searched recipe), in a fixed order."""
+    """Every point of the study's student space (and searched recipe), in a fixed order; the
+    points that `max_params` or `max_macs` refuse before training are not in it."""
+    from kdsearch.search.objective import over_budget
+
     points, path = [], []
     while True:
         walk = _Walk(path)
         suggest_student(walk, spec.student.space, INPUT_SHAPE)
         suggest_recipe(walk, spec.student.train)
-        points.append(walk.params)
+        if over_budget(spec, *_sizes(spec, walk.params)) is None:
+            points.append(walk.params)
         full = path + [0] * (len(walk.sizes) - len(path))
         i = len(full) - 1  # the odometer: the last digit that can still move on
         while i >= 0 and full[i] + 1 >= walk.sizes[i]:
