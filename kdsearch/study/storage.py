@@ -6,6 +6,7 @@ Passwords never leave this module: every message shows the URL with the password
 from __future__ import annotations
 
 import re
+import time
 
 import optuna
 from optuna.storages import RDBStorage
@@ -148,6 +149,25 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats(),
                   heartbeat_stale_trial_callback=retry_failed_trial)
     if read_only and sqlite and not _sqlite_has_tables(url):
         raise _no_studies(url)
+    for attempt in range(1, 6):
+        try:
+            return _open(url, kwargs, hb, read_only, sqlite)
+        except _Locked:
+            # Optuna's own set-up reads then writes in a deferred transaction, before kdsearch's
+            # BEGIN IMMEDIATE is installed: beside a busy worker the upgrade can fail at once
+            # instead of waiting. Rare (seen under load with three workers); try again.
+            if attempt == 5:
+                raise StorageError(f"cannot open storage {redact(url)}: the SQLite file stayed "
+                                   "locked by other processes") from None
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+class _Locked(Exception):
+    """An SQLite file found locked while the storage was being opened."""
+
+
+def _open(url: str, kwargs: dict, hb: dict, read_only: bool, sqlite: bool) -> RDBStorage:
     try:
         if read_only:
             storage = _open_read_only(url, kwargs, hb)
@@ -171,6 +191,8 @@ def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats(),
     except ImportError as e:
         raise StorageError(f"storage {redact(url)}: missing database driver ({e.name or e})") from None
     except Exception as e:  # sqlalchemy / driver errors: connection refused, bad password, bad URL
+        if sqlite and "database is locked" in str(e):
+            raise _Locked() from None
         raise StorageError(f"cannot open storage {redact(url)}: {_scrub(str(e), url)}") from None
     return storage
 

@@ -135,3 +135,31 @@ def test_read_only_opening_never_creates_postgresql_tables():
         engine = create_engine(url)
         assert inspect(engine).get_table_names() == []
         engine.dispose()
+
+
+def test_an_sqlite_file_found_locked_while_opening_is_tried_again_then_one_line(monkeypatch, tmp_path):
+    """Optuna's set-up can meet a lock it does not wait for (three workers under load): the
+    open is tried again, and a file that stays locked ends in one line."""
+    from kdsearch.errors import StorageError
+    from kdsearch.study import storage as st
+
+    calls = []
+
+    def locked_twice(*args):
+        calls.append(args)
+        if len(calls) <= 2:
+            raise st._Locked()
+        return "storage"
+
+    monkeypatch.setattr(st, "_open", locked_twice)
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    assert st.open_storage(url) == "storage" and len(calls) == 3
+
+    def always_locked(*args):
+        raise st._Locked()
+
+    monkeypatch.setattr(st, "_open", always_locked)
+    with pytest.raises(StorageError, match="stayed locked by other processes") as e:
+        st.open_storage(url)
+    assert "\n" not in str(e.value)
