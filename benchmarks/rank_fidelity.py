@@ -62,18 +62,21 @@ def _name(row: dict) -> str:
     return f"{family} {shape} ({row['n_params']:,})"
 
 
+def _key(row: dict) -> str:
+    """A student's identity across tables: its parameters."""
+    return json.dumps(row["params"], sort_keys=True)
+
+
 def report(paths: list[Path]) -> str:
     tables = [json.loads(p.read_text()) for p in paths]
-    key = [json.dumps(r["params"], sort_keys=True) for r in tables[0]["rows"]]
-    common = set(key)
+    ref_by = {_key(r): r for r in tables[0]["rows"]}
+    common = set(ref_by)  # the students every table holds
     for t in tables[1:]:
-        common &= {json.dumps(r["params"], sort_keys=True) for r in t["rows"]}
-    ref_by = {json.dumps(r["params"], sort_keys=True): r for r in tables[0]["rows"]}
+        common &= {_key(r) for r in t["rows"]}
     lines = []
     for path, table in zip(paths, tables, strict=True):
-        rows = [r for r in table["rows"] if json.dumps(r["params"], sort_keys=True) in common]
-        rows.sort(key=lambda r: r["n_params"])
-        ref = [ref_by[json.dumps(r["params"], sort_keys=True)] for r in rows]
+        rows = sorted((r for r in table["rows"] if _key(r) in common), key=lambda r: r["n_params"])
+        ref = [ref_by[_key(r)] for r in rows]
         final = [r["val"][-1] for r in rows]
         ref_final = [r["val"][-1] for r in ref]
         total = sum(sum(r["seconds"]) for r in rows)

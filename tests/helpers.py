@@ -292,3 +292,16 @@ def view_data(n: int = 96):
     data = Dataset("t", Split(x, y), Split(x[:16], y[:16]), Split(x[:16], y[:16]), classes,
                    (0.5,) * 3, (0.25,) * 3, "t")
     return data, nn.Sequential(nn.Flatten(), nn.Linear(3 * 36, classes)).eval()
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, for its tests."""
+    import importlib.util
+    import sys
+
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

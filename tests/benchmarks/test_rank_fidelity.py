@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.benchmarks.test_simulate import _module
+from tests.helpers import benchmark_module, study_text
 
 
 def _row(n_params: int, val: list[float], seconds: float = 10.0) -> dict:
@@ -15,7 +15,7 @@ def _row(n_params: int, val: list[float], seconds: float = 10.0) -> dict:
 
 
 def test_tau_counts_only_pairs_within_a_band():
-    fid = _module("rank_fidelity")
+    fid = benchmark_module("rank_fidelity")
     # Two bands; across them the order is reversed at the rung, which must not count.
     rows = [_row(12_000, [0.5, 0.6]), _row(15_000, [0.4, 0.5]),
             _row(50_000, [0.3, 0.9]), _row(60_000, [0.2, 0.8])]
@@ -26,7 +26,7 @@ def test_tau_counts_only_pairs_within_a_band():
 
 
 def test_report_names_a_slow_starter_and_the_cheaper_plans_cost(tmp_path):
-    fid = _module("rank_fidelity")
+    fid = benchmark_module("rank_fidelity")
     full = [_row(12_000, [0.2, 0.5, 0.7]), _row(15_000, [0.4, 0.5, 0.6]),
             _row(20_000, [0.3, 0.4, 0.5])]
     early = [_row(r["n_params"], r["val"], seconds=5.0) for r in full]
@@ -42,47 +42,23 @@ def test_report_names_a_slow_starter_and_the_cheaper_plans_cost(tmp_path):
     assert "training seconds 45 (0.50 of the reference)" in text
 
 
-GRID_STUDY = """description = "tests: a two-point grid"
-seed = 0
-
-[data]
-dataset = "synthetic"
-val_size = 40
-synthetic = { n_train = 120, n_test = 40, channels = 3, height = 32, width = 32, num_classes = 10 }
-
-[teacher]
-family = "mlp"
-hidden = [16]
-
-[teacher.train]
-epochs = 1
-batch_size = 64
-
-[student]
-family = "resnet"
-stages = 3
-blocks = 1
-base_width = { choices = [4, 6] }
-width_growth = 2.0
-kernel = 3
-shortcut = "B"
-temperature = 4.0
-alpha = 0.9
-
-[student.train]
-epochs = 2
-batch_size = 64
-lr = 0.05
-
-[search]
-n_trials = 2
-"""
+# Two resnet students of 3x32x32 images (record_table's sizes assume CIFAR's shape), 2 epochs.
+GRID_STUDY = study_text(
+    description="tests: a two-point grid",
+    data='dataset = "synthetic"\nval_size = 40\nsynthetic = { n_train = 120, n_test = 40, '
+         "channels = 3, height = 32, width = 32, num_classes = 10 }",
+    teacher='family = "mlp"\nhidden = [16]',
+    teacher_train="epochs = 1\nbatch_size = 64",
+    student='family = "resnet"\nstages = 3\nblocks = 1\nbase_width = { choices = [4, 6] }\n'
+            'width_growth = 2.0\nkernel = 3\nshortcut = "B"\ntemperature = 4.0\nalpha = 0.9',
+    student_train="epochs = 2\nbatch_size = 64\nlr = 0.05",
+    search="n_trials = 2")
 
 
 @pytest.mark.slow
 def test_a_committed_table_goes_on_growing_with_new_storage(tmp_path, capsys):
     """The table written by one machine counts as done on the next, whose storage is new."""
-    record = _module("record_table")
+    record = benchmark_module("record_table")
     study = tmp_path / "grid.toml"
     study.write_text(GRID_STUDY)
     out = tmp_path / "table.json"

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, benchmark_module
 
 GRID = REPO / "benchmarks" / "tables" / "cifar_resnet_grid.toml"
 
 
-def _module(name: str):
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    record, simulate = _module("record_table"), _module("simulate")
+    record, simulate = benchmark_module("record_table"), benchmark_module("simulate")
     out = tmp_path_factory.mktemp("table") / "table.json"
     assert record.main([str(GRID), "--synthetic", "--out", str(out)]) == 0
     table = simulate.load_table(out)
@@ -32,7 +21,7 @@ def sim(tmp_path_factory):
 
 
 def test_grid_points_enumerate_each_family_with_its_own_knobs():
-    record = _module("record_table")
+    record = benchmark_module("record_table")
     from kdsearch.spec import load_study
 
     points = record.grid_points(load_study(str(GRID)))
