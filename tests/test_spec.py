@@ -97,6 +97,13 @@ def test_non_utf8_file(tmp_path):
         load_study(str(path))
 
 
+def test_a_path_object_is_a_file_never_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_study(find_study_file("smoke")).description  # a Path, as pathlib users pass it
+    with pytest.raises(StudyFileError, match="smoke: no such study file"):
+        load_study(Path("smoke"))  # not looked up among the shipped studies
+
+
 def test_study_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert find_study_file("smoke").name == "smoke.toml"

@@ -36,8 +36,13 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def find_study_file(study: str) -> Path:
+def find_study_file(study: str | os.PathLike) -> Path:
     """A path to a .toml, a name in ./studies, or a name among the shipped studies."""
+    if isinstance(study, os.PathLike):  # a Path is always a path, never a study's name
+        path = Path(study)
+        if not _is_file(path):
+            raise StudyFileError(f"{study}: no such study file")
+        return path
     path = Path(study)
     if study.endswith(".toml") or os.sep in study:
         if not _is_file(path):
@@ -75,7 +80,7 @@ def parse_study(text: str, path: Path) -> StudySpec:
     return spec
 
 
-def load_study(study: str) -> StudySpec:
+def load_study(study: str | os.PathLike) -> StudySpec:
     """The study named or pointed at, checked; raises `StudyFileError` with one line."""
     path = find_study_file(study)
     try:
