@@ -192,7 +192,8 @@ def trials(study: str | optuna.Study, *, storage: str | None = None,
 def compress_trial(study: str | optuna.Study, out: str | Path, *, trial: int | None = None,
                    max_params: int | None = None, max_macs: int | None = None,
                    max_latency_ms: float | None = None, epochs: int | None = None,
-                   lr_schedule: str | None = None, storage: str | None = None,
+                   lr_schedule: str | None = None, seed: int | None = None,
+                   storage: str | None = None,
                    study_name: str | None = None, data_dir: str | Path | None = None,
                    cache_dir: str | Path | None = None, device: str = "auto",
                    env: Mapping[str, str] = {}, command: str = "",
@@ -221,7 +222,7 @@ def compress_trial(study: str | optuna.Study, out: str | Path, *, trial: int | N
     _threads(opts)
     return compress(study, Path(out), number=trial, max_params=max_params, max_macs=max_macs,
                     max_latency_ms=max_latency_ms, epochs=epochs, lr_schedule=lr_schedule,
-                    opts=opts, command=command or f"kdsearch.compress_trial({study.study_name!r})",
+                    seed=seed, opts=opts, command=command or f"kdsearch.compress_trial({study.study_name!r})",
                     log=log)
 
 

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retraining epochs (default: twice the study's student epochs)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"],
                    help="learning-rate schedule for the retraining (default: the study's)")
+    p.add_argument("--seed", type=_nonneg_int, metavar="S",
+                   help="seed the retraining as if the study's seed were S (default: the "
+                        "study's); compress again with another S to average over seeds")
     _add_storage(p)
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="as for run-study")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, help="as for run-study")

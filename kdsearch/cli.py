@@ -176,7 +176,7 @@ def cmd_compress(args) -> int:
     _threads(opts)
     r = compress(study, args.out, number=args.trial, max_params=args.max_params,
                  max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
-                 epochs=args.epochs, lr_schedule=args.lr_schedule, opts=opts,
+                 epochs=args.epochs, lr_schedule=args.lr_schedule, seed=args.seed, opts=opts,
                  command=_command_line(args.argv),
                  log=lambda m: print(m, file=sys.stderr))
     print(f"trial {r.trial}: test accuracy {r.test_accuracy:.4f}, {r.params:,} params, "

@@ -84,6 +84,28 @@ def test_dominating_trial_follows_the_study_objectives():
 
 
 @pytest.mark.slow
+def test_compress_seed_gives_independent_retrainings_and_repeats_itself(smoke):
+    from kdsearch.compress import compress
+
+    study, url, tmp = smoke
+    opts = Options(storage=url, study_name="smoke", n_trials=None, timeout=None, data_dir=None,
+                   cache_dir=tmp / "cache", device="cpu")
+    number = pick_trial(study).number
+    weights = {}
+    for name, seed in (("default", None), ("s1", 1), ("s1_again", 1)):
+        compress(study, tmp / f"seed_{name}", number=number, epochs=1, seed=seed, opts=opts,
+                 log=lambda m: None)
+        meta = json.loads((tmp / f"seed_{name}" / "architecture.json").read_text())
+        weights[name] = (meta["seed"], torch.load(tmp / f"seed_{name}" / "model.pt",
+                                                  weights_only=True))
+        assert f"seed {meta['seed']})" in (tmp / f"seed_{name}" / "MODEL_CARD.md").read_text()
+    (s0, w0), (s1, w1), (s1b, w1b) = weights.values()
+    assert s0 != s1 == s1b
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # another start: other weights
+    assert all(torch.equal(w1[k], w1b[k]) for k in w1)  # the same seed: the same retraining
+
+
+@pytest.mark.slow
 def test_compress_then_evaluate_in_a_fresh_process(smoke):
     study, url, tmp = smoke
     out = tmp / "model"
@@ -115,7 +137,7 @@ def test_compress_then_evaluate_in_a_fresh_process(smoke):
     # The folder stands alone: weights load with weights_only, the architecture is JSON.
     meta = json.loads((out / "architecture.json").read_text())
     assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 4
-    assert meta["lr_schedule"] == "cosine" and "(cosine learning rate)" in card
+    assert meta["lr_schedule"] == "cosine" and "(cosine learning rate, seed " in card
     state = torch.load(out / "model.pt", weights_only=True)
     model, _ = load_model(out)
     n_weights = sum(v.numel() for k, v in state.items() if k.endswith(("weight", "bias")))

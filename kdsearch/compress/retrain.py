@@ -146,11 +146,14 @@ class CompressResult:
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
              max_params: int | None = None, max_macs: int | None = None,
              max_latency_ms: float | None = None, epochs: int | None = None,
-             lr_schedule: str | None = None, opts: Options = Options(),
-             command: str = "", log: Callable[[str], None] = print) -> CompressResult:
+             lr_schedule: str | None = None, seed: int | None = None,
+             opts: Options = Options(), command: str = "",
+             log: Callable[[str], None] = print) -> CompressResult:
     """Retrain the chosen trial's student on train + validation and write the model folder.
 
     An --out that could not be replaced is refused first, before any training is spent.
+    `seed` stands for the study's seed in the student's seed (weights and batch order), so the
+    same trial compressed with seeds 0 and 1 gives two independent retrainings to average.
     """
     from tqdm import tqdm
 
@@ -193,7 +196,7 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     # With fixed views, the validation images bring their own views and the teacher's logits.
     merged_views = (ViewSet.cat([teacher.views["train"], teacher.views["val"]])
                     if recipe.views else None)
-    seed = student_seed(spec.seed, trial.number)
+    seed = student_seed(spec.seed if seed is None else seed, trial.number)
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
     log(f"retraining on {len(merged):,} train+val images for {recipe.epochs} epochs "
@@ -230,7 +233,7 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
         "test_identity": test_identity(data.test), "test_accuracy": test_acc,
         "params": params, "macs": macs, "study": study.study_name, "trial": trial.number,
         "temperature": temperature, "alpha": alpha, "epochs": result.epochs_run,
-        "lr_schedule": recipe.lr_schedule, "train_images": len(merged),
+        "lr_schedule": recipe.lr_schedule, "train_images": len(merged), "seed": seed,
     }
     files, skipped = ["model.pt", "architecture.json"], {}
 
