@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kdsearch.report.hypervolume import HypervolumeHistory, hypervolume_history
 from kdsearch.report.rows import KD_MIN_ALPHA, Snapshot, smallest_match
-from kdsearch.report.tables import sweep_table
+from kdsearch.report.tables import study_time, sweep_table, trials_markdown
 
 
 def summary_markdown(snap: Snapshot, images: list[str] | None = None,
@@ -59,6 +59,8 @@ def summary_markdown(snap: Snapshot, images: list[str] | None = None,
                   f"({units}; {history.reference})."]
     if snap.is_sweep:
         lines += ["", "## Sweep", "", "```", sweep_table(snap), "```"]
+    if snap.rows:
+        lines += ["", "## Every trial", "", study_time(snap), "", trials_markdown(snap)]
     if images:
         lines += ["", "## Figures", "",
                   f"Plots draw students with alpha < {KD_MIN_ALPHA} as plain: their teacher term "

@@ -105,12 +105,90 @@ def write_trials_csv(snap: Snapshot, path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["number", "state", "pareto", "baseline", "val_accuracy", "test_accuracy", "params",
                     "macs", "latency_ms", "architecture", "epochs", "train_seconds", "stopped_reason",
+                    "stopped_at_rung", "started", "finished",
                     *[f"param_{p}" for p in param_names]])
         for r in snap.rows:
             a = r.record
             w.writerow([r.number, r.state, int(r.pareto), r.baseline, r.val_accuracy, r.test_accuracy,
                         r.params, r.macs, r.latency_ms, r.arch, a.epochs, a.train_seconds, a.stopped_reason,
+                        a.stopped_at_rung, _when(r.trial.datetime_start),
+                        _when(r.trial.datetime_complete),
                         *[r.trial.params.get(p) for p in param_names]])
+
+
+def _when(moment) -> str:
+    return moment.isoformat(timespec="seconds") if moment else ""
+
+
+TRIALS_SHOWN = 400  # summary.md's table of every trial stops here; trials.csv has them all
+
+
+def study_time(snap: Snapshot) -> str:
+    """How long the study took: the wall clock from its first trial's start to its last trial's
+    end (every worker together), and the trials' own seconds, so a reader sees both the wait
+    and the work."""
+    starts = [r.trial.datetime_start for r in snap.rows if r.trial.datetime_start]
+    ends = [r.trial.datetime_complete for r in snap.rows if r.trial.datetime_complete]
+    if not starts or not ends:
+        return "No trial has finished yet."
+    wall = (max(ends) - min(starts)).total_seconds()
+    work = sum(_seconds(r) or 0.0 for r in snap.rows)
+    finished = sum(r.state in ("COMPLETE", "PRUNED", "FAIL") for r in snap.rows)
+    stopped: dict[int, int] = {}
+    for r in snap.rows:
+        if r.record.stopped_at_rung is not None:
+            stopped[r.record.stopped_at_rung] = stopped.get(r.record.stopped_at_rung, 0) + 1
+    at = ", ".join(f"{n} after epoch {rung}" for rung, n in sorted(stopped.items()))
+    return (f"{finished} trials finished in {_duration(wall)} of wall time "
+            f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%H:%M}), {_duration(work)} of "
+            f"trials in all (workers side by side); stopped early: {at or 'none'}.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def _seconds(r: Row) -> float | None:
+    """A trial's own wall time, start to end: stopped trials record no training time."""
+    t = r.trial
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
+
+
+def trials_markdown(snap: Snapshot, limit: int = TRIALS_SHOWN) -> str:
+    """Every trial as a Markdown table: what was tried, where it was stopped and why, and what
+    it cost, in trial order (the front is marked *)."""
+    knobs = ("lr", "batch_size")
+    shown = [k for k in knobs if any(k in r.trial.params for r in snap.rows)]
+    head = (["trial", "state", "architecture", "params", "T", "alpha", *shown, "epochs",
+             "val acc", "test acc", "s", "stopped"])
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---:" if h not in ("state", "architecture", "stopped") else "---"
+                            for h in head) + "|"]
+    for r in snap.rows[:limit]:
+        a = r.record
+        val = r.val_accuracy if r.val_accuracy is not None else (
+            a.val_curve[-1] if a.val_curve else None)
+        stopped = (f"after epoch {a.stopped_at_rung}" if a.stopped_at_rung is not None
+                   else (a.stopped_reason or ""))
+        cells = [f"{r.number}{' *' if r.pareto else ''}",
+                 r.state.lower() + (f" ({r.baseline})" if r.baseline else ""),
+                 f"`{r.arch}`" if r.arch else "",
+                 f"{r.params:,}" if r.params else "",
+                 f"{r.temperature:.2f}" if r.temperature is not None else "",
+                 f"{r.alpha:.2f}" if r.alpha is not None else "",
+                 *[f"{r.trial.params[k]:.3g}" if isinstance(r.trial.params.get(k), float)
+                   else str(r.trial.params.get(k, "")) for k in shown],
+                 str(a.epochs or ""),
+                 f"{val:.4f}" if val is not None else "",
+                 f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "",
+                 f"{_seconds(r):.0f}" if _seconds(r) is not None else "",
+                 stopped.replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(snap.rows) > limit:
+        lines.append(f"\n{len(snap.rows) - limit} more trials in trials.csv.")
+    return "\n".join(lines)
 
 
 def sweep_table(snap: Snapshot) -> str:

@@ -49,3 +49,39 @@ def test_nothing_complete_is_said_in_every_format():
     assert best_table(snap).endswith("no complete trials yet")
     assert json.loads(best_json(snap)) == []
     assert best_csv(snap) == ",".join(FRONT_KEYS)
+
+
+def test_summary_lists_every_trial_with_where_it_stopped_and_the_time(tmp_path):
+    import datetime
+
+    import optuna
+
+    study = hand_study(FOUR, teacher=teacher_summary())
+    t0 = datetime.datetime(2026, 12, 3, 12, 0, 0)
+    stopped = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={"kernel": 3, "alpha": 0.5,
+                                                      "temperature": 2.0},
+        distributions=study.trials[0].distributions,
+        user_attrs={"params": 20, "macs": 200, "arch_summary": "cnn k3 20",
+                    "architecture": study.trials[0].user_attrs["architecture"],
+                    "val_curve": [0.31], "epochs": 1, "stopped_at_rung": 1,
+                    "stopped_reason": "dominated at rung 1: ..."})
+    study.add_trial(stopped)
+    snap = read_rows(study)
+    # The hand-made trials' clocks: trial k from t0 + k min to t0 + k min + 30 s.
+    for k, r in enumerate(snap.rows):
+        r.trial.datetime_start = t0 + datetime.timedelta(minutes=k)
+        r.trial.datetime_complete = t0 + datetime.timedelta(minutes=k, seconds=30)
+    page = summary_markdown(snap)
+    every = page[page.index("## Every trial"):]
+    assert ("5 trials finished in 4.5 min of wall time (2026-12-03 12:00 to 12:04), 2.5 min of "
+            "trials in all") in every
+    assert "stopped early: 1 after epoch 1." in every
+    rows = [line for line in every.splitlines() if line.startswith("| ") and "trial" not in line]
+    assert len(rows) == 5
+    assert rows[4].startswith("| 4 | pruned | `cnn k3 20` | 20 |")
+    assert "| 0.3100 |" in rows[4] and rows[4].endswith("| 30 | after epoch 1 |")
+    assert rows[3].startswith("| 3 * | complete |")  # on the front
+    write_trials_csv(snap, tmp_path / "t.csv")
+    last = list(csv.DictReader((tmp_path / "t.csv").open()))[-1]
+    assert (last["stopped_at_rung"], last["started"]) == ("1", "2026-12-03T12:04:00")
