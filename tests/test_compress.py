@@ -83,6 +83,25 @@ def test_dominating_trial_follows_the_study_objectives():
     assert dominating_trial(study, t[3]) is None
 
 
+def test_the_final_model_trains_on_every_image_at_the_trials_lr(tmp_path):
+    from kdsearch.compress.retrain import EPOCH_FACTOR, retrain_recipe
+    from kdsearch.spec import parse_study
+
+    text = tiny_staged_study_text(student_train=(
+        'epochs = 4\nbatch_size = 64\noptimizer = "sgd"\nlr = { low = 0.02, high = 0.2, log = true }'
+        '\nearly_fraction = 0.25\nearly_epochs = 2'))
+    spec = parse_study(text, tmp_path / "s.toml")
+    assert spec.student.train.early_epochs == 2  # the search ranks on cheap first epochs
+    trial = optuna.trial.create_trial(
+        params={"lr": 0.05}, distributions={"lr": optuna.distributions.FloatDistribution(
+            0.02, 0.2, log=True)}, values=[0.5, 10])
+    recipe = retrain_recipe(spec, trial)
+    assert (recipe.early_fraction, recipe.early_epochs) == (1.0, 0)  # ... the final model not
+    assert recipe.epochs == 4 * EPOCH_FACTOR and recipe.lr == 0.05
+    assert retrain_recipe(spec, trial, epochs=40, lr_schedule="cosine").model_dump(
+        include={"epochs", "lr_schedule"}) == {"epochs": 40, "lr_schedule": "cosine"}
+
+
 @pytest.mark.slow
 def test_compress_seed_gives_independent_retrainings_and_repeats_itself(smoke):
     from kdsearch.compress import compress

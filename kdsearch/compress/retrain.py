@@ -38,6 +38,7 @@ from kdsearch.objectives import COST
 from kdsearch.options import Options
 from kdsearch.record import TrialRecord, stored_spec
 from kdsearch.search.space import suggest_recipe
+from kdsearch.spec import StudentRecipe, StudySpec
 from kdsearch.study.coordination import obtain_teacher
 from kdsearch.training.data import Split, load_data
 from kdsearch.training.distill import KD
@@ -143,6 +144,22 @@ class CompressResult:
     skipped: dict[str, str]  # file -> why it was not written
 
 
+def retrain_recipe(spec: StudySpec, trial: FrozenTrial, epochs: int | None = None,
+                   lr_schedule: str | None = None) -> StudentRecipe:
+    """The study's recipe at a longer budget, for the final model.
+
+    A decaying schedule may be asked for, since a constant rate that suited the search's short
+    budget can overfit a longer one. The learning rate and batch size are the trial's own where
+    the study searched them. The search's cheap early epochs (`early_fraction`) only rank
+    students, so the final model trains on every image from its first epoch.
+    """
+    trial_recipe = suggest_recipe(optuna.trial.FixedTrial(trial.params), spec.student.train)
+    return trial_recipe.model_copy(
+        update={"epochs": epochs or trial_recipe.epochs * EPOCH_FACTOR,
+                "lr_schedule": lr_schedule or trial_recipe.lr_schedule,
+                "early_fraction": 1.0, "early_epochs": 0})
+
+
 def compress(study: optuna.Study, out: Path, *, number: int | None = None,
              max_params: int | None = None, max_macs: int | None = None,
              max_latency_ms: float | None = None, epochs: int | None = None,
@@ -173,13 +190,7 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     searched = TrialRecord.of(trial)
     kd = KD.of(trial.params)
     temperature, alpha = kd.temperature, kd.alpha
-    # The study's recipe at a longer budget; a decaying schedule may be asked for, since a
-    # constant rate that suited the search's short budget can overfit a longer one.
-    # The learning rate and batch size are the trial's own where the study searched them.
-    trial_recipe = suggest_recipe(optuna.trial.FixedTrial(trial.params), spec.student.train)
-    recipe = trial_recipe.model_copy(
-        update={"epochs": epochs or trial_recipe.epochs * EPOCH_FACTOR,
-                "lr_schedule": lr_schedule or trial_recipe.lr_schedule})
+    recipe = retrain_recipe(spec, trial, epochs, lr_schedule)
     log(f"trial {trial.number} of '{study.study_name}': {arch.describe()}, "
         f"{searched.params:,} params, val acc {searched.val_accuracy:.4f} "
         f"in the search; T={temperature:.2f} alpha={alpha:.2f}")
