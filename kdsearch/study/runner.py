@@ -35,6 +35,7 @@ from kdsearch.study.console import (
     run_estimate,
     stopping_line,
     trial_line,
+    trial_share,
     writer,
 )
 from kdsearch.study.identity import (
@@ -50,6 +51,7 @@ from kdsearch.study.shutdown import Shutdown, ShutdownRequested
 from kdsearch.study.storage import open_storage, probe_storage, redact
 from kdsearch.training.data import Dataset, load_data
 from kdsearch.training.engine import resolve_device
+from kdsearch.training.epoch_plan import epoch_images
 from kdsearch.training.teacher import Teacher
 
 # Importable from here as before the split (benchmarks and tests use them).
@@ -230,6 +232,7 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
                                               "[{elapsed}{postfix}]")
     epochs = spec.student.train.epochs
+    images = epoch_images(len(data.train), spec.student.train)  # each epoch's share of a trial
     durations = durations_by_state(study.get_trials(deepcopy=False, states=FINISHED))
     current: dict = {"number": None, "fraction": 0.0, "epoch": 1}
 
@@ -247,7 +250,7 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
 
     def batches(epoch: int, done_batches: int, per_epoch: int) -> None:
         current["epoch"] = epoch
-        current["fraction"] = ((epoch - 1) * per_epoch + done_batches) / (epochs * per_epoch)
+        current["fraction"] = trial_share(epoch, done_batches, per_epoch, images)
         show()
         shutdown.at_batch(done_batches, per_epoch)  # a second signal stops here
 

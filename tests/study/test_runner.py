@@ -143,6 +143,16 @@ def test_optuna_storage_is_plain_sqlite(tmp_path):
     assert len(loaded.trials) == 1
 
 
+def test_a_trials_share_done_counts_images_so_cheap_early_epochs_count_less():
+    from kdsearch.study.console import trial_share
+
+    assert trial_share(1, 5, 10, [100] * 4) == 0.125  # half of epoch 1 of 4 equal epochs
+    early = [25, 25, 100, 100]  # two epochs on a quarter of the images
+    assert trial_share(1, 10, 10, early) == 0.1  # all of epoch 1: a tenth of the images
+    assert trial_share(3, 0, 10, early) == 0.2
+    assert trial_share(4, 10, 10, early) == 1.0
+
+
 def test_run_estimate_averages_complete_and_pruned_trials_apart():
     from kdsearch.study.runner import run_estimate
 
