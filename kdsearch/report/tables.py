@@ -139,9 +139,12 @@ def study_time(snap: Snapshot) -> str:
         if r.record.stopped_at_rung is not None:
             stopped[r.record.stopped_at_rung] = stopped.get(r.record.stopped_at_rung, 0) + 1
     at = ", ".join(f"{n} after epoch {rung}" for rung, n in sorted(stopped.items()))
+    # refused before any epoch (over budget, unbuildable): finished, but nothing was trained
+    refused = sum(r.state == "PRUNED" and not r.record.val_curve for r in snap.rows)
     return (f"{finished} trials finished in {_duration(wall)} of wall time "
             f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%H:%M}), {_duration(work)} of "
-            f"trials in all (workers side by side); stopped early: {at or 'none'}.")
+            f"trials in all (workers side by side); stopped early: {at or 'none'}; refused "
+            f"before training: {refused}.")
 
 
 def _duration(seconds: float) -> str:
