@@ -156,7 +156,7 @@ def test_compress_then_evaluate_in_a_fresh_process(smoke):
     # The folder stands alone: weights load with weights_only, the architecture is JSON.
     meta = json.loads((out / "architecture.json").read_text())
     assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 4
-    assert meta["lr_schedule"] == "cosine" and "(cosine learning rate, seed " in card
+    assert meta["lr_schedule"] == "cosine" and "(cosine learning rate, student seed " in card
     state = torch.load(out / "model.pt", weights_only=True)
     model, _ = load_model(out)
     n_weights = sum(v.numel() for k, v in state.items() if k.endswith(("weight", "bias")))

@@ -57,7 +57,8 @@ def model_card(meta: dict, teacher: TeacherRecord, trial: FrozenTrial, latency: 
         f"- Retrained from scratch with knowledge distillation (T = {meta['temperature']:.2f}, "
         f"alpha = {meta['alpha']:.2f}; alpha 0 is plain training) on train + validation "
         f"({meta['train_images']:,} images) for {meta['epochs']} epochs "
-        f"({meta.get('lr_schedule', 'constant')} learning rate, seed {meta.get('seed', '?')}), "
+        f"({meta.get('lr_schedule', 'constant')} learning rate, student seed "
+        f"{meta.get('seed', '?')}), "
         f"{seconds:.1f} s.",
         "- Evaluated once on the test set; nothing was selected on it.", "",
         "```", command or "kdsearch compress ...", "```", "",
