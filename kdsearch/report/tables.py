@@ -15,6 +15,7 @@ from typing import Any
 
 from kdsearch.report.accuracy import swept
 from kdsearch.report.rows import Row, Snapshot, kd_label
+from kdsearch.study.console import duration, trial_seconds
 
 BEST_FORMATS = ("table", "json", "csv")
 
@@ -132,7 +133,7 @@ def study_time(snap: Snapshot) -> str:
     if not starts or not ends:
         return "No trial has finished yet."
     wall = (max(ends) - min(starts)).total_seconds()
-    work = sum(_seconds(r) or 0.0 for r in snap.rows)
+    work = sum(trial_seconds(r.trial) or 0.0 for r in snap.rows)
     finished = sum(r.state in ("COMPLETE", "PRUNED", "FAIL") for r in snap.rows)
     stopped: dict[int, int] = {}
     for r in snap.rows:
@@ -141,22 +142,10 @@ def study_time(snap: Snapshot) -> str:
     at = ", ".join(f"{n} after epoch {rung}" for rung, n in sorted(stopped.items()))
     # refused before any epoch (over budget, unbuildable): finished, but nothing was trained
     refused = sum(r.state == "PRUNED" and not r.record.val_curve for r in snap.rows)
-    return (f"{finished} trials finished in {_duration(wall)} of wall time "
-            f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%H:%M}), {_duration(work)} of "
+    return (f"{finished} trials finished in {duration(wall)} of wall time "
+            f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%H:%M}), {duration(work)} of "
             f"trials in all (workers side by side); stopped early: {at or 'none'}; refused "
             f"before training: {refused}.")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
-
-
-def _seconds(r: Row) -> float | None:
-    """A trial's own wall time, start to end: stopped trials record no training time."""
-    t = r.trial
-    if t.datetime_start and t.datetime_complete:
-        return (t.datetime_complete - t.datetime_start).total_seconds()
-    return None
 
 
 def trials_markdown(snap: Snapshot, limit: int = TRIALS_SHOWN) -> str:
@@ -175,6 +164,7 @@ def trials_markdown(snap: Snapshot, limit: int = TRIALS_SHOWN) -> str:
             a.val_curve[-1] if a.val_curve else None)
         stopped = (f"after epoch {a.stopped_at_rung}" if a.stopped_at_rung is not None
                    else (a.stopped_reason or ""))
+        seconds = trial_seconds(r.trial)
         cells = [f"{r.number}{' *' if r.pareto else ''}",
                  r.state.lower() + (f" ({r.baseline})" if r.baseline else ""),
                  f"`{r.arch}`" if r.arch else "",
@@ -186,7 +176,7 @@ def trials_markdown(snap: Snapshot, limit: int = TRIALS_SHOWN) -> str:
                  str(a.epochs or ""),
                  f"{val:.4f}" if val is not None else "",
                  f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "",
-                 f"{_seconds(r):.0f}" if _seconds(r) is not None else "",
+                 f"{seconds:.0f}" if seconds is not None else "",
                  stopped.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     if len(snap.rows) > limit:

@@ -38,13 +38,9 @@ def _is_file(path: Path) -> bool:
 
 def find_study_file(study: str | os.PathLike) -> Path:
     """A path to a .toml, a name in ./studies, or a name among the shipped studies."""
-    if isinstance(study, os.PathLike):  # a Path is always a path, never a study's name
-        path = Path(study)
-        if not _is_file(path):
-            raise StudyFileError(f"{study}: no such study file")
-        return path
     path = Path(study)
-    if study.endswith(".toml") or os.sep in study:
+    # a Path object is always a path, never a study's name
+    if isinstance(study, os.PathLike) or study.endswith(".toml") or os.sep in study:
         if not _is_file(path):
             raise StudyFileError(f"{study}: no such study file")
         return path

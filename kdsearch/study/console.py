@@ -120,11 +120,20 @@ def run_estimate(durations: dict[TrialState, list[float]], remaining: int,
     return (remaining - 1) * per_trial + (1 - running_fraction) * mean_complete
 
 
+def trial_seconds(t: FrozenTrial) -> float | None:
+    """A trial's own wall time, start to end (a stopped trial records no training time), or
+    None before it ends."""
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
+
+
 def durations_by_state(trials: list[FrozenTrial]) -> dict[TrialState, list[float]]:
     out: dict[TrialState, list[float]] = {state: [] for state in FINISHED}
     for t in trials:
-        if t.state in out and t.datetime_start and t.datetime_complete:
-            out[t.state].append((t.datetime_complete - t.datetime_start).total_seconds())
+        seconds = trial_seconds(t)
+        if t.state in out and seconds is not None:
+            out[t.state].append(seconds)
     return out
 
 

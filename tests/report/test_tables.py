@@ -78,7 +78,7 @@ def test_summary_lists_every_trial_with_where_it_stopped_and_the_time(tmp_path):
         r.trial.datetime_complete = t0 + datetime.timedelta(minutes=k, seconds=30)
     page = summary_markdown(snap)
     every = page[page.index("## Every trial"):]
-    assert ("6 trials finished in 5.5 min of wall time (2026-12-03 12:00 to 12:05), 3.0 min of "
+    assert ("6 trials finished in 5m30s of wall time (2026-12-03 12:00 to 12:05), 3m00s of "
             "trials in all") in every
     assert "stopped early: 1 after epoch 1; refused before training: 1." in every
     rows = [line for line in every.splitlines() if line.startswith("| ") and "trial" not in line]
