@@ -91,7 +91,8 @@ def _sqlite_immediate_transactions(engine) -> None:
 
 
 class NoStudiesError(StorageError):
-    """A storage, opened read-only, that holds no Optuna tables (or no SQLite file) yet."""
+    """A storage, opened read-only, that holds no Optuna tables (or no SQLite file) yet, or
+    whose tables another process is creating right now."""
 
 
 def _no_studies(url: str) -> NoStudiesError:
@@ -100,8 +101,8 @@ def _no_studies(url: str) -> NoStudiesError:
 
 
 def _sqlite_has_tables(url: str) -> bool:
-    """Whether the SQLite file at `url` exists and holds Optuna's tables; read without
-    creating, writing or locking anything (opening a missing file would create it)."""
+    """Whether the SQLite file at `url` exists and holds Optuna's tables, fully created; read
+    without creating, writing or locking anything (opening a missing file would create it)."""
     import sqlite3
     from pathlib import Path
 
@@ -116,12 +117,32 @@ def _sqlite_has_tables(url: str) -> bool:
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                "AND name = 'studies'").fetchone() is not None
+            tables = {name for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"studies", "alembic_version"} <= tables:
+                return False
+            return conn.execute(_STAMPED).fetchone() is not None
         finally:
             conn.close()
     except sqlite3.DatabaseError:  # not a database at all: RDBStorage names the problem
         return True
+
+
+# Optuna stamps `alembic_version` last when it creates its tables. Until that row exists
+# another process is still creating them (under open_storage's lock), and an RDBStorage opened
+# here would stamp it too: the "UNIQUE constraint failed: alembic_version" race that a
+# read-only probe lost to a worker creating the tables beside it.
+_STAMPED = "SELECT 1 FROM alembic_version LIMIT 1"
+
+
+def _tables_ready(engine) -> bool:
+    from sqlalchemy import inspect, text
+
+    found = inspect(engine)
+    if not (found.has_table("studies") and found.has_table("alembic_version")):
+        return False
+    with engine.connect() as conn:
+        return conn.execute(text(_STAMPED)).first() is not None
 
 
 def open_storage(url: str, heartbeats: Heartbeats | None = Heartbeats(),
@@ -199,14 +220,12 @@ def _open(url: str, kwargs: dict, hb: dict, read_only: bool, sqlite: bool) -> RD
 
 def _open_read_only(url: str, kwargs: dict, hb: dict) -> RDBStorage:
     """RDBStorage on existing tables only: checked first, never created."""
-    from sqlalchemy import inspect
-
     engine = create_engine(url, **kwargs)
     try:
-        has_tables = inspect(engine).has_table("studies")
+        ready = _tables_ready(engine)
     finally:
         engine.dispose()
-    if not has_tables:
+    if not ready:
         raise _no_studies(url)
     return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True, **hb)
 

@@ -163,3 +163,28 @@ def test_an_sqlite_file_found_locked_while_opening_is_tried_again_then_one_line(
     with pytest.raises(StorageError, match="stayed locked by other processes") as e:
         st.open_storage(url)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_only_opening_leaves_tables_being_created_to_their_creator(backend, tmp_path):
+    """Found by three `run-study` processes started together: a read-only probe opened the
+    tables while another process was creating them (before Optuna's alembic stamp, its last
+    step) and stamped them too ("UNIQUE constraint failed: alembic_version"). Tables without
+    the stamp are someone else's work in progress: no studies yet, and nothing written."""
+    from sqlalchemy import create_engine, text
+
+    from kdsearch.study.storage import NoStudiesError, load_study, probe_storage
+
+    with scratch_storage(backend, tmp_path) as url:
+        open_storage(url).engine.dispose()  # the tables, stamped
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM alembic_version"))  # as they are before the stamp
+        assert probe_storage(url) is None
+        with pytest.raises(NoStudiesError):
+            load_study(url, "tiny")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM alembic_version")).scalar() == 0
+        engine.dispose()
+        open_storage(url).engine.dispose()  # the creator's own turn stamps them
+        assert probe_storage(url) is not None
