@@ -101,8 +101,9 @@ def _no_studies(url: str) -> NoStudiesError:
 
 
 def _sqlite_has_tables(url: str) -> bool:
-    """Whether the SQLite file at `url` exists and holds Optuna's tables, fully created; read
-    without creating, writing or locking anything (opening a missing file would create it)."""
+    """Whether the SQLite file at `url` exists and holds Optuna's tables; read without
+    creating, writing or locking anything (opening a missing file would create it). Whether
+    they are fully created is `_tables_ready`'s to say, for every back-end."""
     import sqlite3
     from pathlib import Path
 
@@ -117,11 +118,8 @@ def _sqlite_has_tables(url: str) -> bool:
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            tables = {name for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not {"studies", "alembic_version"} <= tables:
-                return False
-            return conn.execute(_STAMPED).fetchone() is not None
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                "AND name = 'studies'").fetchone() is not None
         finally:
             conn.close()
     except sqlite3.DatabaseError:  # not a database at all: RDBStorage names the problem
@@ -136,6 +134,7 @@ _STAMPED = "SELECT 1 FROM alembic_version LIMIT 1"
 
 
 def _tables_ready(engine) -> bool:
+    """Optuna's tables exist and carry their alembic stamp: nobody is creating them now."""
     from sqlalchemy import inspect, text
 
     found = inspect(engine)
