@@ -467,3 +467,92 @@ def test_teacher_export_gives_files_a_study_distills_from_at_the_same_accuracy(t
         got = float(next(line.split()[1] for line in loaded.stdout.splitlines()
                          if line.startswith("test_acc")))
         assert got == pytest.approx(test_acc, abs=1 / 200 + 1e-9), suffix
+
+
+def _compress_quietly(smoke, out, seed, logs=None):
+    from kdsearch.compress import compress
+
+    study, url, tmp = smoke
+    opts = Options(storage=url, study_name="smoke", n_trials=None, timeout=None, data_dir=None,
+                   cache_dir=tmp / "cache", device="cpu")
+    return compress(study, out, number=pick_trial(study).number, epochs=3, seed=seed, opts=opts,
+                    log=(logs.append if logs is not None else lambda m: None))
+
+
+def _stop_after_epoch(monkeypatch, smoke, out, seed, epoch):
+    """A compress stopped (as by Ctrl-C) in the epoch after `epoch`, before its checkpoint."""
+    from kdsearch.compress import retrain
+
+    real, logs = retrain.save_state, []
+
+    def stop_in_the_next_epoch(path, state):
+        if state["epoch"] == epoch + 1:
+            raise KeyboardInterrupt
+        real(path, state)
+
+    monkeypatch.setattr(retrain, "save_state", stop_in_the_next_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _compress_quietly(smoke, out, seed, logs)
+    monkeypatch.undo()
+    return logs
+
+
+def _same_weights(a, b):
+    wa, wb = (torch.load(f / "model.pt", weights_only=True) for f in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def whole(smoke):
+    """An uninterrupted 3-epoch compress of the smoke study's best trial, seed 5."""
+    out = smoke[2] / "resume_whole"
+    _compress_quietly(smoke, out, 5)
+    return out
+
+
+@pytest.mark.slow
+def test_a_stopped_compress_resumes_from_its_last_epoch_and_ends_bit_identical(
+        smoke, whole, monkeypatch):
+    from kdsearch.compress.retrain import partial_path
+
+    out = smoke[2] / "resume_stopped"
+    logs = _stop_after_epoch(monkeypatch, smoke, out, 5, epoch=2)
+    partial = partial_path(out)
+    assert partial.parent == out.parent.resolve() and not out.exists()
+    assert torch.load(partial, weights_only=True)["epoch"] == 2
+    assert any(f"compress stopped: epochs 1-2 of 3 are checkpointed in {partial}; the same "
+               "command resumes from there" in m for m in logs), logs
+    assert not list(partial.parent.glob("*.tmp*"))  # written through a temporary file
+
+    logs = []
+    r = _compress_quietly(smoke, out, 5, logs)
+    assert any(m.startswith("resuming from epoch 2 of 3") for m in logs), logs
+    assert _same_weights(whole, out)
+    card = json.loads((whole / "architecture.json").read_text())
+    assert r.test_accuracy == card["test_accuracy"] and r.epochs == 3
+    assert not partial.exists()  # the folder holds the model now
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["other-seed", "garbage", "other-weights"])
+def test_a_checkpoint_of_another_run_warns_once_and_retrains_from_the_start(
+        smoke, whole, monkeypatch, damage):
+    from kdsearch.compress.retrain import partial_path
+
+    out = smoke[2] / f"resume_{damage}"
+    partial = partial_path(out)
+    # a stop of the same command with another seed, or its checkpoint damaged afterwards
+    _stop_after_epoch(monkeypatch, smoke, out, 6 if damage == "other-seed" else 5, epoch=1)
+    if damage == "garbage":
+        partial.write_bytes(b"not a checkpoint\n" * 10)
+    elif damage == "other-weights":  # found to misfit only as the weights go in
+        state = torch.load(partial, weights_only=True)
+        state["model"] = {k: v[:1] for k, v in state["model"].items()}
+        torch.save(state, partial)
+    logs = []
+    _compress_quietly(smoke, out, 5, logs)
+    warnings = [m for m in logs if m.startswith("warning: compress checkpoint")]
+    assert len(warnings) == 1 and "retraining from the start" in warnings[0], logs
+    assert not any(m.startswith("resuming") for m in logs) or damage == "other-weights"
+    assert _same_weights(whole, out)  # exactly the run never stopped
+    assert not partial.exists()

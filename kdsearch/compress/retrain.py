@@ -3,8 +3,9 @@
 The chosen trial's architecture is rebuilt from its user attributes and distilled again
 from the cached teacher, this time on train + validation (nothing is selected any more, so
 the validation images are better used for training) for the full budget. The test set is
-read exactly once, at the end. The folder (see `model_folder`) needs neither the study nor
-kdsearch's storage; `kdsearch evaluate` (see `evaluate`) holds it to its card.
+read exactly once, at the end. On a CPU the retraining takes hours, so a stopped one resumes
+from its last finished epoch (`partial_path`). The folder (see `model_folder`) needs neither
+the study nor kdsearch's storage; `kdsearch evaluate` (see `evaluate`) holds it to its card.
 
 `torch.export` replaces TorchScript, which current PyTorch deprecates (`torch.jit.load` warns).
 """
@@ -40,12 +41,14 @@ from kdsearch.record import TrialRecord, stored_spec
 from kdsearch.search.space import suggest_recipe
 from kdsearch.spec import StudentRecipe, StudySpec
 from kdsearch.study.coordination import obtain_teacher
-from kdsearch.training.data import Split, load_data
+from kdsearch.training.data import Dataset, Split, load_data
 from kdsearch.training.distill import KD
-from kdsearch.training.engine import accuracy, resolve_device
+from kdsearch.training.engine import TrainResult, accuracy, resolve_device
 from kdsearch.training.latency import cpu_latency, onnx_latency
 from kdsearch.training.models import build_model, count_macs, count_params
 from kdsearch.training.student import distill, student_seed
+from kdsearch.training.teacher import Teacher
+from kdsearch.training.train_state import ResumeError, load_state, save_state
 from kdsearch.training.views import ViewSet
 
 EPOCH_FACTOR = 2  # default retraining budget: the study's per-trial student epochs times this
@@ -172,8 +175,6 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     `seed` stands for the study's seed in the student's seed (weights and batch order), so the
     same trial compressed with seeds 0 and 1 gives two independent retrainings to average.
     """
-    from tqdm import tqdm
-
     check_out(out)
     # Pick: the trial, its architecture and distillation settings, the study's recipe.
     trial = pick_trial(study, number, max_params, max_macs, max_latency_ms)
@@ -213,19 +214,29 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
     log(f"retraining on {len(merged):,} train+val images for {recipe.epochs} epochs "
         f"({'distilled' if alpha > 0 else 'plain'}, {recipe.lr_schedule} learning rate, "
         f"seed {seed})")
-    bar = tqdm(total=recipe.epochs, desc="compress", unit="epoch", dynamic_ncols=True,
-               file=sys.stderr)
-
-    def progress(epoch: int, loss: float, fit_acc: float) -> None:
-        bar.set_postfix(loss=f"{loss:.4f}", train_val_acc=f"{fit_acc:.4f}")
-        bar.update(1)
-
+    # Resumable: the state after each finished epoch waits beside --out until the folder is
+    # written, for this trial, teacher and images only (an hour of CPU is not lost to a stop).
+    partial = partial_path(out)
+    owner = {"study": study.study_name, "trial": trial.number, "architecture": arch.describe(),
+             "temperature": temperature, "alpha": alpha, "teacher": teacher.record.key,
+             "train_images": len(merged)}
+    state, problem = load_state(partial, recipe, seed, owner)
+    if problem is not None:
+        log(f"warning: compress checkpoint {partial} {problem}; retraining from the start")
+        partial.unlink(missing_ok=True)
+    if state is not None:
+        log(f"resuming from epoch {state['epoch']} of {recipe.epochs} ({partial})")
     try:
-        result = distill(model, data, recipe, device, teacher, seed=seed,
-                         temperature=temperature, alpha=alpha, train_split=merged,
-                         teacher_logits=merged_logits, views=merged_views, progress=progress)
-    finally:
-        bar.close()
+        result = _retrain(model, data, recipe, device, teacher, seed, kd, merged, merged_logits,
+                          merged_views, partial, owner, state, log)
+    except ResumeError as e:  # the weights did not fit: the model may be half-overwritten
+        log(f"warning: compress checkpoint {partial} does not fit ({e}); retraining from the "
+            "start")
+        partial.unlink(missing_ok=True)
+        torch.manual_seed(seed)
+        model = build_model(arch, data.input_shape, data.num_classes, data.mean, data.std)
+        result = _retrain(model, data, recipe, device, teacher, seed, kd, merged, merged_logits,
+                          merged_views, partial, owner, None, log)
 
     # Evaluate once on the test set: the number the card reports.
     test_acc = accuracy(model, data.test, device)
@@ -271,8 +282,52 @@ def compress(study: optuna.Study, out: Path, *, number: int | None = None,
         files.append("MODEL_CARD.md")
 
     write_folder(out, write)
+    partial.unlink(missing_ok=True)  # the folder holds the model now
     return CompressResult(out, trial.number, test_acc, params, macs, result.epochs_run,
                           result.seconds, files, skipped)
+
+
+def partial_path(out: Path) -> Path:
+    """Where `compress` keeps its retraining's last finished epoch: beside the folder."""
+    out = Path(out).resolve()
+    return out.with_name(f"{out.name}.partial.pt")
+
+
+def _retrain(model: nn.Module, data: Dataset, recipe: StudentRecipe, device: torch.device,
+             teacher: Teacher, seed: int, kd: KD, merged: Split, logits: torch.Tensor,
+             views: ViewSet | None, partial: Path, owner: dict, state: dict | None,
+             log: Callable[[str], None]) -> TrainResult:
+    """The retraining, checkpointed after each epoch to `partial` and resumed from `state`."""
+    from tqdm import tqdm
+
+    first = state["epoch"] if state is not None else 0
+    bar = tqdm(total=recipe.epochs, initial=first, desc="compress", unit="epoch",
+               dynamic_ncols=True, file=sys.stderr)
+    saved = [first]  # the epoch `partial` holds
+
+    def progress(epoch: int, loss: float, fit_acc: float) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}", train_val_acc=f"{fit_acc:.4f}")
+        bar.update(1)
+
+    def checkpoint(snapshot: dict) -> None:
+        save_state(partial, {**snapshot, "owner": owner})
+        saved[0] = snapshot["epoch"]
+
+    try:
+        return distill(model, data, recipe, device, teacher, seed=seed,
+                       temperature=kd.temperature, alpha=kd.alpha, train_split=merged,
+                       teacher_logits=logits, views=views, progress=progress,
+                       checkpoint=checkpoint, resume=state)
+    except ResumeError:  # found as the weights went in; the caller starts over
+        raise
+    except BaseException:
+        bar.close()  # first: a line logged while it is open lands inside the bar
+        if saved[0]:
+            log(f"compress stopped: epochs 1-{saved[0]} of {recipe.epochs} are checkpointed in "
+                f"{partial}; the same command resumes from there")
+        raise
+    finally:
+        bar.close()
 
 
 def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:

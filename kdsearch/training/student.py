@@ -37,7 +37,9 @@ def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.
             on_epoch: Callable[[int, float], None] | None = None,
             progress: Callable[[int, float, float], None] | None = None,
             on_batches: Callable[[int, int, int], None] | None = None,
-            views: ViewSet | None = None) -> TrainResult:
+            views: ViewSet | None = None,
+            checkpoint: Callable[[dict], None] | None = None,
+            resume: dict | None = None) -> TrainResult:
     """Train `model` from the teacher: cached logits, per fixed view or un-augmented, or live.
 
     A distilled student must see the teacher's logits for the very pixels it is given. With
@@ -45,10 +47,14 @@ def distill(model: nn.Module, data: Dataset, recipe: TrainRecipe, device: torch.
     training split's); under random augmentation the teacher runs live. A plain student
     (alpha 0) needs no teacher at all. `teacher_logits` defaults to the cached logits of the
     training split (`compress` passes those, and the views, of train + validation).
+    `checkpoint` hears the state after each epoch and `resume` continues from one (`compress`:
+    a retraining of hours survives a stop).
     """
     kd = KD(temperature, alpha)
-    hooks = Hooks(on_epoch=on_epoch, progress=progress, on_batches=on_batches)
-    base = TrainSettings(recipe, device, seed=seed, kd=kd, train_split=train_split, hooks=hooks)
+    hooks = Hooks(on_epoch=on_epoch, progress=progress, on_batches=on_batches,
+                  checkpoint=checkpoint)
+    base = TrainSettings(recipe, device, seed=seed, kd=kd, train_split=train_split, hooks=hooks,
+                         resume=resume)
     if recipe.views:
         views = views if views is not None else teacher.views["train"]
         return train(model, data, dataclasses.replace(base, views=views))

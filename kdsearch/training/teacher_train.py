@@ -8,7 +8,6 @@ there, bit-identical to one never stopped; it is removed once the teacher is cac
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,38 +24,18 @@ from kdsearch.training.engine import Hooks, TrainSettings, train
 from kdsearch.training.evaluate import accuracy
 from kdsearch.training.models import build_model, count_macs, count_params
 from kdsearch.training.teacher import StopSignal, TeacherPlan
-from kdsearch.training.teacher_store import why
-from kdsearch.training.train_state import ResumeError, check_resumable
-
-
-def _save_partial(path: Path, state: dict) -> None:
-    """Write the training state to `path` atomically: a kill leaves the previous one intact."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from kdsearch.training.train_state import ResumeError, load_state, save_state
 
 
 def _load_partial(path: Path, plan: TeacherPlan, log: Callable[[str], None]) -> dict | None:
     """The state saved at `path`, or None: absent, or unusable (warned about and removed)."""
-    if not path.exists():
-        return None
     assert plan.recipe is not None
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # truncated, garbage, or from another torch
-        problem = f"is unreadable ({why(e)})"
-    else:
-        try:
-            check_resumable(state, plan.recipe, plan.seed)
-            return state
-        except ResumeError as e:
-            problem = f"does not fit this teacher ({e})"
-    log(f"warning: teacher checkpoint {path} {problem}; training the teacher from the start")
-    path.unlink(missing_ok=True)
-    return None
+    state, problem = load_state(path, plan.recipe, plan.seed)
+    if problem is not None:
+        problem = problem.replace("does not fit", "does not fit this teacher")
+        log(f"warning: teacher checkpoint {path} {problem}; training the teacher from the start")
+        path.unlink(missing_ok=True)
+    return state
 
 
 def train_teacher(plan: TeacherPlan, data: Dataset, device: torch.device, key: str,
@@ -102,7 +81,7 @@ def train_teacher(plan: TeacherPlan, data: Dataset, device: torch.device, key: s
 
     def save(snapshot: dict) -> None:
         assert partial is not None
-        _save_partial(partial, snapshot)
+        save_state(partial, snapshot)
         saved[0] = snapshot["epoch"]
 
     # Training: a stop is taken only after the epoch's checkpoint (`on_epoch` follows it).

@@ -6,7 +6,9 @@ random state) as tensors and plain types, loadable with `torch.load(weights_only
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +16,10 @@ from torch import nn
 from kdsearch.spec import TrainRecipe
 
 STATE_FORMAT = 1  # of the state `train` hands to `checkpoint`; bump when its keys change
+
+
+def _line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
 
 
 class ResumeError(ValueError):
@@ -64,17 +70,52 @@ def capture(done: Progress, model: nn.Module, loop: Loop, recipe: TrainRecipe, s
     }
 
 
-def check_resumable(state: dict, recipe: TrainRecipe, seed: int) -> None:
-    """`ResumeError` unless `state` was saved by `train` in this format, recipe and seed."""
+def check_resumable(state: dict, recipe: TrainRecipe, seed: int, owner: dict | None = None) -> None:
+    """`ResumeError` unless `state` was saved by `train` in this format, recipe and seed, and
+    (when given) for this `owner`: what the caller trains beyond the recipe (a trial, its T)."""
     try:
+        if owner is not None and state.get("owner") != owner:
+            raise ResumeError("saved for another run (" + ", ".join(
+                f"{k} {state.get('owner', {}).get(k)!r}, not {v!r}" for k, v in owner.items()
+                if state.get("owner", {}).get(k) != v) + ")")
         if state["format"] != STATE_FORMAT:
             raise ResumeError(f"state format {state['format']!r}, expected {STATE_FORMAT}")
         if state["recipe"] != recipe.model_dump(mode="json") or state["seed"] != seed:
             raise ResumeError("saved for another recipe or seed")
         if not isinstance(state["epoch"], int) or not 1 <= state["epoch"] <= recipe.epochs:
             raise ResumeError(f"epoch {state['epoch']!r} outside 1..{recipe.epochs}")
-    except (KeyError, IndexError, TypeError) as e:
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise ResumeError(f"not a training state ({type(e).__name__}: {e})") from e
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write a training state to `path` atomically: a kill leaves the previous one intact."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path: Path, recipe: TrainRecipe, seed: int,
+               owner: dict | None = None) -> tuple[dict | None, str | None]:
+    """(the state saved at `path`, None) when it fits this run; (None, why not) when it is
+    unreadable or another run's, for the caller to warn and start over; (None, None) when
+    there is none. Read with `weights_only`: tensors and plain types, never code."""
+    if not path.exists():
+        return None, None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - truncated, garbage, or from another torch
+        return None, f"is unreadable ({_line(e)})"
+    try:
+        if not isinstance(state, dict):
+            raise ResumeError(f"not a training state (a {type(state).__name__})")
+        check_resumable(state, recipe, seed, owner)
+    except ResumeError as e:
+        return None, f"does not fit ({e})"
+    return state, None
 
 
 def restore(state: dict, model: nn.Module, loop: Loop, recipe: TrainRecipe, seed: int,
@@ -100,5 +141,4 @@ def restore(state: dict, model: nn.Module, loop: Loop, recipe: TrainRecipe, seed
         return Progress(state["epoch"], float(state["seconds"]), list(state["curve"]),
                         float(state["best_acc"]), state["best_state"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise ResumeError(f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}") \
-            from e
+        raise ResumeError(_line(e)) from e

@@ -26,6 +26,7 @@ from kdsearch.training.engine import (
 )
 from kdsearch.training.models import build_model
 from kdsearch.training.optim import make_optimizer
+from kdsearch.training.train_state import load_state, save_state
 
 CPU = torch.device("cpu")
 
@@ -235,6 +236,30 @@ def test_a_state_from_another_recipe_or_format_is_refused(data):
     wider = MLPArch(hidden=[64], dropout=0.3, input_dropout=0.1)
     with pytest.raises(ResumeError, match="RuntimeError"):
         train(_model(data, wider), data, TrainSettings(recipe, CPU, seed=3, resume=states[0]))
+
+
+def test_a_saved_state_loads_only_for_its_own_run(data, tmp_path):
+    """`load_state`: what `compress` and the teacher resume from, or why not, in one line."""
+    arch, recipe = RESUMABLE[1]
+    states = []
+    train(_model(data, arch), data, TrainSettings(recipe, CPU, seed=3,
+                                                  hooks=Hooks(checkpoint=states.append)))
+    path, owner = tmp_path / "run.partial.pt", {"trial": 4, "temperature": 2.5}
+    assert load_state(path, recipe, 3, owner) == (None, None)  # nothing saved yet
+    save_state(path, {**states[1], "owner": owner})
+    assert not list(tmp_path.glob("*.tmp*"))
+    state, problem = load_state(path, recipe, 3, owner)
+    assert problem is None and state["epoch"] == 2 and state["owner"] == owner
+    for args, why in (((recipe, 4, owner), "another recipe or seed"),
+                      ((recipe, 3, {**owner, "trial": 5}), "trial 4, not 5"),
+                      ((recipe.model_copy(update={"lr": 0.5}), 3, owner), "another recipe")):
+        state, problem = load_state(path, *args)
+        assert state is None and why in problem and "\n" not in problem
+    path.write_bytes(b"not a state")
+    state, problem = load_state(path, recipe, 3, owner)
+    assert state is None and problem.startswith("is unreadable (")
+    torch.save([1, 2], path)
+    assert load_state(path, recipe, 3, owner)[1] == "does not fit (not a training state (a list))"
 
 
 def test_schedules_warm_up_then_decay_and_cosine_is_unchanged_without_warm_up():
