@@ -23,6 +23,8 @@ Methods (`--methods`, all by default):
 
     kdsearch            as shipped: its TPE, the planned start-up, Pareto early stopping
     kdsearch-no-plan    the same with Optuna's random start-up (`startup = "random"`)
+    kdsearch-centre     the planned start-up at the centre of T, alpha, lr and batch size
+                        (`startup_recipe = "centre"`, as cifar_resnet plans it since stop 28)
     optuna-default      optuna.create_study's default multi-objective sampler, no stopping
     nsga2               Optuna's NSGAIISampler with its defaults, no stopping
     random              Optuna's RandomSampler, no stopping
@@ -71,7 +73,7 @@ from kdsearch.sizes import arch_params  # noqa: E402
 from kdsearch.spec import StudySpec, load_study  # noqa: E402
 
 PEERS = ("optuna-default", "nsga2", "random", "moasha", "moasha-ranks", "morea")
-OURS = ("kdsearch", "kdsearch-no-plan")
+OURS = ("kdsearch", "kdsearch-no-plan", "kdsearch-centre")
 METHODS = OURS + PEERS
 ABLATIONS = tuple(f"{peer}+plan" for peer in PEERS)
 INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
@@ -259,10 +261,11 @@ def _planned(spec: StudySpec, seed: int) -> list[dict]:
     return [params for _, params in startup.plan(spec, INPUT_SHAPE, NUM_CLASSES, seed)]
 
 
-def kdsearch_method(spec: StudySpec, seed: int, plan: bool) -> OptunaMethod:
+def kdsearch_method(spec: StudySpec, seed: int, plan: bool, centre: bool = False) -> OptunaMethod:
     from kdsearch.study.runner import make_sampler
 
-    search = spec.search.model_copy(update={"startup": "spread" if plan else "random"})
+    search = spec.search.model_copy(update={"startup": "spread" if plan else "random",
+                                            "startup_recipe": "centre" if centre else "drawn"})
     spec = spec.model_copy(update={"seed": seed, "search": search})
     return OptunaMethod(spec, make_sampler(spec, 0, _planned(spec, seed)), stop=True)
 
@@ -372,7 +375,8 @@ def _first_then(scheduler, first: list[dict]) -> None:
 def make_method(name: str, spec: StudySpec, table: Table, seed: int) -> Method:
     base, plan = (name[: -len("+plan")], True) if name.endswith("+plan") else (name, False)
     if base in OURS:
-        return kdsearch_method(spec, seed, plan=base == "kdsearch")
+        return kdsearch_method(spec, seed, plan=base != "kdsearch-no-plan",
+                               centre=base == "kdsearch-centre")
     if base in ("optuna-default", "nsga2", "random"):
         return optuna_method(spec, base, seed, plan)
     if base in ("moasha", "moasha-ranks", "morea"):

@@ -11,10 +11,16 @@ smallest and the largest draw, run smallest first. The first minutes then give a
 the cheapest students up, early stopping's first peers are quick, and TPE still starts from a
 sample that covers the space, evenly in cost rather than in the density of its parameters.
 
-Each pick is one of the random draws, with all its knobs (T, alpha, a searched learning rate)
-drawn as TPE's own start-up would draw them. The plan is drawn from the study seed, so every
-worker of a study holds the same one (search/tpe.py hands it out); `startup = "random"` is the
-start-up as Optuna runs it.
+Each pick is one of the random draws, with all its knobs (T, alpha, a searched learning rate
+and batch size) drawn as TPE's own start-up would draw them; with `startup_recipe = "centre"`
+the shape stays drawn and those four knobs sit at the centre of their ranges (`centre`). A
+plan holds one student per band of size, so a drawn recipe decides alone what TPE learns of
+that size: in cifar_resnet's first search (docs/RESULTS.md section 6) the plan's five resnets
+of 21k to 147k params drew T 1.1 to 19, alpha 0.12 to 0.96 and lr 0.05 to 0.38, all were
+stopped behind smaller students, and TPE spent the rest of the study on the other family.
+
+The plan is drawn from the study seed, so every worker of a study holds the same one
+(search/tpe.py hands it out); `startup = "random"` is the start-up as Optuna runs it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from optuna.trial import FrozenTrial
 from kdsearch.record import TrialRecord
 from kdsearch.search.objective import over_budget
 from kdsearch.search.space import suggest_recipe, suggest_student
-from kdsearch.spec import StudySpec
+from kdsearch.spec import FloatChoices, FloatRange, IntChoices, IntRange, StudySpec
 from kdsearch.training.models import ArchitectureError, arch_params, count_macs
 
 MAX_BASELINES = 100  # [[search.baselines]]' limit (spec.py): no planned trial numbers past it
@@ -102,6 +108,28 @@ def spread(drawn: list[tuple[float, dict[str, Any]]], n: int) -> list[tuple[floa
     return sorted((drawn[i] for i in picked), key=lambda d: d[0])
 
 
+def centre(param: Any) -> float | int | str:
+    """The middle of a searched knob: of a range (geometric for a log range; on the grid of
+    an integer step), the median of numeric choices (the lower of two middles), the first of
+    other choices; a fixed value is itself."""
+    if isinstance(param, FloatRange):
+        return (math.sqrt(param.low * param.high) if param.log
+                else (param.low + param.high) / 2)
+    if isinstance(param, IntRange):
+        return param.low + param.step * round((param.high - param.low) / param.step / 2)
+    if isinstance(param, FloatChoices | IntChoices):
+        return sorted(param.choices)[(len(param.choices) - 1) // 2]
+    choices = getattr(param, "choices", None)
+    return choices[0] if choices else param
+
+
+def recipe_centre(spec: StudySpec) -> dict[str, Any]:
+    """The planned students' T, alpha, lr and batch size under `startup_recipe = "centre"`."""
+    space, train = spec.student.space, spec.student.train
+    return {"temperature": centre(space.temperature), "alpha": centre(space.alpha),
+            "lr": centre(train.lr), "batch_size": centre(train.batch_size)}
+
+
 def plan(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int,
          seed: int) -> list[tuple[float, dict[str, Any]]]:
     """The study's start-up students, (cost, params) cheapest first; none when the study file
@@ -109,7 +137,11 @@ def plan(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int,
     if spec.search.sampler != "tpe" or spec.search.startup != "spread":
         return []
     n = min(startup_trials(spec), spec.search.n_trials)  # never more than the study asks for
-    return spread(draws(spec, input_shape, num_classes, n * DRAWS_PER_PICK, seed), n)
+    picked = spread(draws(spec, input_shape, num_classes, n * DRAWS_PER_PICK, seed), n)
+    if spec.search.startup_recipe == "centre":  # a knob the study does not search stays unset
+        fixed = recipe_centre(spec)
+        picked = [(c, {**p, **{k: v for k, v in fixed.items() if k in p}}) for c, p in picked]
+    return picked
 
 
 def _searched(trial: FrozenTrial) -> bool:

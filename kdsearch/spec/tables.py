@@ -290,6 +290,10 @@ class SearchSpec(Frozen):
     # TPE's random start-up: spread over the decades of cost and run cheapest first
     # (search/startup.py), or drawn as Optuna draws it
     startup: Literal["spread", "random"] = "spread"
+    # the spread start-up's distillation and training knobs (T, alpha, lr, batch size): drawn
+    # with each student, or set at the centre of their ranges so that a planned student's
+    # result reads as its shape's (search/startup.py)
+    startup_recipe: Literal["drawn", "centre"] = "drawn"
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
@@ -309,9 +313,13 @@ class SearchSpec(Frozen):
         if self.repeats > 1 and self.sampler != "grid":
             raise ValueError(f"repeats > 1 only with sampler = 'grid' (a sweep), not "
                              f"'{self.sampler}'")
-        if "startup" in self.model_fields_set and self.sampler != "tpe":
-            raise ValueError(f"startup is TPE's start-up: it needs sampler = 'tpe', not "
-                             f"'{self.sampler}'")
+        for knob in ("startup", "startup_recipe"):
+            if knob in self.model_fields_set and self.sampler != "tpe":
+                raise ValueError(f"{knob} is TPE's start-up: it needs sampler = 'tpe', not "
+                                 f"'{self.sampler}'")
+        if self.startup_recipe != "drawn" and self.startup != "spread":
+            raise ValueError("startup_recipe = 'centre' sets the planned start-up's knobs: it "
+                             "needs startup = 'spread'")
         if self.baselines and self.sampler == "grid":
             raise ValueError("baselines are for searches: a grid sweep already runs every point")
         labels = [b.label for b in self.baselines]

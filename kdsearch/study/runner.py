@@ -148,9 +148,11 @@ def prepare(spec: StudySpec, opts: Options, log: Callable[[str], None],
     check()
     if planned and not startup.started(study):
         cost = COST[startup.planned_cost(spec)]
+        fixed = ("" if spec.search.startup_recipe == "drawn" else ", each at " + ", ".join(
+            f"{k} {v:.3g}" for k, v in startup.recipe_centre(spec).items() if k in planned[0][1]))
         log(f"TPE's first {len(planned)} students: from {cost.format(planned[0][0])} to "
             f"{cost.format(planned[-1][0])}, one per band of log10({cost.name}), smallest "
-            "first (search/startup.py)")
+            f"first{fixed} (search/startup.py)")
     teacher = coordination.obtain_teacher(spec, data, opts, device, log, study=study,
                                           storage=storage, stop=stop, loaded=loaded)
     check()

@@ -32,7 +32,8 @@ def test_grid_points_enumerate_each_family_with_its_own_knobs():
         assert not any(k.startswith(other + ".") for k in p)
 
 
-@pytest.mark.parametrize("method", ["kdsearch", "random", "moasha", "nsga2+plan"])
+@pytest.mark.parametrize("method", ["kdsearch", "kdsearch-centre", "random", "moasha",
+                                    "nsga2+plan"])
 def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
     if method == "moasha":
         pytest.importorskip("syne_tune", reason="Syne Tune is the bench extra: pip install .[bench]")
@@ -49,6 +50,18 @@ def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
         # a trial's end is at least the sum of its epochs' recorded seconds
         assert f.seconds >= sum(row.seconds[: f.epochs]) - 1e-9
         assert f.complete == (f.epochs == table.epochs)
+
+
+def test_the_centre_variant_asks_its_start_up_at_the_centre_of_t_and_alpha(sim):
+    simulate, table, spec = sim
+    drawn, centred = ([m.ask()[1] for _ in range(3)] for m in (
+        simulate.make_method(name, spec, table, 7) for name in ("kdsearch", "kdsearch-centre")))
+    knobs = ("temperature", "alpha")
+    for mine, theirs in zip(centred, drawn, strict=True):
+        assert (mine["temperature"], mine["alpha"]) == (4.0, 0.5)  # of {2, 4, 8} and {.5, .9}
+        assert {k: v for k, v in mine.items() if k not in knobs} == \
+            {k: v for k, v in theirs.items() if k not in knobs}  # the same shapes, in order
+    assert len({(p["temperature"], p["alpha"]) for p in drawn}) > 1
 
 
 def test_kdsearch_stops_trials_and_peers_without_stopping_do_not(sim):

@@ -108,3 +108,61 @@ def test_a_planned_value_the_space_cannot_take_is_drawn_instead():
     trial = study.ask()
     assert trial.suggest_categorical("w", [4, 8]) in (4, 8)
     assert trial.suggest_float("t", 1.0, 3.0) == 2.0  # the rest of the plan still holds
+
+
+def test_the_centre_of_each_kind_of_knob():
+    from kdsearch.spec import FloatChoices, FloatRange, IntChoices, IntRange, StrChoices
+
+    assert startup.centre(FloatRange(low=1.0, high=20.0, log=True)) == pytest.approx(20 ** 0.5)
+    assert startup.centre(FloatRange(low=0.0, high=1.0)) == 0.5
+    assert startup.centre(IntRange(low=2, high=10, step=4)) == 6  # on the step's grid
+    assert startup.centre(IntRange(low=16, high=64, step=16)) in (32, 48)
+    assert startup.centre(FloatChoices(choices=[8.0, 2.0, 4.0])) == 4.0  # the median
+    assert startup.centre(IntChoices(choices=[256, 128])) == 128  # the lower of two middles
+    assert startup.centre(StrChoices(choices=["sgd", "adam"])) == "sgd"
+    assert startup.centre(0.2) == 0.2 and startup.centre(128) == 128
+
+
+def test_a_centred_plan_keeps_the_drawn_shapes_and_sets_only_the_recipe(tmp_path):
+    text = (REPO / "studies" / "cifar_resnet.toml").read_text()
+    drawn_text = text.replace('startup_recipe = "centre"', 'startup_recipe = "drawn"')
+    assert drawn_text != text  # the shipped study plans at the centre
+    drawn = startup.plan(parse_study(drawn_text, tmp_path / "d.toml"), CIFAR, 10, seed=0)
+    spec = _cifar_resnet()
+    centred = startup.plan(spec, CIFAR, 10, seed=0)
+    knobs = {"temperature": 20 ** 0.5, "alpha": 0.5, "lr": (0.05 * 0.4) ** 0.5, "batch_size": 128}
+    assert [c for c, _ in centred] == [c for c, _ in drawn]
+    for (_, mine), (_, theirs) in zip(centred, drawn, strict=True):
+        assert {k: v for k, v in mine.items() if k not in knobs} == \
+            {k: v for k, v in theirs.items() if k not in knobs}
+        assert {k: mine[k] for k in knobs} == pytest.approx(knobs)
+    # drawn, the same knobs differ from student to student
+    assert len({p["temperature"] for _, p in drawn}) == len(drawn)
+    # a knob the study fixes is not a param, so nothing is added for it
+    fixed = parse_study(text.replace('lr = { low = 0.05, high = 0.4, log = true }', 'lr = 0.2'),
+                        tmp_path / "f.toml")
+    assert all("lr" not in p for _, p in startup.plan(fixed, CIFAR, 10, seed=0))
+
+
+def test_startup_recipe_needs_the_spread_start_up_of_tpe(tmp_path):
+    with pytest.raises(StudyFileError, match="startup_recipe is TPE's start-up"):
+        parse_study(tiny_study_text() + '\nsampler = "random"\nstartup_recipe = "centre"\n',
+                    tmp_path / "t.toml")
+    with pytest.raises(StudyFileError, match="needs startup = 'spread'"):
+        parse_study(tiny_study_text() + '\nstartup = "random"\nstartup_recipe = "centre"\n',
+                    tmp_path / "t.toml")
+
+
+@pytest.mark.slow
+def test_a_centred_start_up_runs_its_students_at_the_centre_and_says_so(tmp_path):
+    spec = parse_study(tiny_study_text(n_trials=6, search='n_trials = 6\nstartup_recipe = "centre"'),
+                       tmp_path / "tiny.toml")
+    opts = Options(storage=f"sqlite:///{tmp_path}/s.db", study_name="tiny", n_trials=2,
+                   timeout=None, data_dir=None, cache_dir=tmp_path / "cache", device="cpu")
+    logs: list[str] = []
+    study = run_study(spec, opts, log=logs.append)
+    for t in study.trials:
+        assert t.params["temperature"] == pytest.approx(10 ** 0.5) and t.params["alpha"] == 0.5
+    assert study.trials[0].params != study.trials[1].params  # two shapes
+    assert any("smallest first, each at temperature 3.16, alpha 0.5 (search/startup.py)" in m
+               for m in logs), logs
