@@ -202,7 +202,9 @@ def compress_trial(study: str | optuna.Study, out: str | Path, *, trial: int | N
     (weights, architecture.json, model.pt2, model.onnx, MODEL_CARD.md).
 
     Give `trial`, or limits (`max_params`, `max_macs`, `max_latency_ms`; all must hold) to take
-    the best validation accuracy within them. `command` is recorded on the model card.
+    the best validation accuracy within them. `command` is recorded on the model card. A
+    call stopped part-way resumes from its last finished epoch when made again with the same
+    `out` (the state waits beside it in `<out>.partial.pt`).
     """
     from kdsearch.compress import compress
     from kdsearch.errors import UsageError

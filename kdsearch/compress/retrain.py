@@ -318,8 +318,8 @@ def _retrain(model: nn.Module, data: Dataset, recipe: StudentRecipe, device: tor
                        temperature=kd.temperature, alpha=kd.alpha, train_split=merged,
                        teacher_logits=logits, views=views, progress=progress,
                        checkpoint=checkpoint, resume=state)
-    except ResumeError:  # found as the weights went in; the caller starts over
-        raise
+    except ResumeError:  # found as the weights went in, before any epoch: nothing to report;
+        raise  # the caller starts over
     except BaseException:
         bar.close()  # first: a line logged while it is open lands inside the bar
         if saved[0]:

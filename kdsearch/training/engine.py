@@ -118,7 +118,7 @@ class TrainSettings:
     train_split: Split | None = None  # default: data.train (compress: train + validation)
     keep_best: bool = False  # restore the best validation epoch's weights at the end
     # a `Hooks.checkpoint` state to continue after, ending bit-identical to a run never
-    # stopped (same device); trials pass none: the teacher alone is worth resuming
+    # stopped (same device); the teacher and `compress` resume, trials (minutes) do not
     resume: dict | None = None
     hooks: Hooks = Hooks()
 
