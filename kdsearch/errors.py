@@ -9,6 +9,11 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def why(e: BaseException) -> str:
+    """An exception as one short line, for a warning: its type and its first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+
+
 class KdsearchError(Exception):
     """Base of every error kdsearch reports to the user as one line."""
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdsearch.architecture import parse_arch
+from kdsearch.errors import why
 from kdsearch.record import TeacherRecord
 from kdsearch.training.data import Dataset
 from kdsearch.training.models import build_model
@@ -89,11 +90,6 @@ def sha256(path: Path) -> str:
 
 class Corrupt(Exception):
     """A cache entry that cannot be used as it is: the caller warns and rebuilds it."""
-
-
-def why(e: BaseException) -> str:
-    """An exception as one short line, for a warning."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
 
 
 def files(record: TeacherRecord) -> tuple[str, ...]:

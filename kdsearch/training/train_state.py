@@ -13,13 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdsearch.errors import why
 from kdsearch.spec import TrainRecipe
 
 STATE_FORMAT = 1  # of the state `train` hands to `checkpoint`; bump when its keys change
-
-
-def _line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
 
 
 class ResumeError(ValueError):
@@ -108,7 +105,7 @@ def load_state(path: Path, recipe: TrainRecipe, seed: int,
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - truncated, garbage, or from another torch
-        return None, f"is unreadable ({_line(e)})"
+        return None, f"is unreadable ({why(e)})"
     try:
         if not isinstance(state, dict):
             raise ResumeError(f"not a training state (a {type(state).__name__})")
@@ -141,4 +138,4 @@ def restore(state: dict, model: nn.Module, loop: Loop, recipe: TrainRecipe, seed
         return Progress(state["epoch"], float(state["seconds"]), list(state["curve"]),
                         float(state["best_acc"]), state["best_state"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise ResumeError(_line(e)) from e
+        raise ResumeError(why(e)) from e
