@@ -30,9 +30,8 @@ from kdsearch.training.train_state import ResumeError, load_state, save_state
 def _load_partial(path: Path, plan: TeacherPlan, log: Callable[[str], None]) -> dict | None:
     """The state saved at `path`, or None: absent, or unusable (warned about and removed)."""
     assert plan.recipe is not None
-    state, problem = load_state(path, plan.recipe, plan.seed)
+    state, problem = load_state(path, plan.recipe, plan.seed, fit=" this teacher")
     if problem is not None:
-        problem = problem.replace("does not fit", "does not fit this teacher")
         log(f"warning: teacher checkpoint {path} {problem}; training the teacher from the start")
         path.unlink(missing_ok=True)
     return state

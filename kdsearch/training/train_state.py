@@ -95,11 +95,12 @@ def save_state(path: Path, state: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_state(path: Path, recipe: TrainRecipe, seed: int,
-               owner: dict | None = None) -> tuple[dict | None, str | None]:
+def load_state(path: Path, recipe: TrainRecipe, seed: int, owner: dict | None = None,
+               fit: str = "") -> tuple[dict | None, str | None]:
     """(the state saved at `path`, None) when it fits this run; (None, why not) when it is
-    unreadable or another run's, for the caller to warn and start over; (None, None) when
-    there is none. Read with `weights_only`: tensors and plain types, never code."""
+    unreadable or another run's, for the caller to warn and start over ("does not fit" +
+    `fit`, e.g. " this teacher"); (None, None) when there is none. Read with
+    `weights_only`: tensors and plain types, never code."""
     if not path.exists():
         return None, None
     try:
@@ -111,7 +112,7 @@ def load_state(path: Path, recipe: TrainRecipe, seed: int,
             raise ResumeError(f"not a training state (a {type(state).__name__})")
         check_resumable(state, recipe, seed, owner)
     except ResumeError as e:
-        return None, f"does not fit ({e})"
+        return None, f"does not fit{fit} ({e})"
     return state, None
 
 
