@@ -150,6 +150,7 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
     from kdsearch.options import Options
     from kdsearch.study import coordination
     from kdsearch.study.runner import load_logged
+    from kdsearch.study.storage import open_storage
     from kdsearch.training.engine import accuracy, resolve_device
     from kdsearch.training.models import build_model
     from kdsearch.training.student import distill, student_seed
@@ -162,7 +163,10 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = load_logged(spec, opts, log=print)
     teacher = coordination.obtain_teacher(spec, data, opts, device, log=print)
-    study = optuna.create_study(study_name=args.study_name, storage=opts.storage,
+    # Through kdsearch's opener: shards starting together take turns creating the tables
+    # (Optuna's own creation races: "UNIQUE constraint failed: alembic_version").
+    storage = open_storage(opts.storage, heartbeats=None, read_only=False)
+    study = optuna.create_study(study_name=args.study_name, storage=storage,
                                 directions=["maximize", "minimize"], load_if_exists=True)
     points = grid_points(spec)
     index, count = args.shard
