@@ -36,8 +36,9 @@ Methods (`--methods`, all by default):
 
 The metric panel (docs/PERFORMANCE.md, "Search benchmark") is defined in `panel`; each run's
 finished trials are kept in the output's runs.json, from which `--report runs.json` recomputes
-every number. The last line compares kdsearch with the best peer as shipped on the panel metric
-where kdsearch is weakest: `worst_metric=NAME ratio=R ci_low=L`.
+every number (`--report a/runs.json b/runs.json` when the methods were split over processes,
+one per core). The last line compares kdsearch with the best peer as shipped on the panel
+metric where kdsearch is weakest: `worst_metric=NAME ratio=R ci_low=L`.
 """
 
 from __future__ import annotations
@@ -599,6 +600,25 @@ def load_runs(path: Path) -> tuple[list[Run], Path]:
     return runs, Path(raw["table"])
 
 
+def load_all_runs(paths: Sequence[Path]) -> tuple[list[Run], Path]:
+    """Runs of several files, which must replay the same table with the same budget, and no
+    (method, seed) twice: otherwise the paired ratios would mix incomparable runs."""
+    runs: list[Run] = []
+    tables = set()
+    for path in paths:
+        more, table_path = load_runs(path)
+        runs += more
+        tables.add(str(table_path))
+    if len(tables) > 1:
+        raise SystemExit(f"the runs replay different tables: {', '.join(sorted(tables))}")
+    if len({(r.budget, r.workers) for r in runs}) > 1:
+        raise SystemExit("the runs replay different budgets or numbers of workers")
+    keys = [(r.method, r.seed) for r in runs]
+    if len(set(keys)) < len(keys):
+        raise SystemExit("a method and seed appear twice in the runs")
+    return runs, Path(tables.pop())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", type=Path, help="the recorded table (JSON)")
@@ -614,10 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="5 seeds of the methods as shipped, no ablations: a few minutes")
     ap.add_argument("--out", type=Path, help="folder for runs.json (raw runs) and report.txt")
-    ap.add_argument("--report", type=Path, help="recompute the report from a runs.json")
+    ap.add_argument("--report", type=Path, nargs="+",
+                    help="recompute the report from runs.json files of the same table (one "
+                    "per process, when methods were split over cores)")
     args = ap.parse_args(argv)
     if args.report:
-        runs, table_path = load_runs(args.report)
+        runs, table_path = load_all_runs(args.report)
         report(runs, load_table(table_path))
         return 0
     if args.table is None:

@@ -102,3 +102,22 @@ def test_paired_ratio_interval_and_the_closing_line(sim):
     name = lines[-1].split()[0].split("=")[1]
     assert name in simulate.METRICS
     assert not math.isnan(summary["ratios"]["hv_log"]["ratio"])
+
+
+def test_runs_split_over_processes_report_together_and_never_twice(sim, tmp_path):
+    simulate, table, spec = sim
+    budget = 4 * table.mean_trial_seconds()
+    table_path = tmp_path / "table.json"
+    for method in ("kdsearch", "random"):
+        runs = simulate.simulate(table, spec, [method], [7], budget, 2, progress=lambda s: None)
+        simulate.save_runs(runs, tmp_path / method / "runs.json", table_path)
+    runs, path = simulate.load_all_runs([tmp_path / "kdsearch" / "runs.json",
+                                         tmp_path / "random" / "runs.json"])
+    assert path == table_path and sorted(r.method for r in runs) == ["kdsearch", "random"]
+    assert all(r.finished for r in runs)
+    with pytest.raises(SystemExit, match="twice"):
+        simulate.load_all_runs([tmp_path / "random" / "runs.json"] * 2)
+    other = tmp_path / "other" / "runs.json"
+    simulate.save_runs(runs[:1], other, tmp_path / "another-table.json")
+    with pytest.raises(SystemExit, match="different tables"):
+        simulate.load_all_runs([other, tmp_path / "random" / "runs.json"])
