@@ -202,6 +202,9 @@ class TeacherFileSpec(Frozen):
     format: Literal["torchscript", "export", "onnx"] | None = None  # None: told by the suffix
     torchvision: str | None = Field(default=None, min_length=1)  # a torchvision.models name
     weights: str | None = Field(default=None, min_length=1)  # torchvision only: a state dict
+    # Its output is the mean over each image and its left-right mirror: a two-view ensemble,
+    # a stronger teacher at no training cost where a mirror keeps the label (not for digits).
+    flip_average: bool = False
     input: TeacherInput = TeacherInput()
 
     @model_validator(mode="after")
@@ -221,11 +224,12 @@ class TeacherFileSpec(Frozen):
 
     def describe(self) -> str:
         """'onnx teacher.onnx', 'torchvision resnet18 w.pt': how reports name the teacher."""
+        flip = ", flip-averaged" if self.flip_average else ""
         if self.torchvision is not None:
-            return f"torchvision {self.torchvision} {Path(str(self.weights)).name}"
+            return f"torchvision {self.torchvision} {Path(str(self.weights)).name}{flip}"
         path = Path(str(self.file))
         kind = self.format or {".onnx": "onnx", ".pt2": "export"}.get(path.suffix.lower(), "file")
-        return f"{kind} {path.name}"
+        return f"{kind} {path.name}{flip}"
 
 
 class StudentSpec(Frozen):

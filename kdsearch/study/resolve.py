@@ -34,7 +34,8 @@ def teacher_file(spec: StudySpec) -> TeacherFile | None:
     return TeacherFile(path=spec.teacher_path(f.weights if f.torchvision else f.file),
                        format=f.format, torchvision=f.torchvision, scale=inp.scale,
                        mean=tuple(inp.mean) if inp.mean else None,
-                       std=tuple(inp.std) if inp.std else None, layout=inp.layout)
+                       std=tuple(inp.std) if inp.std else None, layout=inp.layout,
+                       flip_average=f.flip_average)
 
 
 def teacher_plan(spec: StudySpec) -> TeacherPlan:

@@ -123,7 +123,8 @@ def _file_teacher(runner: FileTeacher, plan: TeacherPlan, data: Dataset, key: st
     One near chance is refused before anything is cached.
     """
     start = time.perf_counter()
-    log(f"running teacher file {runner.file.path} ({runner.format}) on "
+    log(f"running teacher file {runner.file.path} ({runner.format}"
+        f"{', each image and its mirror' if runner.file.flip_average else ''}) on "
         f"{sum(len(data.split(s)) for s in SPLITS):,} images")
     logits = {split: file_logits(runner, data.split(split).x) for split in SPLITS}
 
@@ -132,8 +133,9 @@ def _file_teacher(runner: FileTeacher, plan: TeacherPlan, data: Dataset, key: st
 
     params, note = _file_params(runner)
     kind = runner.format if runner.format != "torchvision" else f"torchvision {runner.file.torchvision}"
+    flip = ", flip-averaged" if runner.file.flip_average else ""
     record = TeacherRecord(
-        key=key, arch={}, description=f"{kind} {runner.file.path.name}", params=params, macs=0,
+        key=key, arch={}, description=f"{kind} {runner.file.path.name}{flip}", params=params, macs=0,
         val_accuracy=acc("val"), test_accuracy=acc("test"),
         train_seconds=round(time.perf_counter() - start, 2), epochs=0,
         dataset=data.name, data_identity=data.identity, input_shape=data.input_shape,

@@ -71,6 +71,8 @@ class TeacherFile:
     mean: tuple[float, ...] | None = None  # per channel, after scaling; None: 0
     std: tuple[float, ...] | None = None  # per channel, after scaling; None: 1
     layout: Layout = "NCHW"
+    # the output is the mean over each image and its left-right mirror (a two-view ensemble)
+    flip_average: bool = False
 
     def __post_init__(self) -> None:
         # Lists from TOML become tuples, so the object stays hashable and compares by value.
@@ -102,8 +104,10 @@ class TeacherFile:
         """What shapes the logits, for a cache key: the file's content and the input settings.
 
         The content hash, not the path or the modification time: a re-exported file under the
-        same name gets new logits, a copy under another name reuses them.
+        same name gets new logits, a copy under another name reuses them. `flip_average` is
+        named only when set, so the keys of teachers cached before it existed stay valid.
         """
+        extra = {"flip_average": True} if self.flip_average else {}
         return {
             "sha256": file_digest(self.path),
             "format": self.format,
@@ -112,6 +116,7 @@ class TeacherFile:
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
             "layout": self.layout,
+            **extra,
         }
 
 
@@ -220,6 +225,13 @@ class FileTeacher:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (log-probabilities for a file that outputs probabilities) of uint8 NCHW images;
+        with `flip_average`, their mean over each image and its mirror."""
+        if not self.file.flip_average:
+            return self._once(x)
+        return (self._once(x) + self._once(torch.flip(x, dims=(3,)))) / 2
+
+    def _once(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         xs = self.prepare(x)
         try:

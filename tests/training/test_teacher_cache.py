@@ -321,6 +321,26 @@ def test_a_teacher_file_is_measured_cached_and_keyed_by_its_content(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_a_flip_averaged_teacher_file_is_measured_and_cached_apart(tmp_path):
+    spec, data, net = _file_setup(tmp_path)
+    text = (tmp_path / "s.toml").read_text().replace('file = "t.pt"',
+                                                    'file = "t.pt"\nflip_average = true')
+    flipped = parse_study(text, tmp_path / "s.toml")
+    assert flipped.teacher_file.describe() == "file t.pt, flip-averaged"
+    cache, logs = tmp_path / "cache", []
+    plain = _get(spec, data, cache, log=logs.append)
+    teacher = _get(flipped, data, cache, log=logs.append)
+    assert not teacher.reused and teacher.record.key != plain.record.key
+    x = data.val.x.float() / 255.0 - 0.5
+    with torch.no_grad():
+        want = (net(x) + net(torch.flip(x, dims=(3,)))) / 2
+    torch.testing.assert_close(teacher.logits["val"], want)
+    assert teacher.record.val_accuracy == float((want.argmax(1) == data.val.y).float().mean())
+    assert "flip-averaged" in teacher.record.description
+    assert any("each image and its mirror" in line for line in logs)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 def test_views_logits_are_the_teachers_on_each_view_cached_by_views(tmp_path, monkeypatch,
                                                                     capsys):
     from kdsearch.training.views import render_views

@@ -202,6 +202,21 @@ def test_softmax_outputs_become_log_probabilities(files, model):
     torch.testing.assert_close(teacher(x), want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["export", "onnx", "softmax"])
+def test_flip_average_is_the_mean_over_each_image_and_its_mirror(files, model, name):
+    x = images(9, seed=4)
+    plain = load_teacher_file(TeacherFile(files[name]), CLASSES, SHAPE)
+    flipped = load_teacher_file(TeacherFile(files[name], flip_average=True), CLASSES, SHAPE)
+    mirror = torch.flip(x, dims=(3,))
+    got = file_logits(flipped, x, batch_size=4)
+    torch.testing.assert_close(got, (plain(x) + plain(mirror)) / 2, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, plain(x), atol=1e-3)  # the tiny model is not mirror-symmetric
+    torch.testing.assert_close(flipped(mirror), got, atol=1e-5, rtol=1e-5)  # symmetric by design
+    # a teacher cached without it keeps its key; with it, the logits are cached apart
+    assert "flip_average" not in TeacherFile(files[name]).identity()
+    assert TeacherFile(files[name], flip_average=True).identity() != TeacherFile(files[name]).identity()
+
+
 # --- format from suffix and content --------------------------------------------------------
 
 
