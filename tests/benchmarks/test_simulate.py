@@ -33,9 +33,9 @@ def test_grid_points_enumerate_each_family_with_its_own_knobs():
 
 
 @pytest.mark.parametrize("method", ["kdsearch", "kdsearch-centre", "random", "moasha",
-                                    "nsga2+plan"])
+                                    "nsga2+plan", "morea+plan"])
 def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
-    if method == "moasha":
+    if method.startswith(("moasha", "morea")):
         pytest.importorskip("syne_tune", reason="Syne Tune is the bench extra: pip install .[bench]")
     simulate, table, spec = sim
     budget = 3 * table.mean_trial_seconds()
@@ -110,8 +110,9 @@ def test_runs_split_over_processes_report_together_and_never_twice(sim, tmp_path
     table_path = tmp_path / "table.json"
     for method in ("kdsearch", "random"):
         runs = simulate.simulate(table, spec, [method], [7], budget, 2, progress=lambda s: None)
-        simulate.save_runs(runs, tmp_path / method / "runs.json", table_path)
-    runs, path = simulate.load_all_runs([tmp_path / "kdsearch" / "runs.json",
+        name = "runs.json.gz" if method == "kdsearch" else "runs.json"  # either is read
+        simulate.save_runs(runs, tmp_path / method / name, table_path)
+    runs, path = simulate.load_all_runs([tmp_path / "kdsearch" / "runs.json.gz",
                                          tmp_path / "random" / "runs.json"])
     assert path == table_path and sorted(r.method for r in runs) == ["kdsearch", "random"]
     assert all(r.finished for r in runs)
