@@ -122,3 +122,21 @@ def test_runs_split_over_processes_report_together_and_never_twice(sim, tmp_path
     simulate.save_runs(runs[:1], other, tmp_path / "another-table.json")
     with pytest.raises(SystemExit, match="different tables"):
         simulate.load_all_runs([other, tmp_path / "random" / "runs.json"])
+
+
+def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, capsys):
+    simulate, table, spec = sim
+    variants = benchmark_module("simulate_variants")
+    nostop = variants.variant_method(spec, "no-stopping+centre", 3)
+    assert nostop.stopper is None and nostop.spec.search.startup_recipe == "centre"
+    warm = variants.variant_method(spec, "after-warmup+keep-0.5+centre", 3).spec.search
+    assert warm.early_stopping.after_warmup and warm.early_stopping.keep == 0.5
+    assert warm.early_stopping.rungs == spec.search.early_stopping.rungs
+    path = tmp_path / "table.json"
+    assert benchmark_module("record_table").main([str(GRID), "--synthetic", "--out", str(path)]) == 0
+    capsys.readouterr()
+    assert variants.main(["--table", str(path), "--seeds", "0-1", "--variants", "shipped",
+                          "--budget-trials", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["shipped", "nsga2", "optuna-default"]
+    assert lines[-1].startswith("shipped") and "hv_log" in lines[-1]

@@ -1,0 +1,101 @@
+"""kdsearch's stopping and start-up variants against the best peers, over the recorded table.
+
+    python benchmarks/simulate_variants.py --table docs/results/table_cifar_resnet.json \\
+        --seeds 0-29
+
+Development of the method after the panel's runs (docs/PERFORMANCE.md section 5): each variant
+changes one or two settings of kdsearch as shipped ([search.early_stopping], the start-up's
+recipe), and is compared with NSGA-II and Optuna's default sampler on the panel, paired by
+seed, as simulate.py compares the arms. Develop on seeds the reported runs did not use (0-29);
+a change that is kept is then shown on fresh seeds with simulate.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import simulate as S  # noqa: E402
+
+from kdsearch.study.runner import make_sampler  # noqa: E402
+
+# name: (early_stopping overrides, search overrides, stop)
+VARIANTS: dict[str, tuple[dict, dict, bool]] = {
+    "shipped": ({}, {}, True),
+    "centre": ({}, {"startup_recipe": "centre"}, True),
+    "after-warmup": ({"after_warmup": True}, {}, True),
+    "after-warmup+centre": ({"after_warmup": True}, {"startup_recipe": "centre"}, True),
+    "rungs-3-5+centre": ({"rungs": [3, 5]}, {"startup_recipe": "centre"}, True),
+    "keep-0.5+centre": ({"keep": 0.5}, {"startup_recipe": "centre"}, True),
+    "after-warmup+keep-0.5+centre": ({"after_warmup": True, "keep": 0.5},
+                                     {"startup_recipe": "centre"}, True),
+    "after-warmup+min-10+centre": ({"after_warmup": True, "min_trials": 10},
+                                   {"startup_recipe": "centre"}, True),
+    "after-warmup+keep-0.5+min-10+centre": ({"after_warmup": True, "keep": 0.5,
+                                             "min_trials": 10}, {"startup_recipe": "centre"},
+                                            True),
+    "no-stopping+centre": ({}, {"startup_recipe": "centre"}, False),
+}
+PEERS = ("nsga2", "optuna-default")
+
+
+def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
+    early, search, stop = VARIANTS[name]
+    s = spec.search.model_copy(update={"startup": "spread", "startup_recipe": "drawn", **search})
+    s = s.model_copy(update={"early_stopping": s.early_stopping.model_copy(update=early)})
+    spec = spec.model_copy(update={"seed": seed, "search": s})
+    return S.OptunaMethod(spec, make_sampler(spec, 0, S._planned(spec, seed)), stop=stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", type=Path, required=True)
+    ap.add_argument("--seeds", default="0-29", help="FIRST-LAST (development seeds)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--budget-trials", type=float, default=40.0)
+    args = ap.parse_args(argv)
+    first, last = (int(x) for x in args.seeds.split("-"))
+    names = [n for n in args.variants.split(",") if n]
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    table = S.load_table(args.table)
+    spec = S.table_spec(table, args.table)
+    budget = args.budget_trials * table.mean_trial_seconds() / args.workers
+    panel = S.Panel.of(table)
+    best_hv = panel.hv((r.n_params, r.val[-1]) for r in table.rows)
+    metrics: dict[str, list[dict[str, float]]] = {}
+    for name in names + list(PEERS):
+        metrics[name] = []
+        for seed in range(first, last + 1):
+            run = S.Run(name, seed, budget, args.workers)
+            with S._quiet():
+                method = (variant_method(spec, name, seed) if name in VARIANTS
+                          else S.make_method(name, spec, table, seed))
+                S.replay(method, table, budget, args.workers, run)
+            m = S.final_metrics(run, panel, best_hv)
+            m["time_to_95"] = min(m["time_to_95"], 2 * budget)
+            metrics[name].append(m)
+        means = {k: statistics.fmean(m[k] for m in metrics[name]) for k in S.METRICS}
+        print(f"{name:<38}" + "".join(f"{means[k]:>12.4f}" for k in S.METRICS), flush=True)
+    print(f"ratio to the better of {' and '.join(PEERS)} on each metric, [95 % low]:")
+    for name in names:
+        cells = []
+        for k in S.METRICS:
+            sign = 1 if S.HIGHER_IS_BETTER[k] else -1
+            peer = max(PEERS, key=lambda p: sign * statistics.fmean(m[k] for m in metrics[p]))
+            ratio, low, _ = S.paired_ratio([m[k] for m in metrics[name]],
+                                           [m[k] for m in metrics[peer]], sign > 0)
+            cells.append(f"{k} {ratio:.3f} [{low:.3f}]")
+        print(f"{name:<38}" + "  ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
