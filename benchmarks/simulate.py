@@ -485,6 +485,13 @@ def time_fraction(ours: Sequence[float], theirs: Sequence[float], grid: Sequence
     return t_ours / t_peer if t_peer > 0 else math.inf
 
 
+def table_best(table: Table, panel: Panel) -> dict[str, float]:
+    """The panel's metrics had every point of the table been trained to the end."""
+    run = Run("table", 0, 0.0, 1, [Finished(0.0, True, r.n_params, r.val[-1], r.test[-1],
+                                            table.epochs, r.params) for r in table.rows])
+    return metrics_at(run, panel, 0.0)
+
+
 def final_metrics(run: Run, panel: Panel, best_hv: float) -> dict[str, float]:
     out = metrics_at(run, panel, run.budget)
     out["time_to_95"] = time_to(run, panel, 0.95 * best_hv)
@@ -556,6 +563,14 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
     for method, seeds in by_method.items():
         means = {m: statistics.fmean(s[m] for s in seeds.values()) for m in METRICS}
         out(f"{method:<22}" + "".join(f"{means[m]:14.4f}" for m in METRICS) + f"   {len(seeds)}")
+    # the headroom: what a method that trained every point would score, and how many seeds
+    # of each method already score it (no ratio against a peer there can exceed ceiling/peer)
+    top = table_best(table, panel)
+    out(f"{'(the table, all points)':<22}" + "".join(f"{top[m]:14.4f}" for m in METRICS[:-1]))
+    out(f"{'seeds at the table':<22}" + "".join(f"{m:>14}" for m in METRICS[:-1]))
+    for method, seeds in by_method.items():
+        out(f"  {method:<20}" + "".join(
+            f"{sum(s[m] >= top[m] - 1e-9 for s in seeds.values()):>14}" for m in METRICS[:-1]))
     summary: dict[str, Any] = {"best_hv": best_hv, "ratios": {}}
     if "kdsearch" not in by_method:
         return summary

@@ -75,7 +75,7 @@ def test_kdsearch_stops_trials_and_peers_without_stopping_do_not(sim):
 
 
 def test_panel_hypervolume_bounds_and_the_table_front_is_the_best(sim):
-    simulate, table, _ = sim
+    simulate, table, spec = sim
     panel = simulate.Panel.of(table)
     assert panel.hv([]) == 0.0
     # one perfect student at the small end of the box fills it
@@ -85,6 +85,14 @@ def test_panel_hypervolume_bounds_and_the_table_front_is_the_best(sim):
     whole = panel.hv((r.n_params, r.val[-1]) for r in table.rows)
     part = panel.hv((r.n_params, r.val[-1]) for r in table.rows[::3])
     assert 0 < part <= whole < 1
+    # the table's own scores bound every run's hypervolumes (the report's headroom line)
+    top = simulate.table_best(table, panel)
+    assert top["hv_log"] == pytest.approx(whole)
+    run = simulate.Run("random", 5, 3 * table.mean_trial_seconds(), 2)
+    simulate.replay(simulate.make_method("random", spec, table, 5), table, run.budget, 2, run)
+    final = simulate.final_metrics(run, panel, whole)
+    assert final["hv_log"] <= top["hv_log"] and final["hv_linear"] <= top["hv_linear"]
+    assert final["hv_linear"] > 0
 
 
 def test_paired_ratio_interval_and_the_closing_line(sim):
