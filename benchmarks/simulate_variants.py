@@ -39,6 +39,10 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "after-warmup+keep-0.5+min-10+centre": ({"after_warmup": True, "keep": 0.5,
                                              "min_trials": 10}, {"startup_recipe": "centre"},
                                             True),
+    "rung-5+centre": ({"rungs": [5]}, {"startup_recipe": "centre"}, True),
+    "rung-6+centre": ({"rungs": [6]}, {"startup_recipe": "centre"}, True),
+    "after-warmup+dominators-2+centre": ({"after_warmup": True, "min_dominators": 2},
+                                         {"startup_recipe": "centre"}, True),
     "no-stopping+centre": ({}, {"startup_recipe": "centre"}, False),
 }
 PEERS = ("nsga2", "optuna-default")
