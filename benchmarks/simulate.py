@@ -37,8 +37,8 @@ Methods (`--methods`, all by default):
 The metric panel (docs/PERFORMANCE.md, "Search benchmark") is defined in `panel`; each run's
 finished trials are kept in the output's runs.json.gz, from which `--report runs.json.gz`
 recomputes every number (`--report a/runs.json.gz b/runs.json.gz` when the methods were split
-over processes, one per core). The last line compares kdsearch with the best peer as shipped on the panel
-metric where kdsearch is weakest: `worst_metric=NAME ratio=R ci_low=L`.
+over processes, one per core). The last line compares kdsearch with the best peer as shipped on
+the panel metric where kdsearch is weakest: `worst_metric=NAME ratio=R ci_low=L`.
 """
 
 from __future__ import annotations
@@ -609,8 +609,8 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
 
 
 def save_runs(runs: list[Run], path: Path, table_path: Path) -> None:
+    """JSON, gzipped when the name ends in .gz (30 seeds of 15 arms: 17 MB, 0.7 MB gzipped)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    """JSON, gzipped when the name ends in .gz (thirty seeds of fifteen arms: 17 MB, 1.5 gzipped)."""
     text = json.dumps({"table": str(table_path), "runs": [asdict(r) for r in runs]})
     if path.suffix == ".gz":
         path.write_bytes(gzip.compress(text.encode()))
@@ -620,7 +620,8 @@ def save_runs(runs: list[Run], path: Path, table_path: Path) -> None:
 
 def load_runs(path: Path) -> tuple[list[Run], Path]:
     path = Path(path)
-    raw = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+    data = path.read_bytes()
+    raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
     runs = []
     for r in raw["runs"]:
         finished = [Finished(**f) for f in r.pop("finished")]

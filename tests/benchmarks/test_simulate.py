@@ -141,7 +141,8 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     assert warm.early_stopping.after_warmup and warm.early_stopping.keep == 0.5
     assert warm.early_stopping.rungs == spec.search.early_stopping.rungs
     path = tmp_path / "table.json"
-    assert benchmark_module("record_table").main([str(GRID), "--synthetic", "--out", str(path)]) == 0
+    record = benchmark_module("record_table")
+    assert record.main([str(GRID), "--synthetic", "--out", str(path)]) == 0
     capsys.readouterr()
     assert variants.main(["--table", str(path), "--seeds", "0-1", "--variants", "shipped",
                           "--budget-trials", "4"]) == 0
