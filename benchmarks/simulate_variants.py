@@ -5,9 +5,10 @@
 
 Development of the method after the panel's runs (docs/PERFORMANCE.md section 5): each variant
 changes one or two settings of kdsearch as shipped ([search.early_stopping], the start-up's
-recipe), and is compared with NSGA-II and Optuna's default sampler on the panel, paired by
-seed, as simulate.py compares the arms. Develop on seeds the reported runs did not use (0-29);
-a change that is kept is then shown on fresh seeds with simulate.py.
+recipe), and is compared with the best peers (NSGA-II, Optuna's default sampler and MO-REA,
+`--peers`) on the panel, paired by seed, as simulate.py compares the arms. Develop on seeds
+the reported runs did not use (0-29); a change that is kept is then shown on fresh seeds with
+simulate.py.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
                                          {"startup_recipe": "centre"}, True),
     "no-stopping+centre": ({}, {"startup_recipe": "centre"}, False),
 }
-PEERS = ("nsga2", "optuna-default")
+PEERS = ("nsga2", "optuna-default", "morea")  # morea needs Syne Tune (the bench extra)
 
 
 def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--budget-trials", type=float, default=40.0)
+    ap.add_argument("--peers", default=",".join(PEERS))
     args = ap.parse_args(argv)
     first, last = (int(x) for x in args.seeds.split("-"))
     names = [n for n in args.variants.split(",") if n]
@@ -74,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget_trials * table.mean_trial_seconds() / args.workers
     panel = S.Panel.of(table)
     best_hv = panel.hv((r.n_params, r.val[-1]) for r in table.rows)
+    peers = [p for p in args.peers.split(",") if p]
     metrics: dict[str, list[dict[str, float]]] = {}
-    for name in names + list(PEERS):
+    for name in names + peers:
         metrics[name] = []
         for seed in range(first, last + 1):
             run = S.Run(name, seed, budget, args.workers)
@@ -88,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics[name].append(m)
         means = {k: statistics.fmean(m[k] for m in metrics[name]) for k in S.METRICS}
         print(f"{name:<38}" + "".join(f"{means[k]:>12.4f}" for k in S.METRICS), flush=True)
-    print(f"ratio to the better of {' and '.join(PEERS)} on each metric, [95 % low]:")
+    print(f"ratio to the best of {', '.join(peers)} on each metric, [95 % low]:")
     for name in names:
         cells = []
         for k in S.METRICS:
             sign = 1 if S.HIGHER_IS_BETTER[k] else -1
-            peer = max(PEERS, key=lambda p: sign * statistics.fmean(m[k] for m in metrics[p]))
+            peer = max(peers, key=lambda p: sign * statistics.fmean(m[k] for m in metrics[p]))
             ratio, low, _ = S.paired_ratio([m[k] for m in metrics[name]],
                                            [m[k] for m in metrics[peer]], sign > 0)
             cells.append(f"{k} {ratio:.3f} [{low:.3f}]")

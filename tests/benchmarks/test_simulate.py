@@ -145,7 +145,7 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     assert record.main([str(GRID), "--synthetic", "--out", str(path)]) == 0
     capsys.readouterr()
     assert variants.main(["--table", str(path), "--seeds", "0-1", "--variants", "shipped",
-                          "--budget-trials", "4"]) == 0
+                          "--budget-trials", "4", "--peers", "nsga2,optuna-default"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:3]] == ["shipped", "nsga2", "optuna-default"]
     assert lines[-1].startswith("shipped") and "hv_log" in lines[-1]
