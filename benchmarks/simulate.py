@@ -21,10 +21,14 @@ the same space read off it (bench_peers.syne_space).
 
 Methods (`--methods`, all by default):
 
-    kdsearch            as shipped: its TPE, the planned start-up, Pareto early stopping
+    kdsearch            as shipped: its TPE, the planned start-up at the centre of T, alpha,
+                        lr and batch size, Pareto early stopping at its default rungs (one,
+                        at three quarters of this one-cycle study's epochs)
     kdsearch-no-plan    the same with Optuna's random start-up (`startup = "random"`)
-    kdsearch-centre     the planned start-up at the centre of T, alpha, lr and batch size
-                        (`startup_recipe = "centre"`, as cifar_resnet plans it since stop 28)
+    kdsearch-drawn      the planned start-up's knobs drawn (`startup_recipe = "drawn"`)
+    kdsearch-early-rungs  judged at epochs 1, 3 and 9 (`rungs = [1, 3, 9]`)
+    kdsearch-before     both: kdsearch as shipped until 2026-12-06 (the "kdsearch" of the
+                        runs on seeds 1000-1029)
     optuna-default      optuna.create_study's default multi-objective sampler, no stopping
     nsga2               Optuna's NSGAIISampler with its defaults, no stopping
     random              Optuna's RandomSampler, no stopping
@@ -75,8 +79,15 @@ from kdsearch.sizes import arch_params  # noqa: E402
 from kdsearch.spec import StudySpec, load_study  # noqa: E402
 
 PEERS = ("optuna-default", "nsga2", "random", "moasha", "moasha-ranks", "morea")
-OURS = ("kdsearch", "kdsearch-no-plan", "kdsearch-centre")
-METHODS = OURS + PEERS
+# kdsearch's arms: changes to the search section and its early stopping, from as shipped
+OURS: dict[str, tuple[dict, dict]] = {
+    "kdsearch": ({}, {}),
+    "kdsearch-no-plan": ({"startup": "random"}, {}),
+    "kdsearch-drawn": ({"startup_recipe": "drawn"}, {}),
+    "kdsearch-early-rungs": ({}, {"rungs": [1, 3, 9]}),
+    "kdsearch-before": ({"startup_recipe": "drawn"}, {"rungs": [1, 3, 9]}),
+}
+METHODS = (*OURS, *PEERS)
 ABLATIONS = tuple(f"{peer}+plan" for peer in PEERS)
 INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
 
@@ -229,7 +240,8 @@ class OptunaMethod(Method):
             self.study.enqueue_trial(params)
         train = spec.student.train
         self.stopper = (make_stopper(spec.search.early_stopping, train.epochs,
-                                     warmup=train.warmup()) if stop else None)
+                                     warmup=train.warmup(), schedule=train.lr_schedule)
+                        if stop else None)
         self.curves: dict[int, list[float]] = {}
 
     def ask(self) -> tuple[Any, dict]:
@@ -263,12 +275,14 @@ def _planned(spec: StudySpec, seed: int) -> list[dict]:
     return [params for _, params in startup.plan(spec, INPUT_SHAPE, NUM_CLASSES, seed)]
 
 
-def kdsearch_method(spec: StudySpec, seed: int, plan: bool, centre: bool = False) -> OptunaMethod:
+def kdsearch_method(spec: StudySpec, seed: int, search: dict | None = None,
+                    early: dict | None = None) -> OptunaMethod:
+    """kdsearch with `search` and `early` (early stopping) settings changed from as shipped."""
     from kdsearch.study.runner import make_sampler
 
-    search = spec.search.model_copy(update={"startup": "spread" if plan else "random",
-                                            "startup_recipe": "centre" if centre else "drawn"})
-    spec = spec.model_copy(update={"seed": seed, "search": search})
+    s = spec.search.model_copy(update=search or {})
+    s = s.model_copy(update={"early_stopping": s.early_stopping.model_copy(update=early or {})})
+    spec = spec.model_copy(update={"seed": seed, "search": s})
     return OptunaMethod(spec, make_sampler(spec, 0, _planned(spec, seed)), stop=True)
 
 
@@ -383,8 +397,7 @@ def _first_then(scheduler, first: list[dict]) -> None:
 def make_method(name: str, spec: StudySpec, table: Table, seed: int) -> Method:
     base, plan = (name[: -len("+plan")], True) if name.endswith("+plan") else (name, False)
     if base in OURS:
-        return kdsearch_method(spec, seed, plan=base != "kdsearch-no-plan",
-                               centre=base == "kdsearch-centre")
+        return kdsearch_method(spec, seed, *OURS[base])
     if base in ("optuna-default", "nsga2", "random"):
         return optuna_method(spec, base, seed, plan)
     if base in ("moasha", "moasha-ranks", "morea"):
@@ -573,6 +586,11 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
     for method, seeds in by_method.items():
         out(f"  {method:<20}" + "".join(
             f"{sum(s[m] >= top[m] - 1e-9 for s in seeds.values()):>14}" for m in METRICS[:-1]))
+    for limit in (panel.small, panel.medium):
+        out(selection_noise(table, limit))
+    out("share of ended trials that repeat a point tried before (mean over seeds): " + ", ".join(
+        f"{m} {statistics.fmean(repeated(r) for r in runs if r.method == m):.2f}"
+        for m in by_method))
     summary: dict[str, Any] = {"best_hv": best_hv, "ratios": {}}
     if "kdsearch" not in by_method:
         return summary
@@ -608,6 +626,36 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
         out(f"worst_metric={worst[0]} ratio={worst[1]:.3f} ci_low={worst[2]:.3f}")
         summary["worst"] = worst
     return summary
+
+
+def repeated(run: Run) -> float:
+    """The share of a run's ended trials whose point an earlier one had already tried."""
+    seen: set[tuple] = set()
+    repeats = 0
+    for f in sorted(run.finished, key=lambda f: f.seconds):
+        key = _key(f.params)
+        repeats += key in seen
+        seen.add(key)
+    return repeats / len(run.finished) if run.finished else 0.0
+
+
+def selection_noise(table: Table, limit: int) -> str:
+    """How many of the table's students of at most `limit` params validation cannot tell from
+    its best one (within two standard errors of a binomial accuracy on the validation images),
+    and their test accuracies: the spread a best-test metric draws from by chance."""
+    rows = [r for r in table.rows if r.n_params <= limit]
+    if not rows:
+        return f"<= {limit:,} params: no student in the table"
+    top = max(r.val[-1] for r in rows)
+    images = table.meta.get("val_images")
+    if not images:
+        return f"<= {limit:,} params: the table does not say how many validation images it has"
+    se = math.sqrt(top * (1 - top) / images)
+    near = [r for r in rows if r.val[-1] >= top - 2 * se]
+    return (f"<= {limit:,} params: {len(near)} of {len(rows)} students within 2 standard "
+            f"errors ({se:.4f} on {images:,} images) of the best validation accuracy {top:.4f}; "
+            f"their test accuracy {min(r.test[-1] for r in near):.4f} to "
+            f"{max(r.test[-1] for r in near):.4f}")
 
 
 def save_runs(runs: list[Run], path: Path, table_path: Path) -> None:
@@ -680,8 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + (5 if args.quick else args.seeds)))
     methods = list(METHODS) if args.quick else [m for m in args.methods.split(",") if m]
     budget = args.budget_trials * table.mean_trial_seconds() / args.workers
-    rungs = judged_rungs(spec.search.early_stopping, spec.student.train.epochs,
-                         spec.student.train.warmup())
+    train = spec.student.train
+    rungs = judged_rungs(spec.search.early_stopping, train.epochs, train.warmup(),
+                         train.lr_schedule)
     print(f"{len(table.rows)} points, {table.epochs} epochs, mean trial "
           f"{table.mean_trial_seconds():.0f} s; budget {budget:,.0f} s on {args.workers} "
           f"workers; kdsearch judges at epochs {rungs}; seeds {seeds[0]}-{seeds[-1]}")

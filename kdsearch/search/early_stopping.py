@@ -2,7 +2,8 @@
 
 Optuna cannot prune multi-objective studies (`Trial.report` raises), so kdsearch stops trials
 itself, in the spirit of MOASHA (Schmucker et al. 2021, "Multi-objective Asynchronous
-Successive Halving"): at rungs (say after epochs 1, 3 and 9) a trial's validation accuracy is
+Successive Halving"): at rungs (by default after epochs 1, 3 and 9, or once at three quarters
+of a one-cycle schedule: `EarlyStoppingSpec.rungs_for`) a trial's validation accuracy is
 compared with what the other trials of the study reached at the same rung. A student's size
 is known before training, so only the accuracy is uncertain: a trial stops when enough trials
 with *no more parameters* were already *more accurate* at that rung, i.e. when it is dominated
@@ -137,12 +138,14 @@ def reachable(curve: Sequence[float], epochs: int) -> float:
     return min(1.0, curve[-1] + slope * (epochs - len(curve)))
 
 
-def judged_rungs(rule: EarlyStoppingSpec, epochs: int, warmup: float = 0.0) -> list[int]:
-    """The rungs a trial of `epochs` epochs with `warmup` warm-up epochs is judged at."""
+def judged_rungs(rule: EarlyStoppingSpec, epochs: int, warmup: float = 0.0,
+                 schedule: str = "constant") -> list[int]:
+    """The rungs a trial of `epochs` epochs with `warmup` warm-up epochs and the learning-rate
+    `schedule` is judged at."""
     if not rule.enabled:
         return []
     first = warmup if rule.after_warmup else 0.0
-    return [r for r in rule.rungs if first < r < epochs]
+    return [r for r in rule.rungs_for(epochs, schedule) if first < r < epochs]
 
 
 def rung_peers(study: optuna.Study, rung: int, exclude: int,
@@ -167,11 +170,12 @@ class ParetoEarlyStopper:
     """
 
     def __init__(self, rule: EarlyStoppingSpec, epochs: int,
-                 costs: tuple[str, ...] = objectives.DEFAULT, warmup: float = 0.0):
+                 costs: tuple[str, ...] = objectives.DEFAULT, warmup: float = 0.0,
+                 schedule: str = "constant"):
         self.rule = rule
         self.costs = tuple(costs)
         self.epochs = epochs
-        self.rungs = frozenset(judged_rungs(rule, epochs, warmup))
+        self.rungs = frozenset(judged_rungs(rule, epochs, warmup, schedule))
 
     def __call__(self, trial: optuna.Trial, epoch: int, val_accuracy: float) -> None:
         if epoch not in self.rungs:
@@ -202,7 +206,7 @@ class ParetoEarlyStopper:
 
 
 def make_stopper(rule: EarlyStoppingSpec, epochs: int, costs: tuple[str, ...] = objectives.DEFAULT,
-                 warmup: float = 0.0) -> ParetoEarlyStopper | None:
+                 warmup: float = 0.0, schedule: str = "constant") -> ParetoEarlyStopper | None:
     """The hook for a study, or None when early stopping is off (or no rung is left to judge)."""
-    stopper = ParetoEarlyStopper(rule, epochs, costs, warmup)
+    stopper = ParetoEarlyStopper(rule, epochs, costs, warmup, schedule)
     return stopper if stopper.rungs else None

@@ -43,11 +43,12 @@ def stopping_line(spec: StudySpec) -> str:
     rule, train = spec.search.early_stopping, spec.student.train
     if not rule.enabled:
         return "early stopping: off"
-    judged = judged_rungs(rule, train.epochs, train.warmup())
+    judged = judged_rungs(rule, train.epochs, train.warmup(), train.lr_schedule)
     line = (f"early stopping: trials judged after epoch{'s' * (len(judged) > 1)} "
             f"{', '.join(map(str, judged))} of {train.epochs}" if judged
             else f"early stopping: no rung left to judge in {train.epochs} epochs")
-    inside = [r for r in rule.rungs if r < train.epochs and r not in judged]
+    inside = [r for r in rule.rungs_for(train.epochs, train.lr_schedule)
+              if r < train.epochs and r not in judged]
     if inside:
         line += (f" (not after {', '.join(map(str, inside))}: inside the {train.warmup():g}-epoch "
                  f"warm-up, as after_warmup = true asks)")

@@ -218,8 +218,9 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         # plot half-trained students beside trained ones.
         log("early stopping is off for grid sweeps: every point trains for its full budget")
     elif on_epoch is None:  # the study file's Pareto-aware early stopping (None when it is off)
-        on_epoch = make_stopper(spec.search.early_stopping, spec.student.train.epochs,
-                                tuple(spec.search.objectives), spec.student.train.warmup())
+        train = spec.student.train
+        on_epoch = make_stopper(spec.search.early_stopping, train.epochs,
+                                tuple(spec.search.objectives), train.warmup(), train.lr_schedule)
         log(stopping_line(spec))
     stopper = on_epoch
 

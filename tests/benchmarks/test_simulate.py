@@ -32,7 +32,7 @@ def test_grid_points_enumerate_each_family_with_its_own_knobs():
         assert not any(k.startswith(other + ".") for k in p)
 
 
-@pytest.mark.parametrize("method", ["kdsearch", "kdsearch-centre", "random", "moasha",
+@pytest.mark.parametrize("method", ["kdsearch", "kdsearch-before", "random", "moasha",
                                     "nsga2+plan", "morea+plan"])
 def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
     if method.startswith(("moasha", "morea")):
@@ -52,10 +52,10 @@ def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
         assert f.complete == (f.epochs == table.epochs)
 
 
-def test_the_centre_variant_asks_its_start_up_at_the_centre_of_t_and_alpha(sim):
+def test_kdsearch_asks_its_start_up_at_the_centre_of_t_and_alpha_and_drawn_does_not(sim):
     simulate, table, spec = sim
     drawn, centred = ([m.ask()[1] for _ in range(3)] for m in (
-        simulate.make_method(name, spec, table, 7) for name in ("kdsearch", "kdsearch-centre")))
+        simulate.make_method(name, spec, table, 7) for name in ("kdsearch-drawn", "kdsearch")))
     knobs = ("temperature", "alpha")
     for mine, theirs in zip(centred, drawn, strict=True):
         assert (mine["temperature"], mine["alpha"]) == (4.0, 0.5)  # of {2, 4, 8} and {.5, .9}
@@ -139,7 +139,11 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     assert nostop.stopper is None and nostop.spec.search.startup_recipe == "centre"
     warm = variants.variant_method(spec, "after-warmup+keep-0.5+centre", 3).spec.search
     assert warm.early_stopping.after_warmup and warm.early_stopping.keep == 0.5
-    assert warm.early_stopping.rungs == spec.search.early_stopping.rungs
+    assert warm.early_stopping.rungs == [1, 3, 9]  # kdsearch as shipped when they ran
+    shipped = variants.variant_method(spec, "shipped", 3).spec.search
+    assert shipped.startup_recipe == "drawn" and shipped.early_stopping.rungs == [1, 3, 9]
+    twin = variants.variant_method(spec, "rung-6+centre+dedupe", 3)
+    assert isinstance(twin, variants.DedupeMethod) and twin.spec.search.early_stopping.rungs == [6]
     path = tmp_path / "table.json"
     record = benchmark_module("record_table")
     assert record.main([str(GRID), "--synthetic", "--out", str(path)]) == 0
@@ -149,3 +153,32 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:3]] == ["shipped", "nsga2", "optuna-default"]
     assert lines[-1].startswith("shipped") and "hv_log" in lines[-1]
+
+
+def test_selection_noise_counts_the_students_validation_cannot_tell_apart(sim):
+    simulate = sim[0]
+
+    def row(n_params, val, test):
+        return simulate.Row(params={"i": n_params}, n_params=n_params, macs=0, val=(val,),
+                            test=(test,), seconds=(1.0,), test_seconds=0.0)
+
+    rows = (row(1_000, 0.60, 0.58), row(2_000, 0.61, 0.63), row(3_000, 0.50, 0.70),
+            row(90_000, 0.90, 0.90))
+    table = simulate.Table(rows, "grid.toml", 100_000, 1, {"val_images": 5000})
+    line = simulate.selection_noise(table, 80_000)
+    # SE at 0.61 on 5,000 images is 0.0069: 0.60 is within two of them, 0.50 is not; the
+    # 90,000-param student is over the limit
+    assert line.startswith("<= 80,000 params: 2 of 3 students within 2 standard errors")
+    assert line.endswith("their test accuracy 0.5800 to 0.6300")
+    assert "does not say" in simulate.selection_noise(simulate.Table(rows, "g", 1, 1), 80_000)
+
+
+def test_repeated_counts_a_point_again_only_after_its_first_try(sim):
+    simulate = sim[0]
+
+    def ended(t, i):
+        return simulate.Finished(t, True, 1, 0.5, 0.5, 1, {"i": i})
+
+    run = simulate.Run("x", 0, 10.0, 1, [ended(3, 1), ended(1, 1), ended(2, 2), ended(4, 1)])
+    assert simulate.repeated(run) == 0.5  # the second and third ends of point 1
+    assert simulate.repeated(simulate.Run("x", 0, 10.0, 1)) == 0.0

@@ -166,3 +166,11 @@ def test_a_centred_start_up_runs_its_students_at_the_centre_and_says_so(tmp_path
     assert study.trials[0].params != study.trials[1].params  # two shapes
     assert any("smallest first, each at temperature 3.16, alpha 0.5 (search/startup.py)" in m
                for m in logs), logs
+
+
+def test_the_plan_is_at_the_centre_unless_the_study_file_says_drawn(tmp_path):
+    unset = parse_study(tiny_study_text(), tmp_path / "t.toml")
+    assert unset.search.startup_recipe == "centre"
+    # Optuna's own start-up plans nothing, so the default does not conflict with it
+    assert parse_study(tiny_study_text() + '\nstartup = "random"\n',
+                       tmp_path / "r.toml").search.startup == "random"
