@@ -182,3 +182,40 @@ def test_repeated_counts_a_point_again_only_after_its_first_try(sim):
     run = simulate.Run("x", 0, 10.0, 1, [ended(3, 1), ended(1, 1), ended(2, 2), ended(4, 1)])
     assert simulate.repeated(run) == 0.5  # the second and third ends of point 1
     assert simulate.repeated(simulate.Run("x", 0, 10.0, 1)) == 0.0
+
+
+def test_the_real_check_runs_the_tables_study_and_scores_its_trials_as_a_replay(sim):
+    import datetime
+
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    simulate, table, spec = sim
+    check = benchmark_module("real_check")
+    ours, peer = (check.method_spec(spec, m, 3) for m in ("kdsearch", "nsga2"))
+    assert ours.seed == peer.seed == 3 and ours.search == spec.search
+    assert peer.search.sampler == "nsga2" and not peer.search.early_stopping.enabled
+
+    zero = datetime.datetime(2026, 12, 6, 8, 0, 0)
+
+    def trial(n, state, start, end, **attrs):
+        return FrozenTrial(n, state, None, zero + datetime.timedelta(seconds=start),
+                           None if end is None else zero + datetime.timedelta(seconds=end),
+                           {"i": n}, {"i": CategoricalDistribution(list(range(9)))},
+                           attrs, {}, {}, n, values=[0.5, 1.0] if state == TrialState.COMPLETE
+                           else None)
+
+    class Study:
+        def get_trials(self, deepcopy=False):
+            return [trial(0, TrialState.COMPLETE, 0, 50, params=5_000, val_curve=[0.3, 0.6],
+                          test_accuracy=0.58),
+                    trial(1, TrialState.PRUNED, 50, 70, params=9_000, val_curve=[0.2]),
+                    trial(2, TrialState.PRUNED, 70, 70, params=900_000),  # refused: no curve
+                    trial(3, TrialState.COMPLETE, 70, 130, params=7_000, val_curve=[0.4, 0.7],
+                          test_accuracy=0.69),  # ended after the budget
+                    trial(4, TrialState.RUNNING, 130, None, params=7_000)]
+
+    run = check.as_run(Study(), "kdsearch", 3, budget=100)
+    assert [(f.seconds, f.complete, f.n_params, f.val, f.test, f.epochs) for f in run.finished] \
+        == [(50, True, 5_000, 0.6, 0.58, 2), (70, False, 9_000, 0.2, 0.0, 1)]
+    assert run.finished[0].params == {"i": 0} and (run.budget, run.workers) == (100, 1)
