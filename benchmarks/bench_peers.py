@@ -111,7 +111,7 @@ except ImportError:  # before the split
 try:  # rungs inside the warm-up are skipped (issue 13)
     from kdsearch.search.early_stopping import judged_rungs  # noqa: E402
 except ImportError:  # before: every rung before the last epoch
-    def judged_rungs(rule, epochs, warmup=0.0):  # type: ignore[misc]
+    def judged_rungs(rule, epochs, warmup=0.0, schedule="constant"):  # type: ignore[misc]
         return [r for r in rule.rungs if r < epochs]
 
 try:  # a searched learning rate and batch size, where the study file asks for them
@@ -209,13 +209,15 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
 
 
 def rungs(spec: StudySpec) -> list[int]:
-    """The rungs kdsearch as shipped judges at (MOASHA's are matched to them)."""
+    """The rungs MOASHA's are matched to: the study file's, else kdsearch's default under a
+    constant learning rate (1, 3, 9), whatever the schedule, so that a one-cycle study that
+    sets none gets Syne Tune's own grace period and reduction factor (1 and 3)."""
     rule = spec.search.early_stopping.model_copy(update={"enabled": True})
     return judged_rungs(rule, spec.student.train.epochs, spec.student.train.warmup())
 
 
 def moasha_settings(spec: StudySpec) -> tuple[int, float]:
-    """MOASHA's grace period and reduction factor, matched to kdsearch's rungs."""
+    """MOASHA's grace period and reduction factor, matched to `rungs`."""
     rs = rungs(spec) or [1]
     factor = rs[1] / rs[0] if len(rs) > 1 else 3.0
     return rs[0], factor
@@ -640,7 +642,8 @@ def main(argv: list[str] | None = None) -> None:
         f"data, cached teacher logits and objective (kdsearch's make_objective: val accuracy, "
         f"params; {train.epochs} epochs, batch {train.batch_size}, lr {train.lr}) and the same "
         f"search space ({len(common['space'])} parameters)\n"
-        f"early stopping: kdsearch rungs {rungs(base)} (min_trials "
+        f"early stopping: kdsearch rungs "
+        f"{judged_rungs(base.search.early_stopping, train.epochs, train.warmup(), train.lr_schedule)} (min_trials "
         f"{base.search.early_stopping.min_trials}, quantile {base.search.early_stopping.quantile}, "
         f"min_dominators {base.search.early_stopping.min_dominators}, keep "
         f"{base.search.early_stopping.keep:.3g}); MOASHA max_t {train.epochs}, "

@@ -32,8 +32,8 @@ Methods (`--methods`, all by default):
     optuna-default      optuna.create_study's default multi-objective sampler, no stopping
     nsga2               Optuna's NSGAIISampler with its defaults, no stopping
     random              Optuna's RandomSampler, no stopping
-    moasha              Syne Tune's MOASHA as shipped (grace period and reduction factor
-                        matched to kdsearch's rungs)
+    moasha              Syne Tune's MOASHA as shipped (grace period 1, reduction factor 3:
+                        its defaults, and kdsearch's rungs 1, 3, 9 under a constant rate)
     moasha-ranks        MOASHA with the non-dominated ranks read in their intended order
     morea               Syne Tune's multi-objective regularized evolution (single fidelity)
     PEER+plan           any peer given kdsearch's start-up students first (an ablation)
