@@ -276,14 +276,16 @@ def _planned(spec: StudySpec, seed: int) -> list[dict]:
 
 
 def kdsearch_method(spec: StudySpec, seed: int, search: dict | None = None,
-                    early: dict | None = None) -> OptunaMethod:
-    """kdsearch with `search` and `early` (early stopping) settings changed from as shipped."""
+                    early: dict | None = None, stop: bool = True,
+                    method: type[OptunaMethod] = OptunaMethod) -> OptunaMethod:
+    """kdsearch with `search` and `early` (early stopping) settings changed from as shipped
+    (simulate_variants.py passes no stopping, or its own `method`)."""
     from kdsearch.study.runner import make_sampler
 
     s = spec.search.model_copy(update=search or {})
     s = s.model_copy(update={"early_stopping": s.early_stopping.model_copy(update=early or {})})
     spec = spec.model_copy(update={"seed": seed, "search": s})
-    return OptunaMethod(spec, make_sampler(spec, 0, _planned(spec, seed)), stop=True)
+    return method(spec, make_sampler(spec, 0, _planned(spec, seed)), stop=stop)
 
 
 def optuna_method(spec: StudySpec, name: str, seed: int, plan: bool) -> OptunaMethod:

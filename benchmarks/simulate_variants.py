@@ -24,8 +24,6 @@ sys.path.insert(0, str(BENCH))
 import simulate as S  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from kdsearch.study.runner import make_sampler  # noqa: E402
-
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # name: (early_stopping overrides, search overrides, stop)
@@ -76,20 +74,19 @@ class DedupeMethod(S.OptunaMethod):
             else:
                 self.study.tell(trial, state=TrialState.PRUNED)
         return super().ask()
+
+
 PEERS = ("nsga2", "optuna-default", "morea")  # morea needs Syne Tune (the bench extra)
 
 
 def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
     """A variant of kdsearch as shipped when these were run (until 2026-12-06: the start-up's
     knobs drawn, judged at epochs 1, 3 and 9), so that their outputs stay reproducible."""
-    dedupe = name.endswith(DEDUPE)
     early, search, stop = VARIANTS[name.removesuffix(DEDUPE)]
-    s = spec.search.model_copy(update={"startup": "spread", "startup_recipe": "drawn", **search})
-    s = s.model_copy(update={"early_stopping": s.early_stopping.model_copy(
-        update={"rungs": [1, 3, 9], **early})})
-    spec = spec.model_copy(update={"seed": seed, "search": s})
-    method = DedupeMethod if dedupe else S.OptunaMethod
-    return method(spec, make_sampler(spec, 0, S._planned(spec, seed)), stop=stop)
+    return S.kdsearch_method(
+        spec, seed, {"startup": "spread", "startup_recipe": "drawn", **search},
+        {"rungs": [1, 3, 9], **early}, stop=stop,
+        method=DedupeMethod if name.endswith(DEDUPE) else S.OptunaMethod)
 
 
 def main(argv: list[str] | None = None) -> int:
