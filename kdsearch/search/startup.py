@@ -137,11 +137,14 @@ def plan(spec: StudySpec, input_shape: tuple[int, int, int], num_classes: int,
     if spec.search.sampler != "tpe" or spec.search.startup != "spread":
         return []
     n = min(startup_trials(spec), spec.search.n_trials)  # never more than the study asks for
-    picked = spread(draws(spec, input_shape, num_classes, n * DRAWS_PER_PICK, seed), n)
+    drawn = draws(spec, input_shape, num_classes, n * DRAWS_PER_PICK, seed)
     if spec.search.startup_recipe == "centre":  # a knob the study does not search stays unset
+        # Centred before the spread, which keeps distinct points only: two draws of one shape
+        # that differ only in these knobs are one student once centred, and the plan would
+        # otherwise train it twice (a discrete space, docs/PERFORMANCE.md section 5's table).
         fixed = recipe_centre(spec)
-        picked = [(c, {**p, **{k: v for k, v in fixed.items() if k in p}}) for c, p in picked]
-    return picked
+        drawn = [(c, {**p, **{k: v for k, v in fixed.items() if k in p}}) for c, p in drawn]
+    return spread(drawn, n)
 
 
 def _searched(trial: FrozenTrial) -> bool:

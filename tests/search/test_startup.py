@@ -174,3 +174,18 @@ def test_the_plan_is_at_the_centre_unless_the_study_file_says_drawn(tmp_path):
     # Optuna's own start-up plans nothing, so the default does not conflict with it
     assert parse_study(tiny_study_text() + '\nstartup = "random"\n',
                        tmp_path / "r.toml").search.startup == "random"
+
+
+def test_a_centred_plan_never_holds_one_student_twice(tmp_path):
+    # 8 shapes (depth 1-2, width 4/8, kernel 3/5) and a plan of 10: drawn, a shape may come
+    # twice at two recipes; centred, the two would be one student trained twice, so the plan
+    # holds each shape once and is shorter than asked
+    spec = parse_study(tiny_study_text(n_trials=30, search="n_trials = 30"), tmp_path / "t.toml")
+    assert startup.startup_trials(spec) == 10
+    for seed in range(5):
+        planned = startup.plan(spec, (1, 8, 8), 3, seed=seed)
+        points = [repr(sorted(p.items())) for _, p in planned]
+        assert len(points) == len(set(points)) == 8
+        search = spec.search.model_copy(update={"startup_recipe": "drawn"})
+        drawn = startup.plan(spec.model_copy(update={"search": search}), (1, 8, 8), 3, seed=seed)
+        assert len(drawn) == 10  # distinct only through T and alpha
