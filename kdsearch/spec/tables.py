@@ -223,15 +223,6 @@ class TeacherFileSpec(Frozen):
                           repr(self.format), "format")
         return self
 
-    def describe(self) -> str:
-        """'onnx teacher.onnx', 'torchvision resnet18 w.pt': how reports name the teacher."""
-        flip = ", flip-averaged" if self.flip_average else ""
-        if self.torchvision is not None:
-            return f"torchvision {self.torchvision} {Path(str(self.weights)).name}{flip}"
-        path = Path(str(self.file))
-        kind = self.format or {".onnx": "onnx", ".pt2": "export"}.get(path.suffix.lower(), "file")
-        return f"{kind} {path.name}{flip}"
-
 
 class StudentSpec(Frozen):
     space: StudentSpace

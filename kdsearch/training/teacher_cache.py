@@ -132,10 +132,8 @@ def _file_teacher(runner: FileTeacher, plan: TeacherPlan, data: Dataset, key: st
         return float((logits[split].argmax(1) == data.split(split).y).float().mean())
 
     params, note = _file_params(runner)
-    kind = runner.format if runner.format != "torchvision" else f"torchvision {runner.file.torchvision}"
-    flip = ", flip-averaged" if runner.file.flip_average else ""
     record = TeacherRecord(
-        key=key, arch={}, description=f"{kind} {runner.file.path.name}{flip}", params=params, macs=0,
+        key=key, arch={}, description=runner.file.describe(runner.format), params=params, macs=0,
         val_accuracy=acc("val"), test_accuracy=acc("test"),
         train_seconds=round(time.perf_counter() - start, 2), epochs=0,
         dataset=data.name, data_identity=data.identity, input_shape=data.input_shape,

@@ -119,6 +119,12 @@ class TeacherFile:
             **extra,
         }
 
+    def describe(self, fmt: str) -> str:
+        """'onnx t.onnx', 'torchvision resnet18 w.pt, flip-averaged': how the teacher's record
+        and the reports name it; `fmt` is the format as loaded (a suffix can be silent)."""
+        kind = f"torchvision {self.torchvision}" if self.torchvision is not None else fmt
+        return f"{kind} {self.path.name}{', flip-averaged' if self.flip_average else ''}"
+
 
 def file_digest(path: Path) -> str:
     """sha256 of the file's content, read in 1 MiB chunks so a large teacher is never held whole."""

@@ -326,11 +326,12 @@ def test_a_flip_averaged_teacher_file_is_measured_and_cached_apart(tmp_path):
     text = (tmp_path / "s.toml").read_text().replace('file = "t.pt"',
                                                     'file = "t.pt"\nflip_average = true')
     flipped = parse_study(text, tmp_path / "s.toml")
-    assert flipped.teacher_file.describe() == "file t.pt, flip-averaged"
     cache, logs = tmp_path / "cache", []
     plain = _get(spec, data, cache, log=logs.append)
     teacher = _get(flipped, data, cache, log=logs.append)
     assert not teacher.reused and teacher.record.key != plain.record.key
+    assert (plain.record.description, teacher.record.description) == (
+        "torchscript t.pt", "torchscript t.pt, flip-averaged")
     x = data.val.x.float() / 255.0 - 0.5
     with torch.no_grad():
         want = (net(x) + net(torch.flip(x, dims=(3,)))) / 2
