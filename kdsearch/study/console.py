@@ -100,9 +100,12 @@ def trial_share(epoch: int, done_batches: int, per_epoch: int, images: Sequence[
 
 
 def run_estimate(durations: dict[TrialState, list[float]], remaining: int,
-                 running_fraction: float | None = None) -> float | None:
+                 running_fraction: float | None = None,
+                 clock_left: float | None = None) -> float | None:
     """Seconds until `remaining` more trials finish (one of them running, `running_fraction`
-    done), or None before any trial has completed.
+    done), or None before any trial has completed; with a timeout (`clock_left` seconds of it
+    left) no trial starts after it, so the run ends by the later of the clock and the running
+    trial's end, however many trials the target still asks for.
 
     Complete and pruned trials are averaged apart and mixed in the proportion seen so far: a
     trial pruned before training takes 0.4 s against minutes for a complete one, so one mean
@@ -116,9 +119,9 @@ def run_estimate(durations: dict[TrialState, list[float]], remaining: int,
     mean_pruned = sum(pruned) / len(pruned) if pruned else 0.0
     share = len(pruned) / (len(pruned) + len(complete))
     per_trial = (1 - share) * mean_complete + share * mean_pruned
-    if running_fraction is None:
-        return remaining * per_trial
-    return (remaining - 1) * per_trial + (1 - running_fraction) * mean_complete
+    running = 0.0 if running_fraction is None else (1 - running_fraction) * mean_complete
+    total = (remaining - (running_fraction is not None)) * per_trial + running
+    return total if clock_left is None else min(total, max(clock_left, running))
 
 
 def trial_seconds(t: FrozenTrial) -> float | None:

@@ -245,8 +245,9 @@ def _run(spec: StudySpec, opts: Options, log: Callable[[str], None],
         if current["number"] is not None:
             parts.append(f"trial {current['number']}: epoch {current['epoch']}/{epochs} "
                          f"{current['fraction']:.0%}")
+        clock_left = None if opts.timeout is None else opts.timeout - (time.monotonic() - start)
         eta = run_estimate(durations, left, current["fraction"]
-                           if current["number"] is not None else None)
+                           if current["number"] is not None else None, clock_left)
         if eta is not None and left > 0:
             parts.append(f"run ~{duration(eta)} left")
         bar.set_postfix_str(", ".join(parts))

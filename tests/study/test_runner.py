@@ -154,7 +154,7 @@ def test_a_trials_share_done_counts_images_so_cheap_early_epochs_count_less():
 
 
 def test_run_estimate_averages_complete_and_pruned_trials_apart():
-    from kdsearch.study.runner import run_estimate
+    from kdsearch.study.console import run_estimate
 
     C, P = TrialState.COMPLETE, TrialState.PRUNED
     assert run_estimate({C: [], P: [0.4]}, 5) is None  # nothing complete: no honest guess
@@ -166,6 +166,11 @@ def test_run_estimate_averages_complete_and_pruned_trials_apart():
     assert run_estimate(seen, 4, running_fraction=0.3) == pytest.approx(3 * 5.2 + 7.0)
     # more pruned trials seen -> a shorter estimate, whatever order they came in
     assert run_estimate({C: [10.0], P: [0.4] * 3}, 4) < run_estimate(seen, 4)
+    # a timeout ends the run first: by its clock, or by the running trial's end if later
+    assert run_estimate(seen, 10**6, 0.3, clock_left=60.0) == pytest.approx(60.0)
+    assert run_estimate(seen, 10**6, 0.3, clock_left=2.0) == pytest.approx(7.0)
+    assert run_estimate(seen, 10**6, None, clock_left=-5.0) == 0.0
+    assert run_estimate(seen, 4, 0.3, clock_left=3600.0) == pytest.approx(3 * 5.2 + 7.0)
 
 
 @pytest.mark.slow
