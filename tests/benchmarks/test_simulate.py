@@ -219,3 +219,31 @@ def test_the_real_check_runs_the_tables_study_and_scores_its_trials_as_a_replay(
     assert [(f.seconds, f.complete, f.n_params, f.val, f.test, f.epochs) for f in run.finished] \
         == [(50, True, 5_000, 0.6, 0.58, 2), (70, False, 9_000, 0.2, 0.0, 1)]
     assert run.finished[0].params == {"i": 0} and (run.budget, run.workers) == (100, 1)
+
+
+def test_the_spot_check_compares_real_trials_with_the_tables_rows(sim):
+    simulate, table, _ = sim
+    check = benchmark_module("real_check")
+    a, b, c = table.rows[:3]
+    full = len(a.val)
+    took_a = sum(a.seconds) + a.test_seconds
+    run = simulate.Run("kdsearch", 0, 1e9, 1, finished=[
+        simulate.Finished(2 * took_a, True, a.n_params, a.val[-1] + 0.02, a.test[-1] - 0.01,
+                          full, a.params),
+        simulate.Finished(2 * took_a + sum(b.seconds[:2]), False, b.n_params, b.val[1], 0.0,
+                          2, b.params),  # stopped: compared at its epoch, no test
+        simulate.Finished(3 * took_a, True, c.n_params, c.val[-1], c.test[-1], full, c.params)])
+    lines: list[str] = []
+    got = check.spot_check([run], table, out=lines.append)
+    assert (got["trials"], got["complete"]) == (3, 2)
+    assert got["val_mean_diff"] == pytest.approx(0.02 / 3)
+    assert got["test_mean_diff"] == pytest.approx(-0.005)
+    assert got["test_mean_abs_diff"] == pytest.approx(0.005)
+    table_s = took_a + sum(b.seconds[:2]) + sum(c.seconds) + c.test_seconds
+    assert got["seconds_real_over_table"] == pytest.approx(3 * took_a / table_s)
+    assert len(lines) == 5 and lines[-1].startswith("3 trials (2 complete)")
+    outside = simulate.Run("nsga2", 0, 1e9, 1, finished=[simulate.Finished(
+        1.0, True, 1, 0.5, 0.5, full, {"not": "in the table"})])
+    with pytest.raises(SystemExit, match="nsga2-0: a trial outside the table"):
+        check.spot_check([outside], table, out=lines.append)
+    assert check.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
