@@ -57,10 +57,12 @@ def test_kdsearch_asks_its_start_up_at_the_centre_of_t_and_alpha_and_drawn_does_
     drawn, centred = ([m.ask()[1] for _ in range(3)] for m in (
         simulate.make_method(name, spec, table, 7) for name in ("kdsearch-drawn", "kdsearch")))
     knobs = ("temperature", "alpha")
-    for mine, theirs in zip(centred, drawn, strict=True):
+    for mine in centred:
         assert (mine["temperature"], mine["alpha"]) == (4.0, 0.5)  # of {2, 4, 8} and {.5, .9}
-        assert {k: v for k, v in mine.items() if k not in knobs} == \
-            {k: v for k, v in theirs.items() if k not in knobs}  # the same shapes, in order
+    # centred before the spread: on this grid a drawn plan's shapes may repeat (at two
+    # recipes), the centred plan's never do, so its shapes need not follow the drawn ones
+    shapes = [tuple(sorted((k, v) for k, v in p.items() if k not in knobs)) for p in centred]
+    assert len(set(shapes)) == len(shapes)
     assert len({(p["temperature"], p["alpha"]) for p in drawn}) > 1
 
 

@@ -117,9 +117,10 @@ def test_signal_stops_at_epoch_boundary_and_resume_finishes(sig, code, tmp_path)
     trials = optuna.load_study(study_name="tiny", storage=url).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs["stopped_reason"] == f"interrupted by {sig.name}"
-    # At the boundary of the epoch the signal fell in (one more if an epoch ended while the
-    # signal travelled), not at the end of the trial's 400 epochs.
-    assert 1 <= len(trials[0].user_attrs["val_curve"]) <= epochs_before + 2
+    # At the boundary of an epoch soon after the signal, not at the end of the trial's 400
+    # epochs: an epoch here takes milliseconds, so on a busy machine a few more end between
+    # the storage read above and the signal's arrival (22 against 19 read, in one CI run).
+    assert 1 <= len(trials[0].user_attrs["val_curve"]) <= min(epochs_before + 50, 399)
     if sig == signal.SIGTERM:  # resuming runs the queued retry with the same parameters
         again = _run(study, url, tmp_path / "cache")
         out, err = again.communicate(timeout=HANG_GUARD)
