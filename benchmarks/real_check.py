@@ -2,13 +2,13 @@
 workload, in wall time, scored by the simulator's panel.
 
     python benchmarks/real_check.py --table docs/results/table_cifar_resnet.json \\
-        --method kdsearch --seed 0 --budget 4078 --data-dir ../shared/data/cifar10-jpeg \\
+        --method kdsearch --seed 0 --budget 3000 --data-dir ../shared/data/cifar10-jpeg \\
         --out out/real_check/kdsearch-0
     python benchmarks/real_check.py --table docs/results/table_cifar_resnet.json \\
-        --method nsga2 --seed 0 --budget 4078 --data-dir ../shared/data/cifar10-jpeg \\
+        --method nsga2 --seed 0 --budget 3000 --data-dir ../shared/data/cifar10-jpeg \\
         --out out/real_check/nsga2-0
     python benchmarks/simulate.py --report out/real_check/*/runs.json.gz
-    python benchmarks/real_check.py --table docs/results/table_cifar_resnet.json \
+    python benchmarks/real_check.py --table docs/results/table_cifar_resnet.json \\
         --spot-check out/real_check/*/runs.json.gz
 
 Each run is a real `run_study` of the table's grid study file (the same space, data, teacher
