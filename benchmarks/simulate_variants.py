@@ -14,6 +14,7 @@ simulate.py.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -76,17 +77,42 @@ class DedupeMethod(S.OptunaMethod):
         return super().ask()
 
 
+# NAME+tpe-KNOB: TPE's own exploration settings changed (simulated only): prior-3 weighs the
+# uniform prior as three trials (Optuna: one), cands-8 picks from 8 candidates (24), random-10
+# draws 10 students at random after the planned start-up, gamma-0.25 models the best quarter
+# of the trials as good (a tenth).
+TPE_KNOBS: dict[str, dict] = {
+    "prior-3": {"prior_weight": 3.0},
+    "cands-8": {"n_ei_candidates": 8},
+    "random-10": {"extra_startup": 10},
+    "gamma-0.25": {"gamma": lambda n: min(math.ceil(0.25 * n), 25)},
+}
+
+
+def split_name(name: str) -> tuple[str, bool, dict]:
+    """A variant's name -> (its VARIANTS entry, dedupe, TPE settings)."""
+    parts = name.split("+")
+    tpe: dict = {}
+    while parts and parts[-1].startswith("tpe-") and parts[-1][4:] in TPE_KNOBS:
+        tpe.update(TPE_KNOBS[parts.pop()[4:]])
+    dedupe = bool(parts) and parts[-1] == DEDUPE[1:]
+    if dedupe:
+        parts.pop()
+    return "+".join(parts), dedupe, tpe
+
+
 PEERS = ("nsga2", "optuna-default", "morea")  # morea needs Syne Tune (the bench extra)
 
 
 def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
     """A variant of kdsearch as shipped when these were run (until 2026-12-06: the start-up's
     knobs drawn, judged at epochs 1, 3 and 9), so that their outputs stay reproducible."""
-    early, search, stop = VARIANTS[name.removesuffix(DEDUPE)]
+    base, dedupe, tpe = split_name(name)
+    early, search, stop = VARIANTS[base]
     return S.kdsearch_method(
         spec, seed, {"startup": "spread", "startup_recipe": "drawn", **search},
         {"rungs": [1, 3, 9], **early}, stop=stop,
-        method=DedupeMethod if name.endswith(DEDUPE) else S.OptunaMethod)
+        method=DedupeMethod if dedupe else S.OptunaMethod, tpe=tpe)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     first, last = (int(x) for x in args.seeds.split("-"))
     names = [n for n in args.variants.split(",") if n]
-    unknown = {n.removesuffix(DEDUPE) for n in names} - set(VARIANTS)
+    unknown = {split_name(n)[0] for n in names} - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     table = S.load_table(args.table)
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in args.peers.split(",") if p]
 
     def make(name, spec, table, seed):
-        return (variant_method(spec, name, seed) if name.removesuffix(DEDUPE) in VARIANTS
+        return (variant_method(spec, name, seed) if split_name(name)[0] in VARIANTS
                 else S.make_method(name, spec, table, seed))
 
     metrics: dict[str, list[dict[str, float]]] = {}

@@ -112,6 +112,11 @@ def test_paired_ratio_interval_and_the_closing_line(sim):
     name = lines[-1].split()[0].split("=")[1]
     assert name in simulate.METRICS
     assert not math.isnan(summary["ratios"]["hv_log"]["ratio"])
+    # no method's front dominates more than the whole table's: the ceiling bounds the ratio
+    for metric in ("hv_log", "hv_linear"):
+        ratios = summary["ratios"][metric]
+        assert ratios["ceiling"]["ratio"] >= ratios["ratio"] - 1e-9
+    assert "ceiling" not in summary["ratios"]["time_to_95"]
 
 
 def test_runs_split_over_processes_report_together_and_never_twice(sim, tmp_path):
@@ -146,6 +151,10 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     assert shipped.startup_recipe == "drawn" and shipped.early_stopping.rungs == [1, 3, 9]
     twin = variants.variant_method(spec, "rung-6+centre+dedupe", 3)
     assert isinstance(twin, variants.DedupeMethod) and twin.spec.search.early_stopping.rungs == [6]
+    wide = variants.variant_method(spec, "rung-6+centre+dedupe+tpe-prior-3+tpe-random-10", 3)
+    assert isinstance(wide, variants.DedupeMethod)
+    assert variants.split_name("rung-6+centre+dedupe+tpe-prior-3+tpe-random-10") == (
+        "rung-6+centre", True, {"prior_weight": 3.0, "extra_startup": 10})
     path = tmp_path / "table.json"
     record = benchmark_module("record_table")
     assert record.main([str(GRID), "--synthetic", "--out", str(path)]) == 0
