@@ -27,7 +27,8 @@ def band(n_params: int) -> int:
 
 
 def banded_tau(rows: list[dict], early: list[float], final: list[float]) -> tuple[float, int]:
-    """Kendall's tau-a over pairs in the same band; ties count as neither. (tau, pairs)."""
+    """Kendall's tau over the untied pairs in the same band: (concordant - discordant) over
+    the pairs that are one or the other (a tied pair counts in neither). (tau, those pairs)."""
     concordant = discordant = 0
     for i in range(len(rows)):
         for j in range(i + 1, len(rows)):

@@ -98,7 +98,7 @@ def spot_check(runs: list[S.Run], table: S.Table, out=print) -> dict[str, float]
     for run in runs:
         before = 0.0
         for f in sorted(run.finished, key=lambda f: f.seconds):
-            row = index.get(S._key(f.params))
+            row = index.get(S.point_key(f.params))
             took, before = f.seconds - before, f.seconds
             if row is None:
                 raise SystemExit(f"{run.method}-{run.seed}: a trial outside the table: {f.params}")

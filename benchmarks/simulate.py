@@ -118,13 +118,14 @@ class Table:
     meta: dict = field(default_factory=dict)
 
     def index(self) -> dict[tuple, Row]:
-        return {_key(r.params): r for r in self.rows}
+        return {point_key(r.params): r for r in self.rows}
 
     def mean_trial_seconds(self) -> float:
         return statistics.fmean(sum(r.seconds) + r.test_seconds for r in self.rows)
 
 
-def _key(params: dict[str, Any]) -> tuple:
+def point_key(params: dict[str, Any]) -> tuple:
+    """A point's params as a table key: order-free, and an int knob equal to its float."""
     return tuple(sorted((k, float(v) if isinstance(v, int | float) and not isinstance(v, bool)
                          else v) for k, v in params.items()))
 
@@ -197,7 +198,7 @@ def replay(method: Method, table: Table, budget: float, workers: int, run: Run) 
     def start(worker: int, now: float) -> None:
         nonlocal order
         handle, params = method.ask()
-        row = index.get(_key(params))
+        row = index.get(point_key(params))
         if row is None:
             raise KeyError(f"{run.method} asked for a point the table does not hold: {params}")
         order += 1
@@ -361,7 +362,7 @@ class SyneMethod(Method):
             self.scheduler.on_trial_remove(trial)
 
     def _n_params(self, trial: Any) -> int:
-        return self.rows[_key(trial.kd_params)].n_params
+        return self.rows[point_key(trial.kd_params)].n_params
 
 
 def syne_method(spec: StudySpec, table: Table, name: str, seed: int, plan: bool) -> SyneMethod:
@@ -658,7 +659,7 @@ def repeated(run: Run) -> float:
     seen: set[tuple] = set()
     repeats = 0
     for f in sorted(run.finished, key=lambda f: f.seconds):
-        key = _key(f.params)
+        key = point_key(f.params)
         repeats += key in seen
         seen.add(key)
     return repeats / len(run.finished) if run.finished else 0.0

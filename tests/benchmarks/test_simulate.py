@@ -44,7 +44,7 @@ def test_replay_asks_only_table_points_and_keeps_the_budget(sim, method):
     index = table.index()
     assert run.finished, "no trial ended within three mean trial times on two workers"
     for f in run.finished:
-        row = index[simulate._key(f.params)]
+        row = index[simulate.point_key(f.params)]
         assert f.seconds <= budget
         assert f.val == row.val[f.epochs - 1] and f.n_params == row.n_params
         # a trial's end is at least the sum of its epochs' recorded seconds
