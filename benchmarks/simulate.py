@@ -77,7 +77,6 @@ from kdsearch.search.early_stopping import judged_rungs, make_stopper  # noqa: E
 from kdsearch.search.space import suggest_recipe, suggest_student  # noqa: E402
 from kdsearch.sizes import arch_params  # noqa: E402
 from kdsearch.spec import StudySpec, load_study  # noqa: E402
-from kdsearch.study.sampler import sampler_seed  # noqa: E402
 
 PEERS = ("optuna-default", "nsga2", "random", "moasha", "moasha-ranks", "morea")
 # kdsearch's arms: changes to the search section and its early stopping, from as shipped
@@ -289,15 +288,10 @@ def kdsearch_method(spec: StudySpec, seed: int, search: dict | None = None,
     s = spec.search.model_copy(update=search or {})
     s = s.model_copy(update={"early_stopping": s.early_stopping.model_copy(update=early or {})})
     spec = spec.model_copy(update={"seed": seed, "search": s})
-    sampler = make_sampler(spec, 0, _planned(spec, seed))
-    if tpe:
-        from kdsearch.search.tpe import KDSearchTPESampler
-
-        knobs = dict(tpe)
-        n_startup = startup.startup_trials(spec) + knobs.pop("extra_startup", 0)
-        sampler = KDSearchTPESampler(seed=sampler_seed(spec, 0), multivariate=True, group=True,
-                                     constant_liar=True, n_startup_trials=n_startup,
-                                     startup=_planned(spec, seed), **knobs)
+    knobs = dict(tpe or {})
+    if "extra_startup" in knobs:  # random draws after the plan, before TPE models the study
+        knobs["n_startup_trials"] = startup.startup_trials(spec) + knobs.pop("extra_startup")
+    sampler = make_sampler(spec, 0, _planned(spec, seed), tpe=knobs)
     return method(spec, sampler, stop=stop)
 
 
@@ -623,17 +617,15 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
             break
         best = (max if higher else min)(peers, key=mean_of)
         common = sorted(set(ours) & set(by_method[best]))
-        ratio, low, high = paired_ratio([ours[s][metric] for s in common],
-                                        [by_method[best][s][metric] for s in common], higher)
+        theirs = [by_method[best][s][metric] for s in common]
+        ratio, low, high = paired_ratio([ours[s][metric] for s in common], theirs, higher)
         summary["ratios"][metric] = {"peer": best, "ratio": ratio, "ci_low": low, "ci_high": high}
         line = f"  {metric:<12} vs {best:<16} ratio {ratio:.3f}  [{low:.3f}, {high:.3f}]"
         if metric in top:
             # the ceiling: a method that scored the table's best on every seed, against the
             # same peer. Where its interval reaches 1, no method that selects on validation can
             # be shown ahead of that peer on this metric, however it searches.
-            c_ratio, c_low, c_high = paired_ratio([top[metric]] * len(common),
-                                                  [by_method[best][s][metric] for s in common],
-                                                  higher)
+            c_ratio, c_low, c_high = paired_ratio([top[metric]] * len(common), theirs, higher)
             summary["ratios"][metric]["ceiling"] = {"ratio": c_ratio, "ci_low": c_low,
                                                     "ci_high": c_high}
             line += f"   ceiling {c_ratio:.4f} [{c_low:.4f}, {c_high:.4f}]"

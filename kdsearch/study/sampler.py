@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 
@@ -28,10 +29,12 @@ def sampler_seed(spec: StudySpec, stream: int) -> int:
     return (spec.seed + STREAM_STRIDE * stream) % 2**32
 
 
-def make_sampler(spec: StudySpec, stream: int,
-                 planned: Sequence[dict] = ()) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, stream: int, planned: Sequence[dict] = (),
+                 tpe: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
     """The study file's sampler, seeded for one of the study's sampler streams; TPE's first
-    trials take the `planned` start-up students (search/startup.py).
+    trials take the `planned` start-up students (search/startup.py). `tpe` overrides TPE's own
+    arguments (`TPESampler`'s names), for the benchmarks' variants of kdsearch; no study file
+    sets them.
 
     Every process that joins a study draws the next stream number from a counter in the
     database (`create_study`), so workers started separately as identical commands (what
@@ -42,6 +45,8 @@ def make_sampler(spec: StudySpec, stream: int,
     reproducible, but which worker of a concurrent start gets which stream is a race.
     """
     seed = sampler_seed(spec, stream)
+    if tpe and spec.search.sampler != "tpe":
+        raise ValueError(f"TPE arguments {sorted(tpe)} given for sampler {spec.search.sampler!r}")
     if spec.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(
             seed=seed, population_size=max(8, min(50, spec.search.n_trials // 4)))
@@ -57,5 +62,7 @@ def make_sampler(spec: StudySpec, stream: int,
     # of cost and never sees stored curves (search/tpe.py).
     from kdsearch.search.tpe import KDSearchTPESampler
 
-    return KDSearchTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                              n_startup_trials=startup.startup_trials(spec), startup=planned)
+    return KDSearchTPESampler(**{"seed": seed, "multivariate": True, "group": True,
+                                 "constant_liar": True,
+                                 "n_startup_trials": startup.startup_trials(spec),
+                                 "startup": planned, **(tpe or {})})

@@ -80,3 +80,29 @@ def test_tpe_models_a_family_s_knobs_jointly(shipped, tmp_path):
     assert "family" in modelled
     assert ({"resnet.width", "resnet.blocks", "mobilenet.width", "mobilenet.blocks"}
             <= set(modelled)) is shipped
+
+
+def test_make_sampler_takes_tpe_arguments_for_tpe_only(tmp_path):
+    """The benchmarks' variants change TPE's own arguments through `make_sampler`'s `tpe`:
+    they reach the sampler (without groups the family's knobs are not modelled), and a study
+    whose sampler is not TPE refuses them rather than dropping them."""
+    from kdsearch.spec import parse_study
+    from kdsearch.study.runner import make_sampler
+    from tests.helpers import tiny_study_text
+
+    spec = parse_study(tiny_study_text(), tmp_path / "tiny.toml")
+    sampler = make_sampler(spec, 0, tpe={"group": False})
+    study = _study(sampler)
+
+    def objective(trial):
+        family = trial.suggest_categorical("family", ["resnet", "mobilenet"])
+        width = trial.suggest_int(f"{family}.width", 4, 64, log=True)
+        return width / 64, width * width
+
+    study.optimize(objective, n_trials=12)
+    trial = study.ask()
+    modelled = sampler.infer_relative_search_space(study, study.trials[trial.number])
+    assert "family" in modelled and "resnet.width" not in modelled
+    nsga = spec.model_copy(update={"search": spec.search.model_copy(update={"sampler": "nsga2"})})
+    with pytest.raises(ValueError, match="TPE arguments"):
+        make_sampler(nsga, 0, tpe={"group": False})
