@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                    device="cpu", threads=args.threads, offline=True)
     study = run_study(spec, opts, log=print)
     run = as_run(study, args.method, args.seed, args.budget)
-    S.save_runs([run], args.out / "runs.json.gz", args.table)
+    S.save_runs([run], args.out / "runs.json.gz", [args.table])
     print(f"{args.method} seed {args.seed}: {len(run.finished)} trials ended within "
           f"{args.budget:,.0f} s, {sum(f.complete for f in run.finished)} complete")
     return 0

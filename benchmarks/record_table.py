@@ -16,6 +16,12 @@ share a grid. The table is written after every point, so what is done is never l
 already in `--out` count as done, so a committed table goes on growing on another machine
 whose storage is new.
 
+`--replicate K` trains the same grid again from another seed (`student_seed(seed, K)`: weights
+and batch order; the data, its split and the teacher's views stay the same), into its own
+table: one training run is a draw with about a point of noise (real_check's spot-check), more
+than the gaps between the best students, so a replay that samples one replicate per point and
+seed (`simulate.py --table A --table B`) stops rewarding a search for one frozen draw.
+
 The grid is the study file's whole student space: every knob must be a fixed value or a list of
 choices, and the points are enumerated by walking `suggest_student` through every branch (a
 family's knobs only where that family is chosen), so the simulator's methods, which suggest
@@ -198,6 +204,8 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
                      "train_images": len(data.train), "val_images": len(data.val),
                      "test_images": len(data.test), "device": str(device),
                      "threads": args.threads, "torch": torch.__version__,
+                     "replicate": args.replicate,
+                     "seed": student_seed(spec.seed, args.replicate),
                      "command": " ".join(sys.argv)})
 
     done = set(finished()) | set(kept)
@@ -209,7 +217,7 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
         trial = study.ask()
         choice = suggest_student(trial, spec.student.space, data.input_shape)
         recipe = suggest_recipe(trial, spec.student.train)
-        seed = student_seed(spec.seed, 0)
+        seed = student_seed(spec.seed, args.replicate)
         torch.manual_seed(seed)
         model = build_model(choice.arch, data.input_shape, data.num_classes, data.mean, data.std)
         val, test, seconds, test_seconds = [], [], [], []
@@ -262,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shard", default="0/1", help="i/n: train every n-th point from the i-th")
+    ap.add_argument("--replicate", type=int, default=0,
+                    help="train from student_seed(seed, K) instead of K = 0: another draw of "
+                         "the same grid, for its own --out and --storage")
     ap.add_argument("--early", metavar="FRACTION:EPOCHS",
                     help="train the first EPOCHS epochs on a FRACTION of the images "
                          "([student.train] early_fraction, early_epochs), for rank_fidelity.py")
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.early:
         spec = with_early_plan(spec, args.early)
     if args.synthetic:
-        write_table(args.out, args.study, synthetic_rows(spec), 269_722,
+        write_table(args.out, args.study, synthetic_rows(spec, seed=args.replicate), 269_722,
                     spec.student.train.epochs, {"synthetic": True})
         print(f"wrote {args.out}: {len(grid_points(spec))} made-up points")
         return 0

@@ -38,6 +38,14 @@ Methods (`--methods`, all by default):
     morea               Syne Tune's multi-objective regularized evolution (single fidelity)
     PEER+plan           any peer given kdsearch's start-up students first (an ablation)
 
+Replicates: `--table A --table B` names tables of the same grid trained from different seeds
+(record_table.py --replicate). Each seed replays its own draw of them: every point's numbers
+from one replicate, drawn from the seed (`realise`; NAS-Bench-201 answers a query with one of
+its training seeds the same way), the same for every method at that seed, so comparisons stay
+paired. One training run is a draw with about a point of noise, more than the gaps between the
+best students; with one table that draw is frozen, and every seed rewards the search that
+happens to land on its lucky points alike.
+
 The metric panel (docs/PERFORMANCE.md, "Search benchmark") is defined in `panel`; each run's
 finished trials are kept in the output's runs.json.gz, from which `--report runs.json.gz`
 recomputes every number (`--report a/runs.json.gz b/runs.json.gz` when the methods were split
@@ -55,11 +63,12 @@ import io
 import json
 import logging
 import math
+import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +144,35 @@ def load_table(path: Path) -> Table:
                      val=tuple(r["val"]), test=tuple(r["test"]), seconds=tuple(r["seconds"]),
                      test_seconds=r["test_seconds"]) for r in raw["rows"])
     return Table(rows, raw["study"], raw["teacher_params"], raw["epochs"], raw.get("meta", {}))
+
+
+def load_tables(paths: Sequence[Path]) -> list[Table]:
+    """Replicates of one grid: the same points, epochs, study file and teacher, or an error."""
+    tables = [load_table(p) for p in paths]
+    first = tables[0]
+    for path, other in zip(paths[1:], tables[1:], strict=True):
+        if (set(other.index()) != set(first.index()) or other.epochs != first.epochs
+                or other.teacher_params != first.teacher_params
+                or Path(other.study).name != Path(first.study).name):
+            raise SystemExit(f"simulate: {path} is not a replicate of {paths[0]} (another grid, "
+                             "epochs or teacher, or points missing)")
+    return tables
+
+
+def realise(tables: Sequence[Table], seed: int) -> Table:
+    """The table seed `seed` replays: each point's row from one replicate, drawn from the seed."""
+    if len(tables) == 1:
+        return tables[0]
+    rng = random.Random(seed)
+    indexes = [t.index() for t in tables]
+    rows = tuple(indexes[rng.randrange(len(tables))][point_key(r.params)]
+                 for r in tables[0].rows)
+    return replace(tables[0], rows=rows)
+
+
+def budget_seconds(tables: Sequence[Table], trials: float, workers: int) -> float:
+    """`trials` mean full-trial times over the workers; the mean is over every replicate."""
+    return trials * statistics.fmean(t.mean_trial_seconds() for t in tables) / workers
 
 
 def table_spec(table: Table, table_path: Path) -> StudySpec:
@@ -554,14 +592,17 @@ def _quiet():
         yield
 
 
-def simulate(table: Table, spec: StudySpec, methods: Sequence[str], seeds: Sequence[int],
-             budget: float, workers: int, progress: Callable[[str], None] = print,
+def simulate(tables: Sequence[Table], spec: StudySpec, methods: Sequence[str],
+             seeds: Sequence[int], budget: float, workers: int,
+             progress: Callable[[str], None] = print,
              make: Callable[[str, StudySpec, Table, int], Method] = make_method) -> list[Run]:
-    """Each method replayed on each seed; `make` builds a method from its name (the arms of
-    this file by default; simulate_variants.py passes kdsearch's variants)."""
+    """Each method replayed on each seed, over that seed's draw of the replicates; `make`
+    builds a method from its name (the arms of this file by default; simulate_variants.py
+    passes kdsearch's variants)."""
     runs = []
     for method in methods:
         for seed in seeds:
+            table = realise(tables, seed)
             run = Run(method, seed, budget, workers)
             start = time.perf_counter()
             with _quiet():
@@ -573,19 +614,33 @@ def simulate(table: Table, spec: StudySpec, methods: Sequence[str], seeds: Seque
     return runs
 
 
-def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) -> dict:
+def seed_tops(tables: Sequence[Table], seeds: Iterable[int], panel: Panel) -> dict[int, dict]:
+    """Each seed's table_best: what a method that trained every point of that seed's draw
+    would score (the target of its time_to_95, and the ceiling of its ratios)."""
+    return {seed: table_best(realise(tables, seed), panel) for seed in set(seeds)}
+
+
+def report(runs: list[Run], tables: Sequence[Table],
+           out: Callable[[str], None] = print) -> dict:
     """The panel's table, each peer against kdsearch, and the closing line."""
+    table = tables[0]
     panel = Panel.of(table)
     # what a method that trained every point would score: the target of time_to_95, and the
     # headroom below (no ratio against a peer can exceed the table's score over the peer's)
-    top = table_best(table, panel)
+    tops = seed_tops(tables, (r.seed for r in runs), panel)
+    top = {m: statistics.fmean(t[m] for t in tops.values()) for m in METRICS[:-1]}
     best_hv = top["hv_log"]
     by_method: dict[str, dict[int, dict[str, float]]] = {}
     for run in runs:
-        by_method.setdefault(run.method, {})[run.seed] = final_metrics(run, panel, best_hv)
-    out(f"table: {len(table.rows)} points, best front hv_log {best_hv:.4f}; size box "
+        by_method.setdefault(run.method, {})[run.seed] = final_metrics(
+            run, panel, tops[run.seed]["hv_log"])
+    drawn = (f" (mean over the seeds' draws of {len(tables)} replicates)"
+             if len(tables) > 1 else "")
+    out(f"table: {len(table.rows)} points, best front hv_log {best_hv:.4f}{drawn}; size box "
         f"{panel.low:,.0f}-{panel.high:,.0f} params; budget {runs[0].budget:,.0f} s "
         f"simulated on {runs[0].workers} workers")
+    if len(tables) > 1:
+        out(replicate_noise(tables))
     out(f"{'method':<22}" + "".join(f"{m:>14}" for m in METRICS) + "   seeds")
     for method, seeds in by_method.items():
         means = {m: statistics.fmean(s[m] for s in seeds.values()) for m in METRICS}
@@ -594,9 +649,11 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
     out(f"{'seeds at the table':<22}" + "".join(f"{m:>14}" for m in METRICS[:-1]))
     for method, seeds in by_method.items():
         out(f"  {method:<20}" + "".join(
-            f"{sum(s[m] >= top[m] - 1e-9 for s in seeds.values()):>14}" for m in METRICS[:-1]))
-    for limit in (panel.small, panel.medium):
-        out(selection_noise(table, limit))
+            f"{sum(v[m] >= tops[s][m] - 1e-9 for s, v in seeds.items()):>14}"
+            for m in METRICS[:-1]))
+    for t in tables:
+        for limit in (panel.small, panel.medium):
+            out(selection_noise(t, limit))
     out("share of ended trials that repeat a point tried before (mean over seeds): " + ", ".join(
         f"{m} {statistics.fmean(repeated(r) for r in runs if r.method == m):.2f}"
         for m in by_method))
@@ -625,7 +682,8 @@ def report(runs: list[Run], table: Table, out: Callable[[str], None] = print) ->
             # the ceiling: a method that scored the table's best on every seed, against the
             # same peer. Where its interval reaches 1, no method that selects on validation can
             # be shown ahead of that peer on this metric, however it searches.
-            c_ratio, c_low, c_high = paired_ratio([top[metric]] * len(common), theirs, higher)
+            c_ratio, c_low, c_high = paired_ratio([tops[s][metric] for s in common], theirs,
+                                                  higher)
             summary["ratios"][metric]["ceiling"] = {"ratio": c_ratio, "ci_low": c_low,
                                                     "ci_high": c_high}
             line += f"   ceiling {c_ratio:.4f} [{c_low:.4f}, {c_high:.4f}]"
@@ -657,6 +715,26 @@ def repeated(run: Run) -> float:
     return repeats / len(run.finished) if run.finished else 0.0
 
 
+def replicate_noise(tables: Sequence[Table]) -> str:
+    """How far each replicate's final accuracies are from the first's, point by point: the
+    noise of one training run that a single table freezes."""
+    from scipy import stats
+
+    first = tables[0].index()
+    parts = []
+    for k, other in enumerate(tables[1:], 1):
+        pairs = [(first[key], row) for key, row in other.index().items()]
+        val = [b.val[-1] - a.val[-1] for a, b in pairs]
+        test = [b.test[-1] - a.test[-1] for a, b in pairs]
+        tau = stats.kendalltau([a.val[-1] for a, _ in pairs], [b.val[-1] for _, b in pairs])[0]
+        parts.append(f"replicate {k} - replicate 0 over {len(pairs)} points: validation "
+                     f"{statistics.fmean(val):+.4f} mean, {statistics.fmean(map(abs, val)):.4f} "
+                     f"mean absolute; test {statistics.fmean(test):+.4f}, "
+                     f"{statistics.fmean(map(abs, test)):.4f}; Kendall tau of the final "
+                     f"validation accuracies {tau:.3f}")
+    return "\n".join(parts)
+
+
 def selection_noise(table: Table, limit: int) -> str:
     """How many of the table's students of at most `limit` params validation cannot tell from
     its best one (within two standard errors of a binomial accuracy on the validation images),
@@ -676,17 +754,20 @@ def selection_noise(table: Table, limit: int) -> str:
             f"{max(r.test[-1] for r in near):.4f}")
 
 
-def save_runs(runs: list[Run], path: Path, table_path: Path) -> None:
+def save_runs(runs: list[Run], path: Path, table_paths: Sequence[Path]) -> None:
     """JSON, gzipped when the name ends in .gz (30 seeds of 15 arms: 17 MB, 0.7 MB gzipped)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"table": str(table_path), "runs": [asdict(r) for r in runs]})
+    named = [str(p) for p in table_paths]
+    # one table is written as before ("table"), so that older runs and newer read alike
+    where = {"table": named[0]} if len(named) == 1 else {"tables": named}
+    text = json.dumps({**where, "runs": [asdict(r) for r in runs]})
     if path.suffix == ".gz":
         path.write_bytes(gzip.compress(text.encode()))
     else:
         path.write_text(text)
 
 
-def load_runs(path: Path) -> tuple[list[Run], Path]:
+def load_runs(path: Path) -> tuple[list[Run], list[Path]]:
     path = Path(path)
     data = path.read_bytes()
     raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
@@ -694,31 +775,33 @@ def load_runs(path: Path) -> tuple[list[Run], Path]:
     for r in raw["runs"]:
         finished = [Finished(**f) for f in r.pop("finished")]
         runs.append(Run(**r, finished=finished))
-    return runs, Path(raw["table"])
+    return runs, [Path(p) for p in raw.get("tables", [raw.get("table")])]
 
 
-def load_all_runs(paths: Sequence[Path]) -> tuple[list[Run], Path]:
-    """Runs of several files, which must replay the same table with the same budget, and no
+def load_all_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Path]]:
+    """Runs of several files, which must replay the same tables with the same budget, and no
     (method, seed) twice: otherwise the paired ratios would mix incomparable runs."""
     runs: list[Run] = []
     tables = set()
     for path in paths:
-        more, table_path = load_runs(path)
+        more, table_paths = load_runs(path)
         runs += more
-        tables.add(str(table_path))
+        tables.add(tuple(str(p) for p in table_paths))
     if len(tables) > 1:
-        raise SystemExit(f"the runs replay different tables: {', '.join(sorted(tables))}")
+        raise SystemExit("the runs replay different tables: "
+                         + "; ".join(", ".join(t) for t in sorted(tables)))
     if len({(r.budget, r.workers) for r in runs}) > 1:
         raise SystemExit("the runs replay different budgets or numbers of workers")
     keys = [(r.method, r.seed) for r in runs]
     if len(set(keys)) < len(keys):
         raise SystemExit("a method and seed appear twice in the runs")
-    return runs, Path(tables.pop())
+    return runs, [Path(p) for p in tables.pop()]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", type=Path, help="the recorded table (JSON)")
+    ap.add_argument("--table", type=Path, action="append",
+                    help="the recorded table (JSON); again for each replicate of its grid")
     ap.add_argument("--methods", default=",".join(METHODS + ABLATIONS),
                     help="comma-separated (default: all, ablations included); a peer with "
                     "+plan gets kdsearch's start-up students first")
@@ -736,27 +819,28 @@ def main(argv: list[str] | None = None) -> int:
                     "per process, when methods were split over cores)")
     args = ap.parse_args(argv)
     if args.report:
-        runs, table_path = load_all_runs(args.report)
-        report(runs, load_table(table_path))
+        runs, table_paths = load_all_runs(args.report)
+        report(runs, load_tables(table_paths))
         return 0
     if args.table is None:
         ap.error("--table is required (or --report)")
-    table = load_table(args.table)
-    spec = table_spec(table, args.table)
+    tables = load_tables(args.table)
+    table = tables[0]
+    spec = table_spec(table, args.table[0])
     seeds = list(range(args.first_seed, args.first_seed + (5 if args.quick else args.seeds)))
     methods = ["kdsearch", *PEERS] if args.quick else [m for m in args.methods.split(",") if m]
-    budget = args.budget_trials * table.mean_trial_seconds() / args.workers
+    budget = budget_seconds(tables, args.budget_trials, args.workers)
     train = spec.student.train
     rungs = judged_rungs(spec.search.early_stopping, train.epochs, train.warmup(),
                          train.lr_schedule)
-    print(f"{len(table.rows)} points, {table.epochs} epochs, mean trial "
-          f"{table.mean_trial_seconds():.0f} s; budget {budget:,.0f} s on {args.workers} "
+    print(f"{len(table.rows)} points x {len(tables)} replicate(s), {table.epochs} epochs, "
+          f"mean trial {budget * args.workers / args.budget_trials:.0f} s; budget {budget:,.0f} s on {args.workers} "
           f"workers; kdsearch judges at epochs {rungs}; seeds {seeds[0]}-{seeds[-1]}")
-    runs = simulate(table, spec, methods, seeds, budget, args.workers)
+    runs = simulate(tables, spec, methods, seeds, budget, args.workers)
     if args.out:
         save_runs(runs, args.out / "runs.json.gz", args.table)
     lines: list[str] = []
-    report(runs, table, out=lambda s: (print(s), lines.append(s)))
+    report(runs, tables, out=lambda s: (print(s), lines.append(s)))
     if args.out:
         (args.out / "report.txt").write_text("\n".join(lines) + "\n")
     return 0

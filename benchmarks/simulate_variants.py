@@ -117,7 +117,8 @@ def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", type=Path, required=True)
+    ap.add_argument("--table", type=Path, required=True, action="append",
+                    help="the recorded table; again for each replicate (simulate.py --table)")
     ap.add_argument("--seeds", default="0-29", help="FIRST-LAST (development seeds)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=4)
@@ -129,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = {split_name(n)[0] for n in names} - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
-    table = S.load_table(args.table)
-    spec = S.table_spec(table, args.table)
-    budget = args.budget_trials * table.mean_trial_seconds() / args.workers
-    panel = S.Panel.of(table)
-    best_hv = S.table_best(table, panel)["hv_log"]
+    tables = S.load_tables(args.table)
+    spec = S.table_spec(tables[0], args.table[0])
+    budget = S.budget_seconds(tables, args.budget_trials, args.workers)
+    panel = S.Panel.of(tables[0])
+    tops = S.seed_tops(tables, range(first, last + 1), panel)
     peers = [p for p in args.peers.split(",") if p]
 
     def make(name, spec, table, seed):
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics: dict[str, list[dict[str, float]]] = {}
     for name in names + peers:  # one arm at a time, so each prints as it ends
-        runs = S.simulate(table, spec, [name], range(first, last + 1), budget, args.workers,
+        runs = S.simulate(tables, spec, [name], range(first, last + 1), budget, args.workers,
                           progress=lambda line: None, make=make)
-        metrics[name] = [S.final_metrics(run, panel, best_hv) for run in runs]
+        metrics[name] = [S.final_metrics(run, panel, tops[run.seed]["hv_log"]) for run in runs]
         means = {k: statistics.fmean(m[k] for m in metrics[name]) for k in S.METRICS}
         print(f"{name:<38}" + "".join(f"{means[k]:>12.4f}" for k in S.METRICS), flush=True)
     print(f"ratio to the best of {', '.join(peers)} on each metric, [95 % low]:")

@@ -69,7 +69,7 @@ def test_kdsearch_asks_its_start_up_at_the_centre_of_t_and_alpha_and_drawn_does_
 def test_kdsearch_stops_trials_and_peers_without_stopping_do_not(sim):
     simulate, table, spec = sim
     budget = 12 * table.mean_trial_seconds()
-    runs = simulate.simulate(table, spec, ["kdsearch", "random"], [3], budget, 4,
+    runs = simulate.simulate([table], spec, ["kdsearch", "random"], [3], budget, 4,
                              progress=lambda s: None)
     ours, random_ = runs
     assert any(not f.complete for f in ours.finished)
@@ -104,10 +104,10 @@ def test_paired_ratio_interval_and_the_closing_line(sim):
     mean, _, _ = simulate.paired_ratio([5.0], [10.0], higher=False)  # time: lower is better
     assert mean == pytest.approx(2.0)
     budget = 6 * table.mean_trial_seconds()
-    runs = simulate.simulate(table, spec, ["kdsearch", "random", "nsga2"], [1, 2], budget, 2,
+    runs = simulate.simulate([table], spec, ["kdsearch", "random", "nsga2"], [1, 2], budget, 2,
                              progress=lambda s: None)
     lines: list[str] = []
-    summary = simulate.report(runs, table, out=lines.append)
+    summary = simulate.report(runs, [table], out=lines.append)
     assert lines[-1].startswith("worst_metric=")
     name = lines[-1].split()[0].split("=")[1]
     assert name in simulate.METRICS
@@ -124,19 +124,58 @@ def test_runs_split_over_processes_report_together_and_never_twice(sim, tmp_path
     budget = 4 * table.mean_trial_seconds()
     table_path = tmp_path / "table.json"
     for method in ("kdsearch", "random"):
-        runs = simulate.simulate(table, spec, [method], [7], budget, 2, progress=lambda s: None)
+        runs = simulate.simulate([table], spec, [method], [7], budget, 2,
+                                 progress=lambda s: None)
         name = "runs.json.gz" if method == "kdsearch" else "runs.json"  # either is read
-        simulate.save_runs(runs, tmp_path / method / name, table_path)
-    runs, path = simulate.load_all_runs([tmp_path / "kdsearch" / "runs.json.gz",
-                                         tmp_path / "random" / "runs.json"])
-    assert path == table_path and sorted(r.method for r in runs) == ["kdsearch", "random"]
+        simulate.save_runs(runs, tmp_path / method / name, [table_path])
+    runs, paths = simulate.load_all_runs([tmp_path / "kdsearch" / "runs.json.gz",
+                                          tmp_path / "random" / "runs.json"])
+    assert paths == [table_path] and sorted(r.method for r in runs) == ["kdsearch", "random"]
     assert all(r.finished for r in runs)
     with pytest.raises(SystemExit, match="twice"):
         simulate.load_all_runs([tmp_path / "random" / "runs.json"] * 2)
     other = tmp_path / "other" / "runs.json"
-    simulate.save_runs(runs[:1], other, tmp_path / "another-table.json")
+    simulate.save_runs(runs[:1], other, [table_path, tmp_path / "a-replicate.json"])
     with pytest.raises(SystemExit, match="different tables"):
         simulate.load_all_runs([other, tmp_path / "random" / "runs.json"])
+
+
+def test_replicates_are_drawn_per_point_and_seed_alike_for_every_method(sim, tmp_path):
+    simulate, table, spec = sim
+    record = benchmark_module("record_table")
+    zero, other = tmp_path / "replicate0.json", tmp_path / "replicate1.json"
+    for k, path in enumerate((zero, other)):
+        assert record.main([str(GRID), "--synthetic", "--replicate", str(k), "--out",
+                            str(path)]) == 0
+    tables = simulate.load_tables([zero, other])
+    assert tables[0].rows == table.rows  # replicate 0 is the table as before
+    assert [simulate.realise(tables[:1], s) for s in (0, 1)] == [table, table]
+    draws = [simulate.realise(tables, s) for s in range(4)]
+    first, second = (t.index() for t in tables)
+    for draw in draws:
+        assert len(draw.rows) == len(table.rows)
+        for row in draw.rows:  # every row is one replicate's row for its point, whole
+            key = simulate.point_key(row.params)
+            assert row in (first[key], second[key])
+        picked = [r for r in draw.rows if r != first[simulate.point_key(r.params)]]
+        assert 0 < len(picked) < len(table.rows)  # a mix, not one table
+    assert draws[0] == simulate.realise(tables, 0) and draws[0] != draws[1]
+    budget = simulate.budget_seconds(tables, 4, 2)
+    runs = simulate.simulate(tables, spec, ["kdsearch", "random"], [5], budget, 2,
+                             progress=lambda s: None)
+    index = simulate.realise(tables, 5).index()
+    for run in runs:  # both methods replay seed 5's draw
+        for f in run.finished:
+            assert f.val == index[simulate.point_key(f.params)].val[f.epochs - 1]
+    lines: list[str] = []
+    simulate.report(runs, tables, out=lines.append)
+    assert any(line.startswith("replicate 1 - replicate 0 over 120 points") for line in lines)
+    simulate.save_runs(runs, tmp_path / "runs.json", [zero, other])
+    assert simulate.load_all_runs([tmp_path / "runs.json"])[1] == [zero, other]
+    bad = tmp_path / "bad.json"
+    bad.write_text(other.read_text().replace('"epochs": 8', '"epochs": 7'))
+    with pytest.raises(SystemExit, match="not a replicate"):
+        simulate.load_tables([other, bad])
 
 
 def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, capsys):
