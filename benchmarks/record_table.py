@@ -122,12 +122,12 @@ def write_table(path: Path, spec_path: Path, rows: list[dict], teacher_params: i
     tmp.replace(path)
 
 
-def _table_rows(path: Path) -> list[dict]:
-    """The rows of a table written before, or none."""
+def _written(path: Path) -> dict:
+    """A table written before, or an empty one."""
     try:
-        return json.loads(Path(path).read_text())["rows"]
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        return []
+        return {"rows": [], "meta": {}}
 
 
 def synthetic_rows(spec: StudySpec, seed: int = 0) -> list[dict]:
@@ -174,6 +174,17 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
     storage = open_storage(opts.storage, heartbeats=None, read_only=False)
     study = optuna.create_study(study_name=args.study_name, storage=storage,
                                 directions=["maximize", "minimize"], load_if_exists=True)
+    # Another replicate's storage or table would count its points as done here, and the table
+    # would repeat that replicate under this one's name. (Recorded before replicates: 0.)
+    written = _written(args.out)
+    for holder, holds, filled in (
+            ("the storage's study", study.user_attrs.get("replicate", 0),
+             bool(study.get_trials(deepcopy=False))),
+            (str(args.out), written["meta"].get("replicate", 0), bool(written["rows"]))):
+        if filled and holds != args.replicate:
+            raise SystemExit(f"record_table: {holder} holds replicate {holds}, not "
+                             f"{args.replicate}: give each replicate its own --storage and --out")
+    study.set_user_attr("replicate", args.replicate)
     points = grid_points(spec)
     index, count = args.shard
     mine = [p for i, p in enumerate(points) if i % count == index]
@@ -187,7 +198,7 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
 
     # Rows of the table already written (committed by a run on another machine, whose storage
     # did not come along) count as done and stay in the table.
-    kept = {json.dumps(r["params"], sort_keys=True): r for r in _table_rows(args.out)
+    kept = {json.dumps(r["params"], sort_keys=True): r for r in written["rows"]
             if r["params"] in points}
 
     def save() -> None:

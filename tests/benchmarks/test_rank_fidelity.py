@@ -74,3 +74,17 @@ def test_a_committed_table_goes_on_growing_with_new_storage(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["params"]["base_width"] for r in rows] == [4, 6]
     assert rows[0] == first[0]  # kept as it was, not trained again
+    # another replicate never counts this one's points as its own
+    again = [str(study), "--cache-dir", str(tmp_path / "cache"), "--replicate", "1"]
+    with pytest.raises(SystemExit, match="holds replicate 0"):
+        record.main(again + ["--out", str(tmp_path / "r1.json"),
+                             "--storage", f"sqlite:///{tmp_path / 'b.db'}"])
+    with pytest.raises(SystemExit, match="holds replicate 0"):
+        record.main(again + ["--out", str(out), "--storage", f"sqlite:///{tmp_path / 'c.db'}"])
+    r1 = tmp_path / "r1.json"
+    assert record.main(again + ["--out", str(r1),
+                                "--storage", f"sqlite:///{tmp_path / 'c.db'}"]) == 0
+    table = json.loads(r1.read_text())
+    assert table["meta"]["replicate"] == 1 and len(table["rows"]) == 2
+    assert [r["params"] for r in table["rows"]] == [r["params"] for r in rows]
+    assert [r["val"] for r in table["rows"]] != [r["val"] for r in rows]  # another seed's draw
