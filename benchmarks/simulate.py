@@ -651,9 +651,9 @@ def report(runs: list[Run], tables: Sequence[Table],
         out(f"  {method:<20}" + "".join(
             f"{sum(v[m] >= tops[s][m] - 1e-9 for s, v in seeds.items()):>14}"
             for m in METRICS[:-1]))
-    for t in tables:
+    for k, t in enumerate(tables):
         for limit in (panel.small, panel.medium):
-            out(selection_noise(t, limit))
+            out((f"replicate {k}, " if len(tables) > 1 else "") + selection_noise(t, limit))
     out("share of ended trials that repeat a point tried before (mean over seeds): " + ", ".join(
         f"{m} {statistics.fmean(repeated(r) for r in runs if r.method == m):.2f}"
         for m in by_method))
