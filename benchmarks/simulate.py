@@ -170,9 +170,14 @@ def realise(tables: Sequence[Table], seed: int) -> Table:
     return replace(tables[0], rows=rows)
 
 
+def mean_trial_seconds(tables: Sequence[Table]) -> float:
+    """A full trial's mean seconds, over every point of every replicate."""
+    return statistics.fmean(t.mean_trial_seconds() for t in tables)
+
+
 def budget_seconds(tables: Sequence[Table], trials: float, workers: int) -> float:
-    """`trials` mean full-trial times over the workers; the mean is over every replicate."""
-    return trials * statistics.fmean(t.mean_trial_seconds() for t in tables) / workers
+    """`trials` mean full-trial times, shared by the workers."""
+    return trials * mean_trial_seconds(tables) / workers
 
 
 def table_spec(table: Table, table_path: Path) -> StudySpec:
@@ -834,8 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     rungs = judged_rungs(spec.search.early_stopping, train.epochs, train.warmup(),
                          train.lr_schedule)
     print(f"{len(table.rows)} points x {len(tables)} replicate(s), {table.epochs} epochs, "
-          f"mean trial {budget * args.workers / args.budget_trials:.0f} s; budget {budget:,.0f} s on {args.workers} "
-          f"workers; kdsearch judges at epochs {rungs}; seeds {seeds[0]}-{seeds[-1]}")
+          f"mean trial {mean_trial_seconds(tables):.0f} s; budget {budget:,.0f} s on "
+          f"{args.workers} workers; kdsearch judges at epochs {rungs}; seeds {seeds[0]}-{seeds[-1]}")
     runs = simulate(tables, spec, methods, seeds, budget, args.workers)
     if args.out:
         save_runs(runs, args.out / "runs.json.gz", args.table)
