@@ -12,9 +12,10 @@ accuracy, its test accuracy and the epoch's seconds (training plus the validatio
 test pass is timed apart, once) are stored on the trial. Run it again after a stop and it goes
 on with the points not finished (a trial left RUNNING by a killed run is marked FAIL and its
 point trained again); `--shard i/n` trains every n-th point, so two processes (one core each)
-share a grid. The table is written after every point, so what is done is never lost; rows
-already in `--out` count as done, so a committed table goes on growing on another machine
-whose storage is new.
+share a grid, with one storage or one each. The table is written after every point, merged
+with what the other shards wrote to it meanwhile (they take turns at its folder's lock), so
+what is done is never lost; rows already in `--out` count as done, so a committed table goes on
+growing on another machine whose storage is new.
 
 `--replicate K` trains the same grid again from another seed (`student_seed(seed, K)`: weights
 and batch order; the data, its split and the teacher's views stay the same), into its own
@@ -31,6 +32,7 @@ through the same function, can only ask for points the table holds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -122,6 +124,25 @@ def write_table(path: Path, spec_path: Path, rows: list[dict], teacher_params: i
     tmp.replace(path)
 
 
+@contextlib.contextmanager
+def _turn(path: Path):
+    """Hold the lock of the table's folder: a shard reads, merges and writes the table in one
+    turn, so a shard with its own storage never writes over rows another one added meanwhile.
+    (The folder, not the table, because writing replaces the table's file.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run the shards of one table with one shared storage
+        yield
+        return
+    handle = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
 def _written(path: Path) -> dict:
     """A table written before, or an empty one."""
     try:
@@ -202,7 +223,15 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
             if r["params"] in points}
 
     def save() -> None:
+        with _turn(args.out):
+            _save()
+
+    def _save() -> None:
+        # Rows the other shards wrote since this one started (each shard's storage may hold
+        # only its own points), then this shard's own finished trials.
         rows = dict(kept)
+        rows.update({json.dumps(r["params"], sort_keys=True): r
+                     for r in _written(args.out)["rows"] if r["params"] in points})
         rows.update({key: _row(spec, t.params, t.user_attrs["val_curve"],
                                t.user_attrs["test_curve"], t.user_attrs["epoch_seconds"],
                                t.user_attrs["test_seconds"])

@@ -88,3 +88,32 @@ def test_a_committed_table_goes_on_growing_with_new_storage(tmp_path, capsys):
     assert table["meta"]["replicate"] == 1 and len(table["rows"]) == 2
     assert [r["params"] for r in table["rows"]] == [r["params"] for r in rows]
     assert [r["val"] for r in table["rows"]] != [r["val"] for r in rows]  # another seed's draw
+
+
+@pytest.mark.slow
+def test_shards_with_their_own_storages_keep_each_others_rows(tmp_path, monkeypatch):
+    """Shard 1 starts before shard 0 has written its row (its own storage never sees it) and
+    writes the table after: the table keeps both rows."""
+    import kdsearch.training.student as student
+
+    record = benchmark_module("record_table")
+    study = tmp_path / "grid.toml"
+    study.write_text(GRID_STUDY)
+    out = tmp_path / "table.json"
+    common = [str(study), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    elsewhere = tmp_path / "shard0.json"  # shard 0's row, recorded apart to land mid-run
+    assert record.main([str(study), "--out", str(elsewhere), "--cache-dir",
+                        str(tmp_path / "cache"), "--storage",
+                        f"sqlite:///{tmp_path / 'a.db'}", "--shard", "0/2"]) == 0
+    distill = student.distill
+
+    def shard_0_finishes_meanwhile(*args, **kwargs):
+        out.write_text(elsewhere.read_text())
+        return distill(*args, **kwargs)
+
+    monkeypatch.setattr(student, "distill", shard_0_finishes_meanwhile)
+    assert record.main(common + ["--storage", f"sqlite:///{tmp_path / 'b.db'}",
+                                 "--shard", "1/2"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["params"]["base_width"] for r in rows] == [4, 6]
+    assert rows[0] == json.loads(elsewhere.read_text())["rows"][0]
