@@ -662,6 +662,14 @@ def report(runs: list[Run], tables: Sequence[Table],
     out("share of ended trials that repeat a point tried before (mean over seeds): " + ", ".join(
         f"{m} {statistics.fmean(repeated(r) for r in runs if r.method == m):.2f}"
         for m in by_method))
+    # test_at_25k and test_at_80k pick among what was trained: fewer distinct students there
+    # means fewer chances at the noise-level best (docs/PERFORMANCE.md section 5)
+    out(f"distinct students trained to the end, at or below {panel.small:,.0f} / "
+        f"{panel.medium:,.0f} params (mean over seeds): " + ", ".join(
+            f"{m} " + " / ".join(
+                f"{statistics.fmean(distinct_complete(r, limit) for r in runs if r.method == m):.1f}"
+                for limit in (panel.small, panel.medium))
+            for m in by_method))
     summary: dict[str, Any] = {"best_hv": best_hv, "ratios": {}}
     if "kdsearch" not in by_method:
         return summary
@@ -718,6 +726,11 @@ def repeated(run: Run) -> float:
         repeats += key in seen
         seen.add(key)
     return repeats / len(run.finished) if run.finished else 0.0
+
+
+def distinct_complete(run: Run, limit: float) -> int:
+    """How many different points of at most `limit` params a run trained to the end."""
+    return len({point_key(f.params) for f in run.finished if f.complete and f.n_params <= limit})
 
 
 def replicate_noise(tables: Sequence[Table]) -> str:

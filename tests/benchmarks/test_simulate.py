@@ -234,6 +234,19 @@ def test_repeated_counts_a_point_again_only_after_its_first_try(sim):
     assert simulate.repeated(simulate.Run("x", 0, 10.0, 1)) == 0.0
 
 
+def test_distinct_complete_counts_each_point_once_and_only_trained_to_the_end(sim):
+    simulate = sim[0]
+
+    def ended(complete, n_params, i):
+        return simulate.Finished(1.0, complete, n_params, 0.5, 0.5, 1, {"i": i})
+
+    run = simulate.Run("x", 0, 10.0, 1, [ended(True, 10, 1), ended(True, 10, 1),
+                                         ended(False, 10, 2), ended(True, 30, 3),
+                                         ended(True, 20, 4)])
+    assert simulate.distinct_complete(run, 20) == 2  # points 1 and 4; 2 stopped, 3 too big
+    assert simulate.distinct_complete(run, 30) == 3
+
+
 def test_the_real_check_runs_the_tables_study_and_scores_its_trials_as_a_replay(sim):
     import datetime
 
