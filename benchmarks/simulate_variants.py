@@ -77,6 +77,28 @@ class DedupeMethod(S.OptunaMethod):
         return super().ask()
 
 
+# NAME+skip: the rule kdsearch could have with least change to what it stores (simulated only):
+# a point that equals a finished trial's is stopped at once as a repeat (PRUNED, no values, no
+# cost), as the engine stops an unbuildable or over-budget student, and the worker asks again.
+SKIP = "+skip"
+
+
+class SkipMethod(DedupeMethod):
+    """As DedupeMethod, but every repeat ends PRUNED, never with its twin's values."""
+
+    def ask(self):
+        for _ in range(self.tries):
+            trial, params = S.OptunaMethod.ask(self)
+            if not any(t.params == params
+                       for t in self.study.get_trials(deepcopy=False, states=FINISHED)):
+                return trial, params
+            self.study.tell(trial, state=TrialState.PRUNED)
+        return S.OptunaMethod.ask(self)
+
+
+REPEAT_RULES = {DEDUPE[1:]: DedupeMethod, SKIP[1:]: SkipMethod}
+
+
 # NAME+tpe-KNOB: TPE's own exploration settings changed (simulated only): prior-3 weighs the
 # uniform prior as three trials (Optuna: one), cands-8 picks from 8 candidates (24), random-10
 # draws 10 students at random after the planned start-up, gamma-0.25 models the best quarter
@@ -89,16 +111,14 @@ TPE_KNOBS: dict[str, dict] = {
 }
 
 
-def split_name(name: str) -> tuple[str, bool, dict]:
-    """A variant's name -> (its VARIANTS entry, dedupe, TPE settings)."""
+def split_name(name: str) -> tuple[str, str | None, dict]:
+    """A variant's name -> (its VARIANTS entry, its rule for repeats or None, TPE settings)."""
     parts = name.split("+")
     tpe: dict = {}
     while parts and parts[-1].startswith("tpe-") and parts[-1][4:] in TPE_KNOBS:
         tpe.update(TPE_KNOBS[parts.pop()[4:]])
-    dedupe = bool(parts) and parts[-1] == DEDUPE[1:]
-    if dedupe:
-        parts.pop()
-    return "+".join(parts), dedupe, tpe
+    rule = parts.pop() if parts and parts[-1] in REPEAT_RULES else None
+    return "+".join(parts), rule, tpe
 
 
 PEERS = ("nsga2", "optuna-default", "morea")  # morea needs Syne Tune (the bench extra)
@@ -107,12 +127,12 @@ PEERS = ("nsga2", "optuna-default", "morea")  # morea needs Syne Tune (the bench
 def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
     """A variant of kdsearch as shipped when these were run (until 2026-12-06: the start-up's
     knobs drawn, judged at epochs 1, 3 and 9), so that their outputs stay reproducible."""
-    base, dedupe, tpe = split_name(name)
+    base, rule, tpe = split_name(name)
     early, search, stop = VARIANTS[base]
     return S.kdsearch_method(
         spec, seed, {"startup": "spread", "startup_recipe": "drawn", **search},
         {"rungs": [1, 3, 9], **early}, stop=stop,
-        method=DedupeMethod if dedupe else S.OptunaMethod, tpe=tpe)
+        method=REPEAT_RULES.get(rule, S.OptunaMethod), tpe=tpe)
 
 
 def main(argv: list[str] | None = None) -> int:

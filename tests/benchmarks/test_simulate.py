@@ -193,7 +193,9 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     wide = variants.variant_method(spec, "rung-6+centre+dedupe+tpe-prior-3+tpe-random-10", 3)
     assert isinstance(wide, variants.DedupeMethod)
     assert variants.split_name("rung-6+centre+dedupe+tpe-prior-3+tpe-random-10") == (
-        "rung-6+centre", True, {"prior_weight": 3.0, "extra_startup": 10})
+        "rung-6+centre", "dedupe", {"prior_weight": 3.0, "extra_startup": 10})
+    skip = variants.variant_method(spec, "no-stopping+centre+skip", 3)
+    assert type(skip) is variants.SkipMethod and skip.stopper is None
     path = tmp_path / "table.json"
     record = benchmark_module("record_table")
     assert record.main([str(GRID), "--synthetic", "--out", str(path)]) == 0
@@ -203,6 +205,34 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:3]] == ["shipped", "nsga2", "optuna-default"]
     assert lines[-1].startswith("shipped") and "hv_log" in lines[-1]
+
+
+def test_the_repeat_rules_train_no_point_twice_and_keep_what_the_study_is_told(sim):
+    """+dedupe tells a repeat its twin's values, +skip ends it PRUNED: neither trains it."""
+    simulate, table, spec = sim
+    variants = benchmark_module("simulate_variants")
+    budget = simulate.budget_seconds([table], 30, 2)
+    for rule, state in (("dedupe", "COMPLETE"), ("skip", "PRUNED")):
+        methods = []
+
+        def make(name, spec, table, seed, methods=methods):
+            methods.append(variants.variant_method(spec, name, seed))
+            return methods[-1]
+
+        runs = simulate.simulate([table], spec, [f"no-stopping+centre+{rule}"], [0, 1], budget,
+                                 2, progress=lambda line: None, make=make)
+        assert all(simulate.repeated(run) == 0 for run in runs)
+        repeats = []
+        for m in methods:
+            trials = sorted(m.study.get_trials(deepcopy=False), key=lambda t: t.number)
+            for k, t in enumerate(trials):
+                twin = next((u for u in trials[:k] if u.params == t.params), None)
+                if twin is not None and t.state.name != "RUNNING":  # running at the budget's end
+                    repeats.append((t, twin))
+        assert repeats  # TPE did propose points it had tried, on this table and these seeds
+        assert {t.state.name for t, _ in repeats} == {state}
+        if rule == "dedupe":
+            assert all(t.values == twin.values for t, twin in repeats)
 
 
 def test_selection_noise_counts_the_students_validation_cannot_tell_apart(sim):
