@@ -143,6 +143,11 @@ def _turn(path: Path):
         os.close(handle)  # closing releases the lock
 
 
+def _key(params: dict) -> str:
+    """A point's params as a key of the table's rows and the storage's trials."""
+    return json.dumps(params, sort_keys=True)
+
+
 def _written(path: Path) -> dict:
     """A table written before, or an empty one."""
     try:
@@ -214,12 +219,12 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
             study.tell(t.number, state=TrialState.FAIL)
 
     def finished() -> dict[str, optuna.trial.FrozenTrial]:
-        return {json.dumps(t.params, sort_keys=True): t for t in
+        return {_key(t.params): t for t in
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
 
     # Rows of the table already written (committed by a run on another machine, whose storage
     # did not come along) count as done and stay in the table.
-    kept = {json.dumps(r["params"], sort_keys=True): r for r in written["rows"]
+    kept = {_key(r["params"]): r for r in written["rows"]
             if r["params"] in points}
 
     def save() -> None:
@@ -230,8 +235,8 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
         # Rows the other shards wrote since this one started (each shard's storage may hold
         # only its own points), then this shard's own finished trials.
         rows = dict(kept)
-        rows.update({json.dumps(r["params"], sort_keys=True): r
-                     for r in _written(args.out)["rows"] if r["params"] in points})
+        rows.update({_key(r["params"]): r for r in _written(args.out)["rows"]
+                     if r["params"] in points})
         rows.update({key: _row(spec, t.params, t.user_attrs["val_curve"],
                                t.user_attrs["test_curve"], t.user_attrs["epoch_seconds"],
                                t.user_attrs["test_seconds"])
@@ -249,7 +254,7 @@ def record(spec: StudySpec, spec_path: Path, args: argparse.Namespace) -> None:
                      "command": " ".join(sys.argv)})
 
     done = set(finished()) | set(kept)
-    todo = [p for p in mine if json.dumps(p, sort_keys=True) not in done]
+    todo = [p for p in mine if _key(p) not in done]
     print(f"{len(points)} points in the grid, {len(mine)} in shard {index}/{count}, "
           f"{len(mine) - len(todo)} done, {len(todo)} to train")
     for n, params in enumerate(todo, 1):

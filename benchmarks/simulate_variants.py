@@ -70,11 +70,15 @@ class DedupeMethod(S.OptunaMethod):
                          if t.params == params), None)
             if twin is None:
                 return trial, params
-            if twin.state == TrialState.COMPLETE:
-                self.study.tell(trial, twin.values)
-            else:
-                self.study.tell(trial, state=TrialState.PRUNED)
+            self.answer(trial, twin)
         return super().ask()
+
+    def answer(self, trial, twin) -> None:
+        """End a repeat without training it: here with its twin's end."""
+        if twin.state == TrialState.COMPLETE:
+            self.study.tell(trial, twin.values)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
 
 
 # NAME+skip: the rule kdsearch could have with least change to what it stores (simulated only):
@@ -86,14 +90,8 @@ SKIP = "+skip"
 class SkipMethod(DedupeMethod):
     """As DedupeMethod, but every repeat ends PRUNED, never with its twin's values."""
 
-    def ask(self):
-        for _ in range(self.tries):
-            trial, params = S.OptunaMethod.ask(self)
-            if not any(t.params == params
-                       for t in self.study.get_trials(deepcopy=False, states=FINISHED)):
-                return trial, params
-            self.study.tell(trial, state=TrialState.PRUNED)
-        return S.OptunaMethod.ask(self)
+    def answer(self, trial, twin) -> None:
+        self.study.tell(trial, state=TrialState.PRUNED)
 
 
 REPEAT_RULES = {DEDUPE[1:]: DedupeMethod, SKIP[1:]: SkipMethod}
