@@ -83,18 +83,25 @@ sys.path.insert(0, str(BENCH.parent))
 from kdsearch.record import set_trial  # noqa: E402
 from kdsearch.search import startup  # noqa: E402
 from kdsearch.search.early_stopping import judged_rungs, make_stopper  # noqa: E402
+from kdsearch.search.repeats import trained_twin  # noqa: E402
 from kdsearch.search.space import suggest_recipe, suggest_student  # noqa: E402
 from kdsearch.sizes import arch_params  # noqa: E402
 from kdsearch.spec import StudySpec, load_study  # noqa: E402
 
 PEERS = ("optuna-default", "nsga2", "random", "moasha", "moasha-ranks", "morea")
-# kdsearch's arms: changes to the search section and its early stopping, from as shipped
-OURS: dict[str, tuple[dict, dict]] = {
-    "kdsearch": ({}, {}),
-    "kdsearch-no-plan": ({"startup": "random"}, {}),
-    "kdsearch-drawn": ({"startup_recipe": "drawn"}, {}),
-    "kdsearch-early-rungs": ({}, {"rungs": [1, 3, 9]}),
-    "kdsearch-before": ({"startup_recipe": "drawn"}, {"rungs": [1, 3, 9]}),
+# kdsearch's arms: changes to the search section, its early stopping, and whether it trains
+# a repeated point (search/repeats.py), from as shipped
+OURS: dict[str, tuple[dict, dict, bool]] = {
+    "kdsearch": ({}, {}, True),
+    "kdsearch-no-plan": ({"startup": "random"}, {}, True),
+    "kdsearch-drawn": ({"startup_recipe": "drawn"}, {}, True),
+    "kdsearch-early-rungs": ({}, {"rungs": [1, 3, 9]}, True),
+    "kdsearch-before": ({"startup_recipe": "drawn"}, {"rungs": [1, 3, 9]}, False),
+    # as shipped from 2026-12-06 until issue 23's round on seeds 6000-6029, and each of that
+    # round's two changes undone alone
+    "kdsearch-rung-6-repeats": ({}, {"rungs": [6]}, False),
+    "kdsearch-rung-6": ({}, {"rungs": [6]}, True),
+    "kdsearch-repeats": ({}, {}, False),
 }
 METHODS = (*OURS, *PEERS)
 ABLATIONS = tuple(f"{peer}+plan" for peer in PEERS)
@@ -277,8 +284,8 @@ class OptunaMethod(Method):
     early-stopping hook judges each epoch from the study's records, as in a real run."""
 
     def __init__(self, spec: StudySpec, sampler: optuna.samplers.BaseSampler,
-                 stop: bool, first: Sequence[dict] = ()):
-        self.spec = spec
+                 stop: bool, first: Sequence[dict] = (), skip_repeats: bool = False):
+        self.spec, self.skip_repeats = spec, skip_repeats
         self.study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         for params in first:
             self.study.enqueue_trial(params)
@@ -289,9 +296,18 @@ class OptunaMethod(Method):
         self.curves: dict[int, list[float]] = {}
 
     def ask(self) -> tuple[Any, dict]:
-        trial = self.study.ask()
-        choice = suggest_student(trial, self.spec.student.space, INPUT_SHAPE)
-        suggest_recipe(trial, self.spec.student.train)
+        """The next point to train; with `skip_repeats`, a point that repeats a finished trial
+        ends at once as the engine ends it (search/repeats.py: PRUNED, no time on the clock)
+        and the worker asks again, as many times as the study's trial target allows."""
+        for _ in range(self.spec.search.n_trials):
+            trial = self.study.ask()
+            choice = suggest_student(trial, self.spec.student.space, INPUT_SHAPE)
+            suggest_recipe(trial, self.spec.student.train)
+            twin = trained_twin(trial, self.spec) if self.skip_repeats else None
+            if twin is None:
+                break
+            set_trial(trial, repeat_of=twin, stopped_reason=f"repeat of trial {twin}")
+            self.study.tell(trial, state=TrialState.PRUNED)
         set_trial(trial, params=arch_params(choice.arch, INPUT_SHAPE, NUM_CLASSES))
         self.curves[trial.number] = []
         return trial, dict(trial.params)
@@ -320,12 +336,13 @@ def _planned(spec: StudySpec, seed: int) -> list[dict]:
 
 
 def kdsearch_method(spec: StudySpec, seed: int, search: dict | None = None,
-                    early: dict | None = None, stop: bool = True,
+                    early: dict | None = None, skip_repeats: bool = True, stop: bool = True,
                     method: type[OptunaMethod] = OptunaMethod,
                     tpe: dict | None = None) -> OptunaMethod:
-    """kdsearch with `search` and `early` (early stopping) settings changed from as shipped
-    (simulate_variants.py passes no stopping, its own `method`, or TPE's own settings, `tpe`,
-    with `extra_startup` random draws after the plan)."""
+    """kdsearch with `search` and `early` (early stopping) settings changed from as shipped,
+    or training repeated points (`skip_repeats` False: as before issue 23's round on seeds
+    6000-6029); simulate_variants.py passes no stopping, its own `method`, or TPE's own
+    settings, `tpe`, with `extra_startup` random draws after the plan."""
     from kdsearch.study.runner import make_sampler
 
     s = spec.search.model_copy(update=search or {})
@@ -335,7 +352,7 @@ def kdsearch_method(spec: StudySpec, seed: int, search: dict | None = None,
     if "extra_startup" in knobs:  # random draws after the plan, before TPE models the study
         knobs["n_startup_trials"] = startup.startup_trials(spec) + knobs.pop("extra_startup")
     sampler = make_sampler(spec, 0, _planned(spec, seed), tpe=knobs)
-    return method(spec, sampler, stop=stop)
+    return method(spec, sampler, stop=stop, skip_repeats=skip_repeats)
 
 
 def optuna_method(spec: StudySpec, name: str, seed: int, plan: bool) -> OptunaMethod:

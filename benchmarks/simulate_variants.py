@@ -129,7 +129,7 @@ def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
     early, search, stop = VARIANTS[base]
     return S.kdsearch_method(
         spec, seed, {"startup": "spread", "startup_recipe": "drawn", **search},
-        {"rungs": [1, 3, 9], **early}, stop=stop,
+        {"rungs": [1, 3, 9], **early}, skip_repeats=False, stop=stop,
         method=REPEAT_RULES.get(rule, S.OptunaMethod), tpe=tpe)
 
 

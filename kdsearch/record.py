@@ -43,6 +43,7 @@ class TrialRecord:
     epochs: int | None = None  # epochs actually run (fewer when stopped early)
     stopped_reason: str = ""  # why a trial ended PRUNED or FAIL
     stopped_at_rung: int | None = None  # the early-stopping rung (epoch) that stopped it
+    repeat_of: int | None = None  # the finished trial whose point it repeats (search/repeats.py)
     worker: str = ""  # host:pid of the worker that ran it
     baseline: str = ""  # the label of a hand-picked baseline student ([[search.baselines]])
     sampler_stream: int | None = None  # the sampler seed of the worker that drew it

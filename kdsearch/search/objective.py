@@ -13,6 +13,7 @@ import torch
 
 from kdsearch.errors import NonFiniteLossError
 from kdsearch.record import TrialRecord, set_trial
+from kdsearch.search.repeats import trained_twin
 from kdsearch.search.space import suggest_recipe, suggest_student
 from kdsearch.search.sweep import suggest_repeat
 from kdsearch.spec import StudySpec
@@ -89,6 +90,10 @@ def make_objective(
         choice = suggest_student(trial, spec.student.space, data.input_shape)
         recipe = suggest_recipe(trial, spec.student.train)
         repeat = suggest_repeat(trial, spec)
+        twin = trained_twin(trial, spec)
+        if twin is not None:
+            set_trial(trial, repeat_of=twin)
+            raise _prune(trial, f"repeat of trial {twin}: the same student and settings")
         try:
             params = arch_params(choice.arch, data.input_shape, data.num_classes)
             macs = count_macs(choice.arch, data.input_shape, data.num_classes)

@@ -44,6 +44,9 @@ def stopping_line(spec: StudySpec) -> str:
     if not rule.enabled:
         return "early stopping: off"
     judged = judged_rungs(rule, train.epochs, train.warmup(), train.lr_schedule)
+    if not judged and rule.rungs is None and train.lr_schedule == "onecycle":
+        return ("early stopping: none under a one-cycle schedule unless "
+                "[search.early_stopping] rungs names epochs")
     line = (f"early stopping: trials judged after epoch{'s' * (len(judged) > 1)} "
             f"{', '.join(map(str, judged))} of {train.epochs}" if judged
             else f"early stopping: no rung left to judge in {train.epochs} epochs")
