@@ -204,7 +204,8 @@ def method_spec(base: StudySpec, method: str, seed: int) -> StudySpec:
         method, search.sampler)
     startup = "random" if method == "kdsearch-random-startup" else search.startup
     search = search.model_copy(update={"sampler": sampler, "early_stopping": early,
-                                       "baselines": [], "startup": startup})
+                                       "baselines": [], "startup": startup,
+                                       "skip_repeats": method.startswith(OURS)})
     return base.model_copy(update={"seed": seed, "search": search})
 
 

@@ -16,7 +16,7 @@ views and per-trial budget as the table: 10,000 training images, 8 epochs), on o
 one torch thread, for `--budget` seconds of wall time from its first trial: `kdsearch` as
 shipped (as the simulator's `kdsearch`: TPE, the planned start-up, its default stopping) or a
 peer as the simulator runs it (`nsga2`, `random`: Optuna's sampler with its defaults, no
-stopping). Its trials become one simulator run (each trial's end in seconds after the first
+stopping, repeated points trained again). Its trials become one simulator run (each trial's end in seconds after the first
 trial's start; a trial still running at the budget counts for nothing, as in the replay), saved
 as runs.json.gz, so `simulate.py --report` scores the real runs with the same panel, paired by
 seed. Run two at once, one per core, each method with the same seed side by side. The
@@ -51,7 +51,8 @@ def method_spec(spec: StudySpec, method: str, seed: int) -> StudySpec:
     if method == "kdsearch":
         return spec.model_copy(update={"seed": seed})
     stop = spec.search.early_stopping.model_copy(update={"enabled": False})
-    search = spec.search.model_copy(update={"sampler": method, "early_stopping": stop})
+    search = spec.search.model_copy(update={"sampler": method, "early_stopping": stop,
+                                            "skip_repeats": False})  # Optuna's, as shipped
     return spec.model_copy(update={"seed": seed, "search": search})
 
 

@@ -8,8 +8,8 @@ that adds no point to the front, and the search trained fewer distinct students 
 search. Ending a repeat costs a database read; the worker then asks for the next trial, and
 TPE, which sees the repeat as an ended trial without values, moves on.
 
-What is not a repeat: a sweep's deliberate repeats (`sampler = "grid"`, `repeats` > 1), a
-hand-picked baseline, and a twin that ended for a reason of its own worker (out of memory, a
+What is not a repeat: anything in a study with `[search] skip_repeats = false`, a sweep's
+deliberate repeats (`sampler = "grid"`, `repeats` > 1), a hand-picked baseline, and a twin that ended for a reason of its own worker (out of memory, a
 non-finite loss: another worker or seed may get through). A twin counts when it completed or
 was stopped by the early-stopping rule (its result is known). On a continuous range (T, alpha
 or lr searched as numbers) two draws practically never match, so the rule costs nothing there.
@@ -26,7 +26,8 @@ from kdsearch.spec import StudySpec
 
 def trained_twin(trial: optuna.Trial, spec: StudySpec) -> int | None:
     """The number of a finished trial with exactly this trial's params, or None (then train)."""
-    if spec.search.sampler == "grid" or TrialRecord.of(trial).baseline:
+    search = spec.search
+    if not search.skip_repeats or search.sampler == "grid" or TrialRecord.of(trial).baseline:
         return None
     params = trial.params
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,

@@ -318,6 +318,9 @@ class SearchSpec(Frozen):
     timeout: float | None = Field(default=None, gt=0)  # seconds per run-study invocation
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     repeats: int = Field(default=1, ge=1, le=100)  # grid only: each point with this many seeds
+    # a sampled point equal to a finished trial's ends at once as its repeat instead of training
+    # again (search/repeats.py); false: train it, a second draw of its noise. Sweeps never skip.
+    skip_repeats: bool = True
     baselines: list[Baseline] = Field(default_factory=list, max_length=100)
 
     @field_validator("objectives")

@@ -66,14 +66,40 @@ def test_kdsearch_asks_its_start_up_at_the_centre_of_t_and_alpha_and_drawn_does_
     assert len({(p["temperature"], p["alpha"]) for p in drawn}) > 1
 
 
-def test_kdsearch_stops_trials_and_peers_without_stopping_do_not(sim):
+def test_kdsearch_stops_only_at_rungs_a_study_names_and_peers_never(sim):
+    """Under this grid's one-cycle recipe kdsearch as shipped judges no rung; as shipped
+    before (`kdsearch-rung-6-repeats`: one rung after epoch 6) it stopped trials."""
     simulate, table, spec = sim
     budget = 12 * table.mean_trial_seconds()
-    runs = simulate.simulate([table], spec, ["kdsearch", "random"], [3], budget, 4,
-                             progress=lambda s: None)
-    ours, random_ = runs
-    assert any(not f.complete for f in ours.finished)
+    runs = simulate.simulate([table], spec, ["kdsearch", "kdsearch-rung-6-repeats", "random"],
+                             [3], budget, 4, progress=lambda s: None)
+    ours, before, random_ = runs
+    assert all(f.complete for f in ours.finished)
+    assert any(not f.complete for f in before.finished)
     assert all(f.complete for f in random_.finished)
+
+
+def test_kdsearch_ends_a_repeated_point_as_the_engine_does_and_trains_it_when_asked_to(sim):
+    simulate, table, spec = sim
+    budget = simulate.budget_seconds([table], 30, 2)
+    methods = {}
+
+    def make(name, spec, table, seed):
+        methods[name] = simulate.make_method(name, spec, table, seed)
+        return methods[name]
+
+    simulate.simulate([table], spec, ["kdsearch", "kdsearch-repeats"], [0], budget, 2,
+                      progress=lambda line: None, make=make)
+    skipped = [t for t in methods["kdsearch"].study.get_trials(deepcopy=False)
+               if t.state.name == "PRUNED"]
+    assert skipped  # TPE did propose points it had trained, on this table and seed
+    for t in skipped:
+        twin = methods["kdsearch"].study.trials[t.user_attrs["repeat_of"]]
+        assert twin.params == t.params and twin.number < t.number
+        assert twin.state.name == "COMPLETE"
+    trained = methods["kdsearch-repeats"].study.get_trials(deepcopy=False)
+    assert all(t.state.name != "PRUNED" for t in trained)
+    assert len({simulate.point_key(t.params) for t in trained}) < len(trained)  # repeats trained
 
 
 def test_panel_hypervolume_bounds_and_the_table_front_is_the_best(sim):

@@ -49,11 +49,13 @@ def test_a_new_point_or_a_twin_that_ended_for_its_own_reasons_is_trained():
     assert trained_twin(_asked(study, 8), SPEC) is None
 
 
-def test_a_baseline_and_a_sweep_train_their_repeats():
+def test_a_baseline_a_sweep_and_a_study_that_says_so_train_their_repeats():
     study = _study((TrialState.COMPLETE, 4, {}))
     assert trained_twin(_asked(study, 4, baseline="in production"), SPEC) is None
     sweep = SPEC.model_copy(update={"search": SPEC.search.model_copy(update={"sampler": "grid"})})
     assert trained_twin(_asked(study, 4), sweep) is None
+    off = SPEC.model_copy(update={"search": SPEC.search.model_copy(update={"skip_repeats": False})})
+    assert trained_twin(_asked(study, 4), off) is None
 
 
 @pytest.mark.slow
