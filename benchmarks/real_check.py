@@ -14,15 +14,16 @@ workload, in wall time, scored by the simulator's panel.
 Each run is a real `run_study` of the table's grid study file (the same space, data, teacher
 views and per-trial budget as the table: 10,000 training images, 8 epochs), on one worker and
 one torch thread, for `--budget` seconds of wall time from its first trial: `kdsearch` as
-shipped (as the simulator's `kdsearch`: TPE, the planned start-up, its default stopping) or a
-peer as the simulator runs it (`nsga2`, `random`: Optuna's sampler with its defaults, no
-stopping, repeated points trained again). Its trials become one simulator run (each trial's end in seconds after the first
-trial's start; a trial still running at the budget counts for nothing, as in the replay), saved
-as runs.json.gz, so `simulate.py --report` scores the real runs with the same panel, paired by
-seed. Run two at once, one per core, each method with the same seed side by side. The
-simulated ordering to compare with: `simulate.py --workers 1 --budget-trials B/T` (B the
-budget, T the table's mean trial). `--spot-check` sets each real trial beside the table's row for
-the same point (validation, test and seconds): the table retrained, point by point.
+shipped (as the simulator's `kdsearch`: TPE, the planned start-up, its default stopping, no
+repeated point trained twice) or a peer as the simulator runs it (`nsga2`, `random`: Optuna's
+sampler with its defaults, no stopping, repeated points trained again). Its trials become one
+simulator run (each trial's end in seconds after the first trial's start; a trial still running
+at the budget counts for nothing, as in the replay), saved as runs.json.gz, so `simulate.py
+--report` scores the real runs with the same panel, paired by seed. Run two at once, one per
+core, each method with the same seed side by side. The simulated ordering to compare with:
+`simulate.py --workers 1 --budget-trials B/T` (B the budget, T the table's mean trial).
+`--spot-check` sets each real trial beside the table's row for the same point (validation, test
+and seconds): the table retrained, point by point.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ def summary_markdown(snap: Snapshot, images: list[str] | None = None,
     lines = [f"# {snap.study_name}", ""]
     counts = {s: snap.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     lines.append(f"{len(snap.rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} "
-                 f"stopped early or refused, {counts['FAIL']} failed.")
+                 f"stopped early, refused or repeats, {counts['FAIL']} failed.")
     lines.append("")
     if teacher:
         params = f"{teacher.params:,}" if teacher.params else "unknown"  # a file may not say

@@ -140,12 +140,14 @@ def study_time(snap: Snapshot) -> str:
         if r.record.stopped_at_rung is not None:
             stopped[r.record.stopped_at_rung] = stopped.get(r.record.stopped_at_rung, 0) + 1
     at = ", ".join(f"{n} after epoch {rung}" for rung, n in sorted(stopped.items()))
-    # refused before any epoch (over budget, unbuildable): finished, but nothing was trained
-    refused = sum(r.state == "PRUNED" and not r.record.val_curve for r in snap.rows)
+    # ended before any epoch: refused (over budget, unbuildable) or a repeat of a trained point
+    repeats = sum(r.record.repeat_of is not None for r in snap.rows)
+    refused = sum(r.state == "PRUNED" and not r.record.val_curve for r in snap.rows) - repeats
     return (f"{finished} trials finished in {duration(wall)} of wall time "
             f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%H:%M}), {duration(work)} of "
             f"trials in all (workers side by side); stopped early: {at or 'none'}; refused "
-            f"before training: {refused}.")
+            f"before training: {refused}" + (f"; repeats not trained again: {repeats}."
+                                             if repeats else "."))
 
 
 def trials_markdown(snap: Snapshot, limit: int = TRIALS_SHOWN) -> str:

@@ -2,8 +2,8 @@
 
 Optuna cannot prune multi-objective studies (`Trial.report` raises), so kdsearch stops trials
 itself, in the spirit of MOASHA (Schmucker et al. 2021, "Multi-objective Asynchronous
-Successive Halving"): at rungs (by default after epochs 1, 3 and 9, or once at three quarters
-of a one-cycle schedule: `EarlyStoppingSpec.rungs_for`) a trial's validation accuracy is
+Successive Halving"): at rungs (by default after epochs 1, 3 and 9; under a one-cycle schedule
+only where the study names them: `EarlyStoppingSpec.rungs_for`) a trial's validation accuracy is
 compared with what the other trials of the study reached at the same rung. A student's size
 is known before training, so only the accuracy is uncertain: a trial stops when enough trials
 with *no more parameters* were already *more accurate* at that rung, i.e. when it is dominated

@@ -76,8 +76,11 @@ def closing_summary(study: optuna.Study, seconds: float, front_lines: int = 5) -
     """
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    repeats = sum(TrialRecord.of(t).repeat_of is not None for t in trials)
+    pruned = f"{count[TrialState.PRUNED]} pruned" + (f" ({repeats} repeats, not trained)"
+                                                     if repeats else "")
     lines = [f"run-study '{study.study_name}' done in {duration(seconds)}: "
-             f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
+             f"{count[TrialState.COMPLETE]} complete, {pruned}, "
              f"{count[TrialState.FAIL]} failed ({len(trials)} trials in the study)"]
     front = [t for t in study.best_trials if t.values is not None]
     if not front:

@@ -71,6 +71,10 @@ def test_summary_lists_every_trial_with_where_it_stopped_and_the_time(tmp_path):
         state=optuna.trial.TrialState.PRUNED, params=stopped.params,
         distributions=stopped.distributions,
         user_attrs={"params": 10**9, "stopped_reason": "over budget: 1,000,000,000 params"}))
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params=study.trials[0].params,
+        distributions=study.trials[0].distributions,
+        user_attrs={"repeat_of": 0, "stopped_reason": "repeat of trial 0: ..."}))
     snap = read_rows(study)
     # The hand-made trials' clocks: trial k from t0 + k min to t0 + k min + 30 s.
     for k, r in enumerate(snap.rows):
@@ -78,15 +82,17 @@ def test_summary_lists_every_trial_with_where_it_stopped_and_the_time(tmp_path):
         r.trial.datetime_complete = t0 + datetime.timedelta(minutes=k, seconds=30)
     page = summary_markdown(snap)
     every = page[page.index("## Every trial"):]
-    assert ("6 trials finished in 5m30s of wall time (2026-12-03 12:00 to 12:05), 3m00s of "
+    assert ("7 trials finished in 6m30s of wall time (2026-12-03 12:00 to 12:06), 3m30s of "
             "trials in all") in every
-    assert "stopped early: 1 after epoch 1; refused before training: 1." in every
-    rows = [line for line in every.splitlines() if line.startswith("| ") and "trial" not in line]
-    assert len(rows) == 6
+    assert ("stopped early: 1 after epoch 1; refused before training: 1; repeats not trained "
+            "again: 1.") in every
+    rows = [line for line in every.splitlines() if line.startswith("| ")][1:]  # the header out
+    assert len(rows) == 7
     assert rows[5].endswith("| over budget: 1,000,000,000 params |")
+    assert rows[6].startswith("| 6 | pruned |") and rows[6].endswith("| repeat of trial 0: ... |")
     assert rows[4].startswith("| 4 | pruned | `cnn k3 20` | 20 |")
     assert "| 0.3100 |" in rows[4] and rows[4].endswith("| 30 | after epoch 1 |")
     assert rows[3].startswith("| 3 * | complete |")  # on the front
     write_trials_csv(snap, tmp_path / "t.csv")
-    last = list(csv.DictReader((tmp_path / "t.csv").open()))[-2]
+    last = list(csv.DictReader((tmp_path / "t.csv").open()))[-3]
     assert (last["stopped_at_rung"], last["started"]) == ("1", "2026-12-03T12:04:00")

@@ -67,7 +67,8 @@ def test_a_study_of_two_points_trains_two_and_skips_the_rest(tmp_path):
         "depth = 1\nwidth = { choices = [4, 8] }\ntemperature = 4.0\nalpha = 0.5"))
     opts = Options(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="two", n_trials=6,
                    timeout=None, data_dir=None, cache_dir=str(tmp_path / "cache"), device="cpu")
-    study = run_study(load_study(str(path)), opts, log=lambda m: None)
+    logs: list[str] = []
+    study = run_study(load_study(str(path)), opts, log=logs.append)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     repeats = study.get_trials(states=(TrialState.PRUNED,))
     assert len(complete) + len(repeats) == 6
@@ -77,3 +78,5 @@ def test_a_study_of_two_points_trains_two_and_skips_the_rest(tmp_path):
         assert study.trials[twin].params == t.params and study.trials[twin].number < t.number
         assert t.user_attrs["stopped_reason"] == f"repeat of trial {twin}: the same student and settings"
         assert TrialRecord.of(t).val_curve == ()  # nothing trained
+    assert any(f"{len(repeats)} pruned ({len(repeats)} repeats, not trained)" in line
+               for line in logs)
