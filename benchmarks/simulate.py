@@ -298,7 +298,7 @@ class OptunaMethod(Method):
     def ask(self) -> tuple[Any, dict]:
         """The next point to train; with `skip_repeats`, a point that repeats a finished trial
         ends at once as the engine ends it (search/repeats.py: PRUNED, no time on the clock)
-        and the worker asks again, as many times as the study's trial target allows."""
+        and the worker asks again, up to the study's trial target."""
         for _ in range(self.spec.search.n_trials):
             trial = self.study.ask()
             choice = suggest_student(trial, self.spec.student.space, INPUT_SHAPE)
@@ -308,6 +308,8 @@ class OptunaMethod(Method):
                 break
             set_trial(trial, repeat_of=twin, stopped_reason=f"repeat of trial {twin}")
             self.study.tell(trial, state=TrialState.PRUNED)
+        else:  # as the engine's study ends at its trial target
+            raise RuntimeError(f"{self.spec.search.n_trials} repeats in a row: the space is used up")
         set_trial(trial, params=arch_params(choice.arch, INPUT_SHAPE, NUM_CLASSES))
         self.curves[trial.number] = []
         return trial, dict(trial.params)

@@ -277,10 +277,11 @@ class EarlyStoppingSpec(Frozen):
         or 5 stopped the slow starters the front needed (a 30k-param mobilenet at 0.23 after
         epoch 3, 0.67 at the end, ahead of every smaller student). A rung late enough to rank
         fairly saves little: one after epoch 6 of 8 saves a quarter of each trial it stops,
-        which has already paid three quarters and leaves no point on the front; on two
-        replicates of the grid it stopped a third of the trials and lost on both hypervolumes
-        and the best student under 80k params against not stopping. A study that wants rungs
-        under one-cycle (cifar_resnet's cheap early epochs) names them.
+        which has already paid three quarters and leaves no point on the front. On two
+        replicates of the grid it stopped a third of the trials; against not stopping it lost
+        on both hypervolumes and under 80k params where repeated points were trained, and
+        tied where they were skipped (search/repeats.py): it bought nothing. A study that wants
+        rungs under one-cycle (cifar_resnet's cheap early epochs) names them.
         """
         if self.rungs is not None:
             return list(self.rungs)
