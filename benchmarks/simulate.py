@@ -22,13 +22,17 @@ the same space read off it (bench_peers.syne_space).
 Methods (`--methods`, all by default):
 
     kdsearch            as shipped: its TPE, the planned start-up at the centre of T, alpha,
-                        lr and batch size, Pareto early stopping at its default rungs (one,
-                        at three quarters of this one-cycle study's epochs)
+                        lr and batch size, a repeated point not trained again
+                        (search/repeats.py), and no early stopping (its default under this
+                        study's one-cycle schedule)
     kdsearch-no-plan    the same with Optuna's random start-up (`startup = "random"`)
     kdsearch-drawn      the planned start-up's knobs drawn (`startup_recipe = "drawn"`)
     kdsearch-early-rungs  judged at epochs 1, 3 and 9 (`rungs = [1, 3, 9]`)
-    kdsearch-before     both: kdsearch as shipped until 2026-12-06 (the "kdsearch" of the
-                        runs on seeds 1000-1029)
+    kdsearch-before     kdsearch as shipped until 2026-12-06 (the "kdsearch" of the runs on
+                        seeds 1000-1029: drawn start-up knobs, rungs 1, 3, 9, repeats trained)
+    kdsearch-rung-6-repeats  as shipped from then until the round on seeds 6000-6029 (one
+                        rung after epoch 6, repeats trained); kdsearch-rung-6 and
+                        kdsearch-repeats undo one of that round's two changes each
     optuna-default      optuna.create_study's default multi-objective sampler, no stopping
     nsga2               Optuna's NSGAIISampler with its defaults, no stopping
     random              Optuna's RandomSampler, no stopping
