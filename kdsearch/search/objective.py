@@ -90,10 +90,6 @@ def make_objective(
         choice = suggest_student(trial, spec.student.space, data.input_shape)
         recipe = suggest_recipe(trial, spec.student.train)
         repeat = suggest_repeat(trial, spec)
-        twin = trained_twin(trial, spec)
-        if twin is not None:
-            set_trial(trial, repeat_of=twin)
-            raise _prune(trial, f"repeat of trial {twin}: the same student and settings")
         try:
             params = arch_params(choice.arch, data.input_shape, data.num_classes)
             macs = count_macs(choice.arch, data.input_shape, data.num_classes)
@@ -102,6 +98,10 @@ def make_objective(
         set_trial(trial, architecture=choice.arch.model_dump(mode="json"),
                   arch_summary=choice.arch.describe(), n_layers=choice.arch.n_layers,
                   params=params, macs=macs)
+        twin = trained_twin(trial, spec)  # its size recorded, for the trial line and reports
+        if twin is not None:
+            set_trial(trial, repeat_of=twin)
+            raise _prune(trial, f"repeat of trial {twin}: the same student and settings")
         refused = over_budget(spec, params, macs)
         if refused:
             raise _prune(trial, refused)

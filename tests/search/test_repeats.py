@@ -78,5 +78,6 @@ def test_a_study_of_two_points_trains_two_and_skips_the_rest(tmp_path):
         assert study.trials[twin].params == t.params and study.trials[twin].number < t.number
         assert t.user_attrs["stopped_reason"] == f"repeat of trial {twin}: the same student and settings"
         assert TrialRecord.of(t).val_curve == ()  # nothing trained
+        assert TrialRecord.of(t).params == TrialRecord.of(study.trials[twin]).params  # its size
     assert any(f"{len(repeats)} pruned ({len(repeats)} repeats, not trained)" in line
                for line in logs)
