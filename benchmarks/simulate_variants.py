@@ -25,8 +25,6 @@ sys.path.insert(0, str(BENCH))
 import simulate as S  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
 # name: (early_stopping overrides, search overrides, stop)
 VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "shipped": ({}, {}, True),
@@ -58,43 +56,35 @@ DEDUPE = "+dedupe"
 
 
 class DedupeMethod(S.OptunaMethod):
-    """Asks again, up to `tries` times, while the sampler repeats a finished trial's point,
-    telling each repeat the earlier trial's end; then trains the repeat."""
+    """Asks again, up to `tries` times, while the sampler repeats a finished trial's point
+    (the engine's `trained_twin`), telling each repeat the earlier trial's end; then trains
+    the repeat."""
 
     tries = 50
 
     def ask(self):
         for _ in range(self.tries):
             trial, params = super().ask()
-            twin = next((t for t in self.study.get_trials(deepcopy=False, states=FINISHED)
-                         if t.params == params), None)
+            twin = S.trained_twin(trial, self.spec)
             if twin is None:
                 return trial, params
-            self.answer(trial, twin)
+            self.answer(trial, self.study.get_trials(deepcopy=False)[twin])
         return super().ask()
 
     def answer(self, trial, twin) -> None:
-        """End a repeat without training it: here with its twin's end."""
+        """End a repeat without training it: with its twin's end."""
         if twin.state == TrialState.COMPLETE:
             self.study.tell(trial, twin.values)
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
 
 
-# NAME+skip: the rule kdsearch could have with least change to what it stores (simulated only):
-# a point that equals a finished trial's is stopped at once as a repeat (PRUNED, no values, no
-# cost), as the engine stops an unbuildable or over-budget student, and the worker asks again.
+# NAME+skip: the rule kdsearch ships since the round on seeds 6000-6029 (search/repeats.py,
+# `OptunaMethod(skip_repeats=True)`): a point that equals a finished trial's ends at once as
+# a repeat (PRUNED, no values, no cost), and the worker asks again.
 SKIP = "+skip"
-
-
-class SkipMethod(DedupeMethod):
-    """As DedupeMethod, but every repeat ends PRUNED, never with its twin's values."""
-
-    def answer(self, trial, twin) -> None:
-        self.study.tell(trial, state=TrialState.PRUNED)
-
-
-REPEAT_RULES = {DEDUPE[1:]: DedupeMethod, SKIP[1:]: SkipMethod}
+# a rule's method; "skip" is the plain method with the engine's rule switched on
+REPEAT_RULES = {DEDUPE[1:]: DedupeMethod, SKIP[1:]: S.OptunaMethod}
 
 
 # NAME+tpe-KNOB: TPE's own exploration settings changed (simulated only): prior-3 weighs the
@@ -129,7 +119,7 @@ def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
     early, search, stop = VARIANTS[base]
     return S.kdsearch_method(
         spec, seed, {"startup": "spread", "startup_recipe": "drawn", **search},
-        {"rungs": [1, 3, 9], **early}, skip_repeats=False, stop=stop,
+        {"rungs": [1, 3, 9], **early}, skip_repeats=rule == SKIP[1:], stop=stop,
         method=REPEAT_RULES.get(rule, S.OptunaMethod), tpe=tpe)
 
 

@@ -11,9 +11,9 @@ TPE, which sees the repeat as an ended trial without values, moves on.
 What is not a repeat: anything in a study with `[search] skip_repeats = false`, a sweep's
 deliberate repeats (`sampler = "grid"`, `repeats` > 1), a hand-picked baseline, and a point
 whose twin ended for a reason of its own worker (out of memory, a non-finite loss: another
-worker or seed may get through). A twin counts when it completed or
-was stopped by the early-stopping rule (its result is known). On a continuous range (T, alpha
-or lr searched as numbers) two draws practically never match, so the rule costs nothing there.
+worker or seed may get through). A twin counts when it completed or was stopped by the
+early-stopping rule (its result is known). On a continuous range (T, alpha or lr searched as
+numbers) two draws practically never match, so the rule costs nothing there.
 """
 
 from __future__ import annotations

@@ -221,7 +221,8 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     assert variants.split_name("rung-6+centre+dedupe+tpe-prior-3+tpe-random-10") == (
         "rung-6+centre", "dedupe", {"prior_weight": 3.0, "extra_startup": 10})
     skip = variants.variant_method(spec, "no-stopping+centre+skip", 3)
-    assert type(skip) is variants.SkipMethod and skip.stopper is None
+    assert type(skip) is simulate.OptunaMethod and skip.skip_repeats and skip.stopper is None
+    assert not variants.variant_method(spec, "no-stopping+centre", 3).skip_repeats
     path = tmp_path / "table.json"
     record = benchmark_module("record_table")
     assert record.main([str(GRID), "--synthetic", "--out", str(path)]) == 0
