@@ -693,6 +693,16 @@ def report(runs: list[Run], tables: Sequence[Table],
                 f"{statistics.fmean(distinct_complete(r, limit) for r in runs if r.method == m):.1f}"
                 for limit in (panel.small, panel.medium))
             for m in by_method))
+    draws = {seed: realise(tables, seed) for seed in {r.seed for r in runs}}
+    out(f"near-best students trained to the end (within 2 standard errors of the seed's draw's "
+        f"best validation), at or below {panel.small:,.0f} / {panel.medium:,.0f} params, of "
+        f"how many (mean over seeds): " + ", ".join(
+            f"{m} " + " / ".join(
+                "{:.1f} of {:.1f}".format(*(statistics.fmean(x) for x in zip(
+                    *(near_best_trained(r, draws[r.seed], limit)
+                      for r in runs if r.method == m), strict=True)))
+                for limit in (panel.small, panel.medium))
+            for m in by_method))
     summary: dict[str, Any] = {"best_hv": best_hv, "ratios": {}}
     if "kdsearch" not in by_method:
         return summary
@@ -756,6 +766,26 @@ def distinct_complete(run: Run, limit: float) -> int:
     return len({point_key(f.params) for f in run.finished if f.complete and f.n_params <= limit})
 
 
+def near_best(table: Table, limit: float) -> set[tuple]:
+    """The points of at most `limit` params that validation cannot tell from the table's best
+    one there: within two standard errors of a binomial accuracy on the validation images."""
+    rows = [r for r in table.rows if r.n_params <= limit]
+    images = table.meta.get("val_images")
+    if not rows or not images:
+        return set()
+    top = max(r.val[-1] for r in rows)
+    se = math.sqrt(top * (1 - top) / images)
+    return {point_key(r.params) for r in rows if r.val[-1] >= top - 2 * se}
+
+
+def near_best_trained(run: Run, draw: Table, limit: float) -> tuple[int, int]:
+    """(how many of the draw's near-best points at or below `limit` the run trained to the
+    end, how many there are): a best-test metric's pick is as good as its chances among them."""
+    near = near_best(draw, limit)
+    trained = {point_key(f.params) for f in run.finished if f.complete}
+    return len(near & trained), len(near)
+
+
 def replicate_noise(tables: Sequence[Table]) -> str:
     """How far each replicate's final accuracies are from the first's, point by point: the
     noise of one training run that a single table freezes."""
@@ -788,7 +818,8 @@ def selection_noise(table: Table, limit: int) -> str:
     if not images:
         return f"<= {limit:,} params: the table does not say how many validation images it has"
     se = math.sqrt(top * (1 - top) / images)
-    near = [r for r in rows if r.val[-1] >= top - 2 * se]
+    keys = near_best(table, limit)
+    near = [r for r in rows if point_key(r.params) in keys]
     return (f"<= {limit:,} params: {len(near)} of {len(rows)} students within 2 standard "
             f"errors ({se:.4f} on {images:,} images) of the best validation accuracy {top:.4f}; "
             f"their test accuracy {min(r.test[-1] for r in near):.4f} to "

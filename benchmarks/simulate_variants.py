@@ -19,6 +19,9 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+import optuna
+
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
@@ -99,10 +102,88 @@ TPE_KNOBS: dict[str, dict] = {
 }
 
 
+# NAME+refine-P, NAME+near-P (simulated only): a share P of the trials after the start-up
+# trains a student of the front again with new distillation settings (T, alpha; lr and batch
+# size where searched), drawn by TPE or, with -rand, at random. refine picks among the front's
+# students; near also among students within EPS (2 standard errors of one accuracy on 5,000
+# validation images) of the front.
+RECIPE_KNOBS = ("temperature", "alpha", "lr", "batch_size")
+NEAR_EPS = 0.013
+REFINES: dict[str, tuple[float, float, bool]] = {  # name: (share, eps, recipe drawn at random)
+    f"{kind}-{share}{rand}": (float(share), eps, bool(rand))
+    for kind, eps in (("refine", 0.0), ("near", NEAR_EPS))
+    for share in ("0.25", "0.5") for rand in ("", "-rand")}
+
+
+def front_shapes(study: optuna.Study, eps: float) -> list[tuple]:
+    """The students (params less the recipe's knobs) of the complete trials that no other
+    complete trial beats by more than `eps` accuracy at no greater cost."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values]
+    shapes = set()
+    for t in done:
+        acc, costs = t.values[0], t.values[1:]
+        if not any(o.values[0] > acc + eps and o.values[1:] != costs
+                   and all(a <= b for a, b in zip(o.values[1:], costs, strict=True))
+                   for o in done):
+            shapes.add(tuple(sorted((k, v) for k, v in t.params.items()
+                                    if k not in RECIPE_KNOBS)))
+    return sorted(shapes, key=str)
+
+
+class RefineSampler(optuna.samplers.BaseSampler):
+    """kdsearch's sampler, except that after the start-up a share of the trials takes a front
+    student (front_shapes) and draws only its recipe's knobs."""
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, share: float, eps: float,
+                 rand: bool, seed: int, n_startup: int):
+        self.inner, self.share, self.eps, self.n_startup = inner, share, eps, n_startup
+        self.rng = np.random.RandomState(seed)
+        self.random = optuna.samplers.RandomSampler(seed=seed) if rand else None
+        self.shapes: dict[int, dict | None] = {}
+
+    def _shape(self, study, trial) -> dict | None:
+        if trial.number not in self.shapes:
+            shape = None
+            if trial.number >= self.n_startup and self.rng.rand() < self.share:
+                front = front_shapes(study, self.eps)
+                if front:
+                    shape = dict(front[self.rng.randint(len(front))])
+            self.shapes[trial.number] = shape
+        return self.shapes[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if self._shape(study, trial) is not None:
+            return {}
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        shape = self.shapes.get(trial.number)
+        if shape is not None:
+            if param_name in shape:
+                return shape[param_name]
+            if self.random is not None:
+                return self.random.sample_independent(study, trial, param_name,
+                                                      param_distribution)
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.inner.after_trial(study, trial, state, values)
+
+
 def split_name(name: str) -> tuple[str, str | None, dict]:
-    """A variant's name -> (its VARIANTS entry, its rule for repeats or None, TPE settings)."""
+    """A variant's name -> (its VARIANTS entry, its rule for repeats or None, TPE settings;
+    a refinement's settings, REFINES, under the key "refine")."""
     parts = name.split("+")
     tpe: dict = {}
+    if parts and parts[-1] in REFINES:
+        tpe["refine"] = REFINES[parts.pop()]
     while parts and parts[-1].startswith("tpe-") and parts[-1][4:] in TPE_KNOBS:
         tpe.update(TPE_KNOBS[parts.pop()[4:]])
     rule = parts.pop() if parts and parts[-1] in REPEAT_RULES else None
@@ -116,11 +197,18 @@ def variant_method(spec, name: str, seed: int) -> S.OptunaMethod:
     """A variant of kdsearch as shipped when these were run (until 2026-12-06: the start-up's
     knobs drawn, judged at epochs 1, 3 and 9), so that their outputs stay reproducible."""
     base, rule, tpe = split_name(name)
+    refine = tpe.pop("refine", None)
     early, search, stop = VARIANTS[base]
-    return S.kdsearch_method(
+    method = S.kdsearch_method(
         spec, seed, {"startup": "spread", "startup_recipe": "drawn", **search},
         {"rungs": [1, 3, 9], **early}, skip_repeats=rule == SKIP[1:], stop=stop,
         method=REPEAT_RULES.get(rule, S.OptunaMethod), tpe=tpe)
+    if refine is not None:
+        share, eps, rand = refine
+        n_startup = S.startup.startup_trials(method.spec)
+        method.study.sampler = RefineSampler(method.study.sampler, share, eps, rand, seed,
+                                             n_startup)
+    return method
 
 
 def main(argv: list[str] | None = None) -> int:

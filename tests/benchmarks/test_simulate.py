@@ -280,6 +280,68 @@ def test_selection_noise_counts_the_students_validation_cannot_tell_apart(sim):
     assert "does not say" in simulate.selection_noise(simulate.Table(rows, "g", 1, 1), 80_000)
 
 
+def test_near_best_trained_counts_the_runs_chances_among_the_near_ties(sim):
+    simulate = sim[0]
+
+    def row(i, n_params, val):
+        return simulate.Row(params={"i": i}, n_params=n_params, macs=0, val=(val,),
+                            test=(val,), seconds=(1.0,), test_seconds=0.0)
+
+    rows = (row(1, 1_000, 0.60), row(2, 2_000, 0.61), row(3, 3_000, 0.50), row(4, 90_000, 0.9))
+    table = simulate.Table(rows, "grid.toml", 100_000, 1, {"val_images": 5000})
+    assert simulate.near_best(table, 80_000) == {simulate.point_key({"i": 1}),
+                                                 simulate.point_key({"i": 2})}
+
+    def ended(complete, i):
+        return simulate.Finished(1.0, complete, 1, 0.5, 0.5, 1, {"i": i})
+
+    # point 1 only stopped, point 3 not near the best: one of the two near-ties trained
+    run = simulate.Run("x", 0, 10.0, 1, [ended(False, 1), ended(True, 2), ended(True, 3)])
+    assert simulate.near_best_trained(run, table, 80_000) == (1, 2)
+    assert simulate.near_best(simulate.Table(rows, "g", 1, 1), 80_000) == set()
+
+
+def test_refine_variants_train_front_students_again_with_other_settings(sim):
+    """+refine-P and +near-P: a share of the trials after the start-up keeps a front student's
+    shape and draws only the recipe's knobs."""
+    simulate, table, spec = sim
+    variants = benchmark_module("simulate_variants")
+    assert variants.split_name("no-stopping+centre+skip+near-0.5-rand") == (
+        "no-stopping+centre", "skip", {"refine": (0.5, variants.NEAR_EPS, True)})
+    method = variants.variant_method(spec, "no-stopping+centre+skip+refine-0.5", 3)
+    sampler = method.study.sampler
+    assert isinstance(sampler, variants.RefineSampler) and sampler.share == 0.5
+    budget = 12 * table.mean_trial_seconds()
+    simulate.replay(method, table, budget, 2, simulate.Run("r", 3, budget, 2))
+    trials = method.study.get_trials(deepcopy=False)
+    refined = [t for t in trials if sampler.shapes.get(t.number)]
+    assert refined, "no trial refined a front student in twelve mean trial times"
+    assert all(t.number >= sampler.n_startup for t in refined)
+    for t in refined:
+        shape = sampler.shapes[t.number]
+        assert {k: v for k, v in t.params.items() if k in shape} == shape
+        assert set(t.params) - set(shape) <= set(variants.RECIPE_KNOBS)
+        # the shape was on the front of the trials complete before it
+        assert any(all(u.params.get(k) == v for k, v in shape.items())
+                   for u in trials[:t.number] if u.state.name == "COMPLETE")
+
+
+def test_front_shapes_tolerates_eps_of_accuracy(sim):
+    variants = benchmark_module("simulate_variants")
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"w": CategoricalDistribution([1, 2, 3]), "temperature": CategoricalDistribution([2, 4])}
+    for w, t, acc, size in ((1, 2, 0.60, 10.0), (2, 2, 0.61, 20.0), (3, 4, 0.59, 30.0)):
+        study.add_trial(optuna.trial.create_trial(params={"w": w, "temperature": t},
+                                                  distributions=dist, values=[acc, size]))
+    assert variants.front_shapes(study, 0.0) == [(("w", 1),), (("w", 2),)]
+    # 0.59 at 30 is beaten by 0.61 at 20 by 0.02: inside eps 0.03, outside 0.01
+    assert variants.front_shapes(study, 0.03) == [(("w", 1),), (("w", 2),), (("w", 3),)]
+    assert variants.front_shapes(study, 0.01) == [(("w", 1),), (("w", 2),)]
+
+
 def test_repeated_counts_a_point_again_only_after_its_first_try(sim):
     simulate = sim[0]
 
