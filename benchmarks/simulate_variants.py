@@ -5,10 +5,11 @@
 
 Development of the method after the panel's runs (docs/PERFORMANCE.md section 5): each variant
 changes one or two settings of kdsearch as shipped ([search.early_stopping], the start-up's
-recipe), and is compared with the best peers (NSGA-II, Optuna's default sampler and MO-REA,
-`--peers`) on the panel, paired by seed, as simulate.py compares the arms. Develop on seeds
-the reported runs did not use (0-29); a change that is kept is then shown on fresh seeds with
-simulate.py.
+recipe, the rule for repeats, TPE's knobs, refining the front), and is compared with the best
+peers (NSGA-II, Optuna's default sampler and MO-REA, `--peers`) on the panel, paired by seed, as
+simulate.py compares the arms; `near80` counts the near-best students at or below 80k params
+each arm trained (simulate.py's report). Develop on seeds the reported runs did not use (0-29,
+100-199); a change that is kept is then shown on fresh seeds with simulate.py.
 """
 
 from __future__ import annotations
@@ -93,12 +94,15 @@ REPEAT_RULES = {DEDUPE[1:]: DedupeMethod, SKIP[1:]: S.OptunaMethod}
 # NAME+tpe-KNOB: TPE's own exploration settings changed (simulated only): prior-3 weighs the
 # uniform prior as three trials (Optuna: one), cands-8 picks from 8 candidates (24), random-10
 # draws 10 students at random after the planned start-up, gamma-0.25 models the best quarter
-# of the trials as good (a tenth).
+# of the trials as good (a tenth); no-group models the knobs every trial has jointly and a
+# family's own one by one (group: each family's jointly), univariate every knob alone.
 TPE_KNOBS: dict[str, dict] = {
     "prior-3": {"prior_weight": 3.0},
     "cands-8": {"n_ei_candidates": 8},
     "random-10": {"extra_startup": 10},
     "gamma-0.25": {"gamma": lambda n: min(math.ceil(0.25 * n), 25)},
+    "no-group": {"group": False},
+    "univariate": {"multivariate": False, "group": False},
 }
 
 
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     panel = S.Panel.of(tables[0])
     tops = S.seed_tops(tables, range(first, last + 1), panel)
     peers = [p for p in args.peers.split(",") if p]
+    draws = {seed: S.realise(tables, seed) for seed in range(first, last + 1)}
+    print(f"{'arm':<38}" + "".join(f"{k:>12}" for k in S.METRICS) + f"{'near80':>8}")
 
     def make(name, spec, table, seed):
         return (variant_method(spec, name, seed) if split_name(name)[0] in VARIANTS
@@ -243,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                           progress=lambda line: None, make=make)
         metrics[name] = [S.final_metrics(run, panel, tops[run.seed]["hv_log"]) for run in runs]
         means = {k: statistics.fmean(m[k] for m in metrics[name]) for k in S.METRICS}
-        print(f"{name:<38}" + "".join(f"{means[k]:>12.4f}" for k in S.METRICS), flush=True)
+        # the near-best students at or below 80k it trained (simulate.py's report explains)
+        near = statistics.fmean(S.near_best_trained(run, draws[run.seed], panel.medium)[0]
+                                for run in runs)
+        print(f"{name:<38}" + "".join(f"{means[k]:>12.4f}" for k in S.METRICS)
+              + f"{near:>8.1f}", flush=True)
     print(f"ratio to the best of {', '.join(peers)} on each metric, [95 % low]:")
     for name in names:
         cells = []

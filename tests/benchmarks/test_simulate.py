@@ -135,6 +135,7 @@ def test_paired_ratio_interval_and_the_closing_line(sim):
     lines: list[str] = []
     summary = simulate.report(runs, [table], out=lines.append)
     assert lines[-1].startswith("worst_metric=")
+    assert sum(line.startswith("near-best students trained") for line in lines) == 1
     name = lines[-1].split()[0].split("=")[1]
     assert name in simulate.METRICS
     assert not math.isnan(summary["ratios"]["hv_log"]["ratio"])
@@ -230,7 +231,9 @@ def test_variants_differ_from_shipped_only_in_their_settings(sim, tmp_path, caps
     assert variants.main(["--table", str(path), "--seeds", "0-1", "--variants", "shipped",
                           "--budget-trials", "4", "--peers", "nsga2,optuna-default"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines[:3]] == ["shipped", "nsga2", "optuna-default"]
+    assert lines[0].split() == ["arm", *simulate.METRICS, "near80"]
+    assert [line.split()[0] for line in lines[1:4]] == ["shipped", "nsga2", "optuna-default"]
+    assert all(len(line.split()) == len(simulate.METRICS) + 2 for line in lines[1:4])
     assert lines[-1].startswith("shipped") and "hv_log" in lines[-1]
 
 
