@@ -1,8 +1,15 @@
 """Search methods replayed over a recorded table, in simulated time (issue 23).
 
     python benchmarks/simulate.py --table docs/results/table_cifar_resnet.json --quick
-    python benchmarks/simulate.py --table docs/results/table_cifar_resnet.json --seeds 30 \\
-        --first-seed 1000 --out docs/results/simulate_cifar_resnet/
+    python benchmarks/simulate.py --table docs/results/table_cifar_resnet.json \\
+        --table docs/results/table_cifar_resnet_r1.json --seeds 250 --first-seed 7000 \\
+        --methods kdsearch,optuna-default,nsga2,random,moasha,moasha-ranks,morea \\
+        --out docs/results/simulate_cifar_resnet_r4/
+
+The second is the latest protocol (docs/PERFORMANCE.md section 5): 250 seeds, because
+kdsearch's lead on the best student under 80k params is about 0.2 % and the per-seed ratios
+spread by about 1.8 %, so 30 seeds resolve only about 0.6 % (about 40 minutes on one core; split
+the methods over two processes, one per core, and `--report` both).
 
 The table (benchmarks/record_table.py writes it) holds every point of a grid study: each
 student trained to the end, with its validation and test accuracy and its seconds after every
@@ -878,7 +885,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS + ABLATIONS),
                     help="comma-separated (default: all, ablations included); a peer with "
                     "+plan gets kdsearch's start-up students first")
-    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=30,
+                    help="how many (default 30); a lead of 0.2 %% needs about 250 (module doc)")
     ap.add_argument("--first-seed", type=int, default=1000,
                     help="seeds first-seed .. first-seed + seeds - 1 (none used in development)")
     ap.add_argument("--workers", type=int, default=4)
