@@ -324,7 +324,7 @@ def test_refine_variants_train_front_students_again_with_other_settings(sim):
         shape = sampler.shapes[t.number]
         assert {k: v for k, v in t.params.items() if k in shape} == shape
         assert set(t.params) - set(shape) <= set(variants.RECIPE_KNOBS)
-        # the shape was on the front of the trials complete before it
+        # the shape is one an earlier trial trained to the end
         assert any(all(u.params.get(k) == v for k, v in shape.items())
                    for u in trials[:t.number] if u.state.name == "COMPLETE")
 
