@@ -774,6 +774,14 @@ def distinct_complete(run: Run, limit: float) -> int:
     return len({point_key(f.params) for f in run.finished if f.complete and f.n_params <= limit})
 
 
+def _near_rows(rows: Sequence[Row], images: int) -> tuple[float, float, list[Row]]:
+    """(the best final validation accuracy of `rows`, its binomial standard error on `images`
+    validation images, the rows within two standard errors of it)."""
+    top = max(r.val[-1] for r in rows)
+    se = math.sqrt(top * (1 - top) / images)
+    return top, se, [r for r in rows if r.val[-1] >= top - 2 * se]
+
+
 def near_best(table: Table, limit: float) -> set[tuple]:
     """The points of at most `limit` params that validation cannot tell from the table's best
     one there: within two standard errors of a binomial accuracy on the validation images."""
@@ -781,9 +789,7 @@ def near_best(table: Table, limit: float) -> set[tuple]:
     images = table.meta.get("val_images")
     if not rows or not images:
         return set()
-    top = max(r.val[-1] for r in rows)
-    se = math.sqrt(top * (1 - top) / images)
-    return {point_key(r.params) for r in rows if r.val[-1] >= top - 2 * se}
+    return {point_key(r.params) for r in _near_rows(rows, images)[2]}
 
 
 def near_best_trained(run: Run, draw: Table, limit: float) -> tuple[int, int]:
@@ -821,13 +827,10 @@ def selection_noise(table: Table, limit: int) -> str:
     rows = [r for r in table.rows if r.n_params <= limit]
     if not rows:
         return f"<= {limit:,} params: no student in the table"
-    top = max(r.val[-1] for r in rows)
     images = table.meta.get("val_images")
     if not images:
         return f"<= {limit:,} params: the table does not say how many validation images it has"
-    se = math.sqrt(top * (1 - top) / images)
-    keys = near_best(table, limit)
-    near = [r for r in rows if point_key(r.params) in keys]
+    top, se, near = _near_rows(rows, images)
     return (f"<= {limit:,} params: {len(near)} of {len(rows)} students within 2 standard "
             f"errors ({se:.4f} on {images:,} images) of the best validation accuracy {top:.4f}; "
             f"their test accuracy {min(r.test[-1] for r in near):.4f} to "
